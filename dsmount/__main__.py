@@ -1,0 +1,3 @@
+from dsmount.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Storage backends: one small async interface (base.py), one implementation per kind of store."""

@@ -1,0 +1,181 @@
+"""The async interface every datastore backend implements, and the one shared retry policy.
+
+A backend sees paths relative to its datastore root, as POSIX strings without leading or
+trailing slashes ("" is the root, "train/0001.jpg" a file). It knows nothing about FUSE,
+inodes or caches. Every method is trio-async; a backend wrapping a blocking or asyncio SDK
+hides that behind these methods.
+
+Errors: backends raise only the typed errors of `dsmount.errors` (NotFound, AuthFailed,
+Transient, Changed, IntegrityError, BackendError). `is_transient` decides what is retried.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from dsmount.errors import Transient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file or directory as the backend sees it."""
+
+    name: str  # last path component ("" for the root)
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    # Identity of this version of the object: a read pinned to it fails with Changed if the
+    # object was replaced. Directories may have none.
+    etag: str | None = None
+
+
+@dataclass(slots=True)
+class BackendStats:
+    """Counters a backend keeps for `dsmount status`."""
+
+    requests: int = 0
+    errors: int = 0
+    retries: int = 0
+    bytes_fetched: int = 0
+    last_error: str | None = None
+    last_error_time: float | None = None
+    degraded: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "retries": self.retries,
+            "bytes_fetched": self.bytes_fetched,
+            "last_error": self.last_error,
+            "degraded": self.degraded,
+        }
+
+
+class Backend(abc.ABC):
+    """A read-only view of one datastore's objects."""
+
+    kind: str = "abstract"
+
+    def __init__(self) -> None:
+        self.stats = BackendStats()
+
+    @abc.abstractmethod
+    async def stat(self, path: str) -> Entry:
+        """Attributes of `path`. Raises NotFound if it is neither a file nor a directory."""
+
+    @abc.abstractmethod
+    def list(self, path: str) -> AsyncIterator[list[Entry]]:
+        """The direct children of directory `path`, page by page, so huge directories stream.
+
+        Raises NotFound (on first iteration) if `path` is not a directory.
+        """
+
+    @abc.abstractmethod
+    async def read(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
+        """Up to `length` bytes from `offset` (short only at end of file).
+
+        With `etag`, the read is conditional: if the object is no longer that version, raise
+        Changed rather than return bytes of another version.
+        """
+
+    async def check(self) -> None:
+        """A cheap call proving the datastore is reachable and the credentials work."""
+        await self.stat("")
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections. Called once when the datastore is detached."""
+
+    def describe(self) -> dict[str, Any]:
+        """What `status`/`list` show about this backend. Never contains a secret."""
+        return {"kind": self.kind}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient failures; permanent ones fail fast.
+
+    `deadline` bounds one logical operation (all attempts together), so a FUSE request is
+    always answered; `attempt_timeout` bounds a single try so a stalled connection is abandoned.
+    """
+
+    max_attempts: int = 6
+    base_delay: float = 0.1  # first backoff; small, because most blips are one dropped connection
+    max_delay: float = 5.0  # cap per sleep, so a long outage is probed every few seconds
+    attempt_timeout: float = 30.0  # a single GET of a 8 MiB block takes well under a second
+    deadline: float = 60.0  # default FUSE request deadline: after it the reader gets EIO
+    sleep: Callable[[float], Awaitable[None]] = field(default=trio.sleep, repr=False)
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_delay)
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    return float(value) if value is not None else None
+
+
+async def with_retry(
+    policy: RetryPolicy,
+    operation: Callable[[], Awaitable[T]],
+    *,
+    stats: BackendStats | None = None,
+    what: str = "request",
+) -> T:
+    """Run `operation` under `policy`: retry Transient errors, raise others at once.
+
+    Raises TimedOut (a Transient) when the overall deadline passes.
+    """
+    from dsmount.errors import TimedOut
+
+    deadline = trio.current_time() + policy.deadline
+    attempt = 0
+    while True:
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            raise TimedOut(f"{what}: no answer within {policy.deadline:.0f}s")
+        try:
+            with trio.fail_after(min(policy.attempt_timeout, remaining)):
+                result = await operation()
+        except trio.TooSlowError:
+            exc: Exception = TimedOut(f"{what}: attempt timed out")
+        except Transient as e:
+            exc = e
+        except Exception as e:
+            if stats is not None:
+                stats.errors += 1
+                stats.last_error = f"{type(e).__name__}: {e}"
+                stats.last_error_time = trio.current_time()
+            raise
+        else:
+            if stats is not None:
+                stats.degraded = False
+            return result
+        attempt += 1
+        if stats is not None:
+            stats.errors += 1
+            stats.last_error = f"{type(exc).__name__}: {exc}"
+            stats.last_error_time = trio.current_time()
+            stats.degraded = True
+        if attempt >= policy.max_attempts:
+            raise exc
+        delay = policy.backoff(attempt, retry_after_of(exc))
+        if trio.current_time() + delay >= deadline:
+            raise TimedOut(f"{what}: gave up before the deadline ({exc})") from exc
+        if stats is not None:
+            stats.retries += 1
+        log.debug("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
+        await policy.sleep(delay)

@@ -1,0 +1,1 @@
+"""Caching layer: the bytes-bounded block cache and the pure read-ahead policy."""

@@ -1,0 +1,230 @@
+"""The daemon-wide block cache: fixed-size blocks under ONE byte budget, in-flight dedup.
+
+Invariants:
+- `cached_bytes + reserved_bytes <= budget` at every await point. A fetch reserves its block's
+  bytes *before* the GET starts, so read-ahead buffers count against the same budget as
+  cached blocks, and a burst of readers cannot overshoot it.
+- Demand reads wait for room (evicting least-recently-used blocks first); read-ahead never
+  waits: under pressure it is skipped, so read-ahead shrinks before anything else.
+- At most one GET per block key is in flight; every other reader of that block awaits it.
+- Keys carry the object's ETag, so a block of an old version can never be served for a new one.
+- Fetch tasks run in the cache's own nursery, so a reader giving up does not cancel a GET
+  another reader waits on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cachetools
+import trio
+
+log = logging.getLogger(__name__)
+
+BlockKey = tuple[int, str, str, int]  # (datastore id, path, etag, block index)
+Fetch = Callable[[], Awaitable[bytes]]
+
+
+@dataclass(slots=True)
+class ReadCounters:
+    """Per-datastore read counters shown by `dsmount status`."""
+
+    bytes_read: int = 0
+    blocks_fetched: int = 0
+    bytes_fetched: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    readahead_hits: int = 0
+    readahead_started: int = 0
+    readahead_skipped: int = 0
+    fetch_errors: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        total = self.cache_hits + self.cache_misses
+        return {
+            "bytes_read": self.bytes_read,
+            "blocks_fetched": self.blocks_fetched,
+            "bytes_fetched": self.bytes_fetched,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "cache_hit_ratio": round(self.cache_hits / total, 4) if total else None,
+            "readahead_hits": self.readahead_hits,
+            "readahead_started": self.readahead_started,
+            "readahead_skipped": self.readahead_skipped,
+            "fetch_errors": self.fetch_errors,
+        }
+
+
+@dataclass(slots=True)
+class _InFlight:
+    size: int
+    counters: ReadCounters
+    prefetch: bool
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: BaseException | None = None
+
+
+class BlockCache:
+    def __init__(self, budget: int, *, max_concurrent_gets: int = 16) -> None:
+        if budget <= 0:
+            raise ValueError("budget must be positive")
+        self.budget = budget
+        self._lru: cachetools.LRUCache[BlockKey, bytes] = cachetools.LRUCache(
+            maxsize=budget, getsizeof=len
+        )
+        self._reserved = 0
+        self._inflight: dict[BlockKey, _InFlight] = {}
+        self._prefetched: set[BlockKey] = set()  # cached by read-ahead, not yet read
+        self._room = trio.Event()
+        self._limiter = trio.CapacityLimiter(max_concurrent_gets)
+        self._nursery: trio.Nursery | None = None
+        self.peak_bytes = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the nursery fetches run in; returns only when cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    # -- accounting ----------------------------------------------------------------------------
+    @property
+    def cached_bytes(self) -> int:
+        return int(self._lru.currsize)
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self._reserved
+
+    @property
+    def used_bytes(self) -> int:
+        return self.cached_bytes + self._reserved
+
+    def _evict_for(self, size: int) -> bool:
+        """Evict LRU blocks until `size` more bytes fit; False if they cannot."""
+        while self.used_bytes + size > self.budget and self._lru:
+            key, _ = self._lru.popitem()
+            self._prefetched.discard(key)
+        return self.used_bytes + size <= self.budget
+
+    def _note_peak(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self.used_bytes)
+
+    async def _reserve(self, size: int) -> None:
+        size = min(size, self.budget)
+        while not self._evict_for(size):
+            await self._room.wait()
+        self._reserved += size
+        self._note_peak()
+
+    def _release(self, size: int) -> None:
+        self._reserved -= min(size, self.budget)
+        self._room.set()
+        self._room = trio.Event()
+
+    # -- reads ---------------------------------------------------------------------------------
+    def peek(self, key: BlockKey) -> bytes | None:
+        return self._lru.get(key)
+
+    async def get(self, key: BlockKey, size: int, fetch: Fetch, counters: ReadCounters) -> bytes:
+        """The block `key` (expected `size` bytes), from the cache or fetched once."""
+        data = self._lru.get(key)
+        if data is not None:
+            counters.cache_hits += 1
+            if key in self._prefetched:
+                self._prefetched.discard(key)
+                counters.readahead_hits += 1
+            return data
+        flight = self._inflight.get(key)
+        if flight is None:
+            counters.cache_misses += 1
+            await self._reserve(size)
+            # Someone may have started the same fetch while we waited for room.
+            flight = self._inflight.get(key)
+            if flight is None:
+                flight = self._start(key, size, fetch, counters, prefetch=False)
+            else:
+                self._release(size)
+        elif flight.prefetch:
+            counters.readahead_hits += 1
+            flight.prefetch = False  # a reader wants it now: count it once
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.data is not None
+        return flight.data
+
+    def prefetch(self, key: BlockKey, size: int, fetch: Fetch, counters: ReadCounters) -> bool:
+        """Start fetching `key` in the background if there is room now; never waits."""
+        if key in self._inflight or key in self._lru:
+            return True
+        if self._nursery is None or not self._evict_for(min(size, self.budget)):
+            counters.readahead_skipped += 1
+            return False
+        self._reserved += min(size, self.budget)
+        self._note_peak()
+        counters.readahead_started += 1
+        self._start(key, size, fetch, counters, prefetch=True)
+        return True
+
+    def _start(
+        self, key: BlockKey, size: int, fetch: Fetch, counters: ReadCounters, *, prefetch: bool
+    ) -> _InFlight:
+        if self._nursery is None:
+            self._release(size)
+            raise RuntimeError("BlockCache.run() is not running")
+        flight = _InFlight(size=size, counters=counters, prefetch=prefetch)
+        self._inflight[key] = flight
+        self._nursery.start_soon(self._fetch, key, flight, fetch)
+        return flight
+
+    async def _fetch(self, key: BlockKey, flight: _InFlight, fetch: Fetch) -> None:
+        try:
+            async with self._limiter:
+                data = await fetch()
+        except Exception as e:
+            flight.error = e
+            flight.counters.fetch_errors += 1
+            if flight.prefetch:
+                log.debug("read-ahead of %s failed: %s", key[1], e)
+        else:
+            flight.data = data
+            flight.counters.blocks_fetched += 1
+            flight.counters.bytes_fetched += len(data)
+        finally:
+            del self._inflight[key]
+            self._release(flight.size)
+            if flight.data is not None and self._evict_for(len(flight.data)):
+                self._lru[key] = flight.data
+                if flight.prefetch:
+                    self._prefetched.add(key)
+            self._note_peak()
+            flight.done.set()
+
+    # -- invalidation --------------------------------------------------------------------------
+    def drop(self, datastore_id: int, path: str | None = None) -> int:
+        """Forget cached blocks of a datastore (or one path of it). Returns blocks dropped."""
+        doomed = [
+            k for k in self._lru if k[0] == datastore_id and (path is None or k[1] == path)
+        ]
+        for k in doomed:
+            self._lru.pop(k, None)
+            self._prefetched.discard(k)
+        return len(doomed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "budget_bytes": self.budget,
+            "cached_bytes": self.cached_bytes,
+            "in_flight_bytes": self._reserved,
+            "peak_bytes": self.peak_bytes,
+            "blocks": len(self._lru),
+        }

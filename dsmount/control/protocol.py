@@ -1,0 +1,136 @@
+"""The control protocol as plain data: no sockets here.
+
+One request per line, one response per line, UTF-8 JSON objects:
+    request:  {"v": 1, "id": <any>, "op": "attach", "args": {...}}
+    response: {"v": 1, "id": <same>, "ok": true, "result": {...}}
+              {"v": 1, "id": <same>, "ok": false, "error": {"code": "not_found", "message": "..."}}
+A request with another major version is refused with code "unsupported_version".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsmount.errors import ERROR_CODES, DsmountError, InvalidRequest
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 1024 * 1024  # a request larger than this is refused and the connection closed
+OPERATIONS = frozenset({"ping", "attach", "detach", "list", "status", "refresh"})
+
+
+@dataclass
+class Request:
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+    id: Any = None
+
+    def encode(self) -> bytes:
+        return _dump({"v": PROTOCOL_VERSION, "id": self.id, "op": self.op, "args": self.args})
+
+
+@dataclass
+class Response:
+    ok: bool
+    result: Any = None
+    code: str | None = None
+    message: str | None = None
+    id: Any = None
+
+    @classmethod
+    def success(cls, result: Any, id: Any = None) -> Response:
+        return cls(True, result=result, id=id)
+
+    @classmethod
+    def failure(cls, code: str, message: str, id: Any = None) -> Response:
+        return cls(False, code=code, message=message, id=id)
+
+    @classmethod
+    def from_error(cls, exc: DsmountError, id: Any = None) -> Response:
+        return cls.failure(exc.code, str(exc), id)
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": self.id, "ok": self.ok}
+        if self.ok:
+            body["result"] = self.result
+        else:
+            body["error"] = {"code": self.code, "message": self.message}
+        return _dump(body)
+
+    def raise_for_error(self) -> Any:
+        """The result, or the typed error the daemon reported."""
+        if self.ok:
+            return self.result
+        cls = ERROR_CODES.get(self.code or "", DsmountError)
+        raise cls(self.message or self.code or "error")
+
+
+def _dump(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def _load(line: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidRequest(f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRequest("a message must be a JSON object")
+    return obj
+
+
+def parse_request(line: bytes) -> Request:
+    """A Request from one line; InvalidRequest (code 'invalid_request') if malformed."""
+    obj = _load(line)
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(
+            f"protocol version {version!r} not supported (this daemon speaks {PROTOCOL_VERSION})"
+        )
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise InvalidRequest("missing 'op'")
+    if op not in OPERATIONS:
+        raise InvalidRequest(f"unknown operation {op!r} (known: {', '.join(sorted(OPERATIONS))})")
+    args = obj.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InvalidRequest("'args' must be an object")
+    return Request(op=op, args=args, id=obj.get("id"))
+
+
+def parse_response(line: bytes) -> Response:
+    obj = _load(line)
+    if obj.get("ok") is True:
+        return Response.success(obj.get("result"), obj.get("id"))
+    err = obj.get("error") or {}
+    if not isinstance(err, dict):
+        err = {}
+    return Response.failure(str(err.get("code", "error")), str(err.get("message", "")),
+                            obj.get("id"))
+
+
+class UnsupportedVersion(InvalidRequest):
+    """The client speaks another protocol version."""
+
+    code = "unsupported_version"
+
+
+def get_str(args: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = args.get(key)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"missing argument {key!r}")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"argument {key!r} must be a string")
+    return value
+
+
+def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = args.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"argument {key!r} must be true or false")
+    return value

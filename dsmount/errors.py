@@ -1,0 +1,128 @@
+"""The dsmount error hierarchy and THE one mapping from errors to errno.
+
+Backends, the cache and the filesystem core raise these typed errors; only this module knows
+errno numbers. The FUSE adapter calls `to_errno` on whatever escapes the core, so an unexpected
+exception still becomes an errno (EIO) instead of ending `pyfuse3.main`.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class DsmountError(Exception):
+    """Base class of every error dsmount raises on purpose."""
+
+    code = "error"  # stable machine-readable code used by the control protocol
+
+
+class NotFound(DsmountError):
+    """The path, datastore or resource does not exist."""
+
+    code = "not_found"
+
+
+class AlreadyExists(DsmountError):
+    """A name is already taken (an attached datastore, a registered name)."""
+
+    code = "already_exists"
+
+
+class AuthFailed(DsmountError):
+    """The server refused our credentials (401/403)."""
+
+    code = "auth_failed"
+
+
+class PermissionDenied(DsmountError):
+    """The local caller is not allowed to do this."""
+
+    code = "permission_denied"
+
+
+class Transient(DsmountError):
+    """A failure worth retrying: 5xx, throttling, a dropped or refused connection, a timeout."""
+
+    code = "transient"
+
+
+class TimedOut(Transient):
+    """The overall deadline for one request passed."""
+
+    code = "timed_out"
+
+
+class Changed(DsmountError):
+    """The object changed under an open handle (its ETag no longer matches)."""
+
+    code = "changed"
+
+
+class IntegrityError(DsmountError):
+    """Bytes received do not match what the server promised (length or checksum)."""
+
+    code = "integrity"
+
+
+class ReadOnly(DsmountError):
+    """A write was attempted on the read-only tree."""
+
+    code = "read_only"
+
+
+class Busy(DsmountError):
+    """The resource is in use (a datastore with open files)."""
+
+    code = "busy"
+
+
+class InvalidRequest(DsmountError):
+    """The request is malformed or names an invalid option."""
+
+    code = "invalid_request"
+
+
+class ConfigError(DsmountError):
+    """A configuration file or option is invalid."""
+
+    code = "config_error"
+
+
+class BackendError(DsmountError):
+    """A backend failure that is neither transient nor one of the specific kinds above."""
+
+    code = "backend_error"
+
+
+_ERRNO: list[tuple[type[BaseException], int]] = [
+    (NotFound, errno.ENOENT),
+    (AlreadyExists, errno.EEXIST),
+    (PermissionDenied, errno.EACCES),
+    (AuthFailed, errno.EACCES),
+    (ReadOnly, errno.EROFS),
+    (Changed, errno.ESTALE),
+    (Busy, errno.EBUSY),
+    (InvalidRequest, errno.EINVAL),
+    (IntegrityError, errno.EIO),
+    (Transient, errno.EIO),
+    (DsmountError, errno.EIO),
+]
+
+
+def to_errno(exc: BaseException) -> int:
+    """The errno a FUSE request answers with when `exc` escaped the core. Anything unknown: EIO."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    for kind, number in _ERRNO:
+        if isinstance(exc, kind):
+            return number
+    return errno.EIO
+
+
+ERROR_CODES: dict[str, type[DsmountError]] = {
+    cls.code: cls
+    for cls in (
+        NotFound, AlreadyExists, AuthFailed, PermissionDenied, Transient, TimedOut, Changed,
+        IntegrityError, ReadOnly, Busy, InvalidRequest, ConfigError, BackendError, DsmountError,
+    )
+}

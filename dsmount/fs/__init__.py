@@ -1,0 +1,1 @@
+"""The FUSE-free filesystem core: namespace of attached datastores, inodes, handles, reads."""
