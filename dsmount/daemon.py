@@ -125,7 +125,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.cache.run)
                 nursery.start_soon(self._fuse_main, nursery)
-                mp.tune_readahead(self.mountpoint)
+                await self._tune_after_init()
                 await self._attach_initial()
                 await nursery.start(self.server.serve)
                 nursery.start_soon(self._signals, nursery)
@@ -153,6 +153,15 @@ class Daemon:
                 except DsmountError as e:
                     log.error("%s", e)
             log.info("unmounted %s", self.mountpoint)
+
+    async def _tune_after_init(self) -> None:
+        # The kernel sets the mount's read-ahead from the FUSE INIT reply, so tune it only once
+        # a stat through the mount proves INIT is done (from a thread: our loop answers it).
+        with trio.move_on_after(10):
+            await trio.to_thread.run_sync(os.stat, self.mountpoint, abandon_on_cancel=True)
+            if not mp.tune_readahead(self.mountpoint):
+                log.info("could not raise the kernel read-ahead of %s (not root?)",
+                         self.mountpoint)
 
     async def _fuse_main(self, nursery: trio.Nursery) -> None:
         try:

@@ -132,16 +132,20 @@ class BlockCache:
 
     # -- reads ---------------------------------------------------------------------------------
     def peek(self, key: BlockKey) -> bytes | None:
+        """The cached block, or None; refreshes its LRU position but counts nothing."""
         return self._lru.get(key)
+
+    def count_hit(self, key: BlockKey, counters: ReadCounters) -> None:
+        counters.cache_hits += 1
+        if key in self._prefetched:
+            self._prefetched.discard(key)
+            counters.readahead_hits += 1
 
     async def get(self, key: BlockKey, size: int, fetch: Fetch, counters: ReadCounters) -> bytes:
         """The block `key` (expected `size` bytes), from the cache or fetched once."""
         data = self._lru.get(key)
         if data is not None:
-            counters.cache_hits += 1
-            if key in self._prefetched:
-                self._prefetched.discard(key)
-                counters.readahead_hits += 1
+            self.count_hit(key, counters)
             return data
         flight = self._inflight.get(key)
         if flight is None:

@@ -90,6 +90,7 @@ class FileHandle:
     etag: str | None
     size: int
     readahead: ReadaheadState
+    prefetched_to: int = -1  # highest block index read-ahead has asked for
 
 
 @dataclass(eq=False)
@@ -477,8 +478,28 @@ class FileSystem:
             raise NotFound("bad file handle")
         return h
 
-    async def read(self, fh: int, offset: int, length: int) -> bytes:
+    async def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
         h = self._handle(fh)
+        size = h.size
+        if offset >= size or length <= 0:
+            return b""
+        length = min(length, size - offset)
+        bs = self.settings.block_size
+        idx = offset // bs
+        window = h.readahead.observe(offset, length)
+        if window:
+            self._prefetch(h, offset, length, window)
+        elif h.prefetched_to >= 0:
+            h.prefetched_to = -1  # random access: start the window afresh next time
+        # Fast path: the whole read lies in one cached block (the common case for streaming
+        # readers): no timeout scope, no copy (pyfuse3 takes any buffer).
+        if (offset + length - 1) // bs == idx:
+            block = self.cache.peek(self._key(h, idx))
+            if block is not None:
+                self.cache.count_hit(self._key(h, idx), h.datastore.counters)
+                h.datastore.counters.bytes_read += length
+                start = offset - idx * bs
+                return memoryview(block)[start : start + length]
         deadline = self.settings.request_deadline
         with trio.move_on_after(deadline) as scope:
             try:
@@ -492,29 +513,31 @@ class FileSystem:
         assert scope.cancelled_caught
         raise TimedOut(f"{h.datastore.key}/{h.node.path}: read took longer than {deadline:.0f}s")
 
+    def _prefetch(self, h: FileHandle, offset: int, length: int, window: int) -> None:
+        """Start GETs for the blocks of the read-ahead window not yet asked for."""
+        bs = self.settings.block_size
+        ahead = blocks_to_prefetch(offset, length, window, bs, h.size)
+        first = max(ahead.start, h.prefetched_to + 1)
+        for idx in range(first, ahead.stop):
+            if not self.cache.prefetch(self._key(h, idx), *self._fetcher(h, idx),
+                                       h.datastore.counters):
+                return  # no room: read-ahead is the first thing to give way
+            h.prefetched_to = idx
+
     async def _read(self, h: FileHandle, offset: int, length: int) -> bytes:
-        size = h.size
-        if offset >= size or length <= 0:
-            return b""
-        length = min(length, size - offset)
         bs = self.settings.block_size
         ds = h.datastore
-        needed = blocks_for_read(offset, length, bs, size)
-        window = h.readahead.observe(offset, length)
-        # Start the later blocks of a multi-block read and the read-ahead before waiting, so
-        # their GETs overlap with the first one.
+        needed = blocks_for_read(offset, length, bs, h.size)
+        # Start the later blocks of a multi-block read before waiting, so their GETs overlap.
         for idx in list(needed)[1:]:
             self.cache.prefetch(self._key(h, idx), *self._fetcher(h, idx), ds.counters)
-        for idx in blocks_to_prefetch(offset, length, window, bs, size):
-            if not self.cache.prefetch(self._key(h, idx), *self._fetcher(h, idx), ds.counters):
-                break  # no room: read-ahead is the first thing to give way
         parts = []
         for idx in needed:
             block = await self.cache.get(self._key(h, idx), *self._fetcher(h, idx), ds.counters)
             start = max(offset - idx * bs, 0)
             end = min(offset + length - idx * bs, len(block))
-            parts.append(block[start:end] if (start, end) != (0, len(block)) else block)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.append(memoryview(block)[start:end])
+        data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
         ds.counters.bytes_read += len(data)
         return data
 
