@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -286,6 +287,33 @@ def ping(obj: Context) -> None:
     """Check that the daemon answers."""
     result = run_guarded(lambda: obj.call("ping"))
     click.echo(f"pong from pid {result['pid']}")
+
+
+@cli.command("link-home")
+@click.option("--user", help="Link this user's home and give them the link (needs root).")
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False),
+              help="Home directory to link in.")
+@click.option("--target", type=click.Path(path_type=Path), default=Path("/datastores"),
+              show_default=True)
+@click.option("--force", is_flag=True, help="Replace a foreign symlink, empty dir or empty file.")
+def link_home_cmd(user: str | None, home: Path | None, target: Path, force: bool) -> None:
+    """Create HOME/datastores -> /datastores (works without the daemon)."""
+    from dsmount import homelink
+
+    if not user and not home:
+        raise click.UsageError("give --user or --home")
+
+    def link() -> None:
+        nonlocal home
+        owner = None
+        if user:
+            user_home, uid, gid = homelink.home_of(user)
+            home, owner = home or user_home, (uid, gid)
+        assert home is not None
+        outcome = homelink.link_home(home, target, owner=owner, force=force)
+        click.echo(f"{home / 'datastores'} -> {target}: {outcome.value}")
+
+    run_guarded(link)
 
 
 def main() -> None:
