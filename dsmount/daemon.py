@@ -22,6 +22,7 @@ import trio
 from dsmount import mountpoint as mp
 from dsmount.backends.base import RetryPolicy
 from dsmount.cache.blocks import BlockCache
+from dsmount.cache.disk import DiskCache
 from dsmount.config import Config, format_size
 from dsmount.control.server import ControlServer
 from dsmount.control.service import ControlService
@@ -79,6 +80,7 @@ class Daemon:
                 request_deadline=c.retry.request_deadline,
             ),
             invalidate_entry=self._invalidate_entry,
+            disk=DiskCache(c.cache.disk_dir, c.cache.disk_budget) if c.cache.disk_dir else None,
         )
         self.state = StateStore(c.daemon.state_dir)
         self.service = ControlService(
@@ -104,8 +106,12 @@ class Daemon:
         self.notifier.status(self.summary())
 
     def _status_extra(self) -> dict[str, Any]:
-        return {"mountpoint": self.mountpoint, "socket": self.config.daemon.socket,
-                "config": self.config.source}
+        extra: dict[str, Any] = {"mountpoint": self.mountpoint,
+                                 "socket": self.config.daemon.socket,
+                                 "config": self.config.source}
+        if self.core.disk is not None:
+            extra["disk_cache"] = self.core.disk.as_dict()
+        return extra
 
     def summary(self) -> str:
         n = len(self.core.datastores())

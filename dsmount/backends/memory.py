@@ -39,8 +39,13 @@ class Faults:
 class MemoryBackend(Backend):
     kind = "memory"
 
-    def __init__(self, files: dict[str, bytes] | None = None, *, page_size: int = 100,
-                 retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        files: dict[str, bytes] | None = None,
+        *,
+        page_size: int = 100,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         super().__init__()
         self.files: dict[str, tuple[bytes, str, int]] = {}
         self.page_size = page_size

@@ -95,6 +95,11 @@ class BlockCache:
             finally:
                 self._nursery = None
 
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a background task (e.g. a disk-cache write) in the cache's nursery."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
     # -- accounting ----------------------------------------------------------------------------
     @property
     def cached_bytes(self) -> int:

@@ -29,6 +29,7 @@ import trio
 
 from dsmount.backends.base import Entry
 from dsmount.cache.blocks import BlockCache
+from dsmount.cache.disk import DiskCache
 from dsmount.cache.readahead import (
     ReadaheadConfig,
     ReadaheadState,
@@ -115,8 +116,10 @@ class FileSystem:
         *,
         clock: Callable[[], float] = time.monotonic,
         invalidate_entry: Callable[[int, str], None] | None = None,
+        disk: DiskCache | None = None,
     ) -> None:
         self.cache = cache
+        self.disk = disk
         self.settings = settings or FsSettings()
         self.clock = clock
         self.invalidate_entry = invalidate_entry or (lambda parent, name: None)
@@ -551,8 +554,14 @@ class FileSystem:
         backend = h.datastore.backend
         path = h.node.path
         etag = h.etag
+        disk = self.disk if etag and backend.kind != "local" else None
+        disk_key = f"{h.datastore.cache_identity}|{path}|{etag}|{idx}|{bs}"
 
         async def fetch() -> bytes:
+            if disk is not None:
+                data = await disk.get(disk_key)
+                if data is not None and len(data) == expected:
+                    return data
             data = await backend.read(path, offset, expected, etag)
             if len(data) != expected:
                 if etag is None:
@@ -560,6 +569,8 @@ class FileSystem:
                 raise IntegrityError(
                     f"{path}: block {idx} has {len(data)} bytes, expected {expected}"
                 )
+            if disk is not None:
+                self.cache.spawn(disk.put, disk_key, data)
             return data
 
         return expected, fetch

@@ -7,6 +7,7 @@ datastore can never be confused with a later one of the same name.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,11 @@ class Datastore:
     def key(self) -> str:
         """Its path under the mountpoint: NAME or NAME/VERSION."""
         return f"{self.name}/{self.version}" if self.version else self.name
+
+    @property
+    def cache_identity(self) -> str:
+        """Names the storage location (stable across restarts), for the disk cache's keys."""
+        return json.dumps(self.backend.describe(), sort_keys=True)
 
     @property
     def metadata_ttl(self) -> float:
