@@ -230,16 +230,32 @@ def run_daemon(config: Config, ready_fd: int | None = None) -> int:
 
     try:
         trio.run(main)
-    except DsmountError as e:
-        log.error("%s", e)
+    except BaseException as e:
+        error = _startup_error(e)
+        if error is None:
+            raise
+        log.error("%s", error)
         if ready_fd is not None:
             with contextlib.suppress(OSError):
-                os.write(ready_fd, f"error: {e}\n".encode())
-        return 1
-    except RuntimeError as e:  # pyfuse3.init: e.g. /dev/fuse missing, mount refused
-        log.error("cannot mount %s: %s", daemon.mountpoint, e)
+                os.write(ready_fd, f"error: {error}\n".encode())
         return 1
     return 0
+
+
+def _startup_error(exc: BaseException) -> str | None:
+    """A one-line message for an expected start-up failure (possibly inside an exception
+    group), or None for anything else."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            message = _startup_error(inner)
+            if message is not None:
+                return message
+        return None
+    if isinstance(exc, DsmountError):
+        return str(exc)
+    if isinstance(exc, RuntimeError | OSError):  # pyfuse3.init: /dev/fuse missing, mount refused
+        return f"cannot mount: {exc}"
+    return None
 
 
 def daemonize_and_run(config: Config, log_file: str | None) -> int:

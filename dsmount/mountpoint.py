@@ -55,8 +55,10 @@ def find_mount(mountpoint: str) -> MountInfo | None:
 
 
 def is_dead(mountpoint: str) -> bool:
+    # statvfs, not stat: the kernel answers stat from cached attributes for a while after the
+    # daemon died, but statvfs always goes to the (dead) connection and fails at once.
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as e:
         return e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
     return False

@@ -103,9 +103,13 @@ class LocalBackend(Backend):
         target = self._abs(path)
 
         def pread() -> bytes:
-            fd = os.open(target, os.O_RDONLY)
+            # O_NONBLOCK: a file replaced by a FIFO must not block this thread forever.
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
-                if etag is not None and _etag(os.fstat(fd)) != etag:
+                st = os.fstat(fd)
+                if not statmod.S_ISREG(st.st_mode):
+                    raise Changed(f"{path}: no longer a regular file")
+                if etag is not None and _etag(st) != etag:
                     raise Changed(f"{path}: changed since it was opened")
                 chunks = []
                 want = length

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -51,7 +52,13 @@ class ControlClient:
                 raise PermissionDenied(
                     f"permission denied on {self.path} (root or the socket group only)"
                 ) from None
-            sock.sendall(request.encode())
+            except OSError as e:
+                raise DaemonNotRunning(
+                    f"cannot reach the daemon at {self.path}: {e.strerror or e}"
+                ) from None
+            # If the daemon refused us, its reply (why) may still be readable after a broken send.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request.encode())
             line = self._read_line(sock)
         except TimeoutError:
             raise DsmountError(f"the daemon did not answer within {self.timeout:.0f}s") from None
@@ -67,7 +74,10 @@ class ControlClient:
     def _read_line(sock: socket.socket) -> bytes:
         buf = bytearray()
         while b"\n" not in buf:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 if not buf:
                     raise DsmountError("the daemon closed the connection without an answer")

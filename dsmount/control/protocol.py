@@ -75,6 +75,8 @@ def _load(line: bytes) -> dict[str, Any]:
         obj = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidRequest(f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRequest("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise InvalidRequest("a message must be a JSON object")
     return obj
@@ -127,6 +129,23 @@ def get_str(args: dict[str, Any], key: str, *, required: bool = True) -> str | N
     if not isinstance(value, str):
         raise InvalidRequest(f"argument {key!r} must be a string")
     return value
+
+
+def get_version(args: dict[str, Any]) -> str | None:
+    """A datastore version: a string or a non-negative integer, or absent."""
+    value = args.get("version")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidRequest("argument 'version' must be a string or an integer")
+    return str(value)
+
+
+def get_number(args: dict[str, Any], key: str, default: float) -> float:
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidRequest(f"argument {key!r} must be a number >= 0")
+    return float(value)
 
 
 def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:

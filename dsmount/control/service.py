@@ -18,7 +18,14 @@ from typing import Any
 
 from dsmount.backends.base import Backend, RetryPolicy
 from dsmount.backends.factory import make_backend, redacted_spec
-from dsmount.control.protocol import Request, Response, get_bool, get_str
+from dsmount.control.protocol import (
+    Request,
+    Response,
+    get_bool,
+    get_number,
+    get_str,
+    get_version,
+)
 from dsmount.errors import DsmountError, InvalidRequest, NotFound, PermissionDenied
 from dsmount.fs.core import FileSystem
 from dsmount.fs.datastore import Datastore
@@ -114,9 +121,8 @@ class ControlService:
 
     async def attach_spec(self, spec: dict[str, Any], peer: Peer | None = None) -> Datastore:
         name = get_str(spec, "name") or ""
-        version = spec.get("version")
-        if version is not None:
-            version = str(version)
+        version = get_version(spec)
+        ttl = get_number(spec, "ttl", self.ttl)
         self.core.check_name(name)
         if version is not None:
             self.core.check_name(version, "version")
@@ -147,7 +153,7 @@ class ControlService:
             backend=backend,
             version=version,
             immutable=immutable,
-            ttl=float(spec.get("ttl", self.ttl)),
+            ttl=ttl,
             negative_ttl=self.negative_ttl,
             options=redacted_spec(spec),
         )
@@ -183,9 +189,7 @@ class ControlService:
         return ds.describe()
 
     def _target(self, args: dict[str, Any]) -> tuple[str, str | None]:
-        name = get_str(args, "name") or ""
-        version = args.get("version")
-        return name, None if version is None else str(version)
+        return get_str(args, "name") or "", get_version(args)
 
     async def op_detach(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         name, version = self._target(args)

@@ -199,17 +199,22 @@ class FileSystem:
                 "detach with --force (lazy: open files stay readable until closed)"
             )
         item = self._top[name]
+        # Invalidate only entries the kernel holds: pyfuse3 logs an error for unknown ones.
+        root = self.inodes.find(ds, "")
+        known = root is not None and root.lookups > 0
         if isinstance(item, dict):
             del item[version]  # type: ignore[arg-type]
             parent = self.inodes.find(None, name)
-            if parent is not None:
+            if parent is not None and known:
                 self.invalidate_entry(parent.ino, version)  # type: ignore[arg-type]
             if not item:
                 del self._top[name]
-                self.invalidate_entry(ROOT_INODE, name)
+                if parent is not None and parent.lookups > 0:
+                    self.invalidate_entry(ROOT_INODE, name)
         else:
             del self._top[name]
-            self.invalidate_entry(ROOT_INODE, name)
+            if known:
+                self.invalidate_entry(ROOT_INODE, name)
         ds.detached = True
         self.inodes.unlink_datastore(ds)
         self.metadata.drop(ds.id)
