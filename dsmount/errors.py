@@ -82,6 +82,12 @@ class InvalidRequest(DsmountError):
     code = "invalid_request"
 
 
+class UnsupportedVersion(InvalidRequest):
+    """The client speaks another control-protocol version."""
+
+    code = "unsupported_version"
+
+
 class ConfigError(DsmountError):
     """A configuration file or option is invalid."""
 
@@ -123,6 +129,7 @@ ERROR_CODES: dict[str, type[DsmountError]] = {
     cls.code: cls
     for cls in (
         NotFound, AlreadyExists, AuthFailed, PermissionDenied, Transient, TimedOut, Changed,
-        IntegrityError, ReadOnly, Busy, InvalidRequest, ConfigError, BackendError, DsmountError,
+        IntegrityError, ReadOnly, Busy, InvalidRequest, UnsupportedVersion, ConfigError,
+        BackendError, DsmountError,
     )
 }

@@ -41,10 +41,10 @@ def read_secret_file(path: str) -> str:
 
 
 def read_secret_env(name: str, environ: Any = None) -> str:
-    value = (environ if environ is not None else os.environ).get(name)
+    value = ((environ if environ is not None else os.environ).get(name) or "").strip()
     if not value:
-        raise InvalidRequest(f"environment variable {name} is not set")
-    return value.strip()
+        raise InvalidRequest(f"environment variable {name} is not set (or empty)")
+    return value
 
 
 def resolve(ref: dict[str, Any]) -> str:

@@ -66,7 +66,7 @@ def make_backend(spec: dict[str, Any], *, retry: RetryPolicy) -> Backend:
             prefix=(_str(spec, "prefix") or "").strip("/"),
             retry=retry,
         )
-    from dsmount.backends.fileshare import FileShareBackend  # type: ignore[import-not-found]
+    from dsmount.backends.fileshare import FileShareBackend
 
     return FileShareBackend(
         share=_str(spec, "share", required=True) or "",

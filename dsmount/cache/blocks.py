@@ -123,13 +123,6 @@ class BlockCache:
     def _note_peak(self) -> None:
         self.peak_bytes = max(self.peak_bytes, self.used_bytes)
 
-    async def _reserve(self, size: int) -> None:
-        size = min(size, self.budget)
-        while not self._evict_for(size):
-            await self._room.wait()
-        self._reserved += size
-        self._note_peak()
-
     def _release(self, size: int) -> None:
         self._reserved -= min(size, self.budget)
         self._room.set()
@@ -148,40 +141,53 @@ class BlockCache:
 
     async def get(self, key: BlockKey, size: int, fetch: Fetch, counters: ReadCounters) -> bytes:
         """The block `key` (expected `size` bytes), from the cache or fetched once."""
-        data = self._lru.get(key)
-        if data is not None:
-            self.count_hit(key, counters)
-            return data
-        flight = self._inflight.get(key)
-        if flight is None:
-            counters.cache_misses += 1
-            await self._reserve(size)
-            # Someone may have started the same fetch while we waited for room.
+        missed = False
+        while True:
+            data = self._lru.get(key)
+            if data is not None:
+                if not missed:
+                    self.count_hit(key, counters)
+                return data
             flight = self._inflight.get(key)
-            if flight is None:
+            if flight is not None:
+                if flight.prefetch:
+                    counters.readahead_hits += 1
+                    flight.prefetch = False  # a reader wants it now: count it once
+                break
+            if not missed:
+                counters.cache_misses += 1
+                missed = True
+            # While we wait for room another reader may fetch this very block: look again.
+            if self._evict_for(min(size, self.budget)):
+                self._reserved += min(size, self.budget)
+                self._note_peak()
                 flight = self._start(key, size, fetch, counters, prefetch=False)
-            else:
-                self._release(size)
-        elif flight.prefetch:
-            counters.readahead_hits += 1
-            flight.prefetch = False  # a reader wants it now: count it once
+                break
+            await self._room.wait()
         await flight.done.wait()
         if flight.error is not None:
             raise flight.error
         assert flight.data is not None
         return flight.data
 
-    def prefetch(self, key: BlockKey, size: int, fetch: Fetch, counters: ReadCounters) -> bool:
-        """Start fetching `key` in the background if there is room now; never waits."""
+    def prefetch(self, key: BlockKey, size: int, fetch: Fetch, counters: ReadCounters,
+                 *, readahead: bool = True) -> bool:
+        """Start fetching `key` in the background if there is room now; never waits.
+
+        `readahead=False` for the later blocks of one multi-block demand read: fetched early
+        the same way, but not counted as read-ahead.
+        """
         if key in self._inflight or key in self._lru:
             return True
         if self._nursery is None or not self._evict_for(min(size, self.budget)):
-            counters.readahead_skipped += 1
+            if readahead:
+                counters.readahead_skipped += 1
             return False
         self._reserved += min(size, self.budget)
         self._note_peak()
-        counters.readahead_started += 1
-        self._start(key, size, fetch, counters, prefetch=True)
+        if readahead:
+            counters.readahead_started += 1
+        self._start(key, size, fetch, counters, prefetch=readahead)
         return True
 
     def _start(

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsmount.errors import ERROR_CODES, DsmountError, InvalidRequest
+from dsmount.errors import ERROR_CODES, DsmountError, InvalidRequest, UnsupportedVersion
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # a request larger than this is refused and the connection closed
@@ -63,7 +63,10 @@ class Response:
         if self.ok:
             return self.result
         cls = ERROR_CODES.get(self.code or "", DsmountError)
-        raise cls(self.message or self.code or "error")
+        error = cls(self.message or self.code or "error")
+        if cls is DsmountError and self.code:
+            error.code = self.code  # keep codes this client does not know (e.g. "internal")
+        raise error
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
@@ -112,12 +115,6 @@ def parse_response(line: bytes) -> Response:
         err = {}
     return Response.failure(str(err.get("code", "error")), str(err.get("message", "")),
                             obj.get("id"))
-
-
-class UnsupportedVersion(InvalidRequest):
-    """The client speaks another protocol version."""
-
-    code = "unsupported_version"
 
 
 def get_str(args: dict[str, Any], key: str, *, required: bool = True) -> str | None:

@@ -265,6 +265,8 @@ class FileSystem:
     def _fresh(self, node: Node) -> bool:
         if node.datastore is None:
             return True
+        if node.entry_time == -math.inf:  # marked stale (refresh, or changed under a reader)
+            return False
         return self.clock() - node.entry_time <= node.datastore.metadata_ttl
 
     def _node(self, ino: int) -> Node:
@@ -295,8 +297,11 @@ class FileSystem:
             if entry is None:
                 raise NotFound(f"{ds.key}/{path}: no such file or directory")
             return entry
+        deadline = self.settings.request_deadline
         try:
-            return await ds.backend.stat(path)
+            with trio.move_on_after(deadline):
+                return await ds.backend.stat(path)
+            raise TimedOut(f"{ds.key}/{path}: no answer within {deadline:.0f}s")
         except NotFound:
             self.metadata.put_negative(ds.id, path, ds.negative_ttl, self.clock())
             raise
@@ -408,6 +413,14 @@ class FileSystem:
                         ds.id, handle.node.path, {e.name: e for e in handle.entries}, self.clock()
                     )
                     break
+                except BaseException:
+                    # The listing broke off (error, deadline): a later readdir on this handle
+                    # starts it afresh (names already returned are skipped), and a partial
+                    # listing is never cached as complete.
+                    ds = handle.node.datastore
+                    assert ds is not None
+                    handle.pages = ds.backend.list(handle.node.path)
+                    raise
                 for e in page:
                     if e.name not in handle.names:
                         handle.names.add(e.name)
@@ -538,7 +551,8 @@ class FileSystem:
         needed = blocks_for_read(offset, length, bs, h.size)
         # Start the later blocks of a multi-block read before waiting, so their GETs overlap.
         for idx in list(needed)[1:]:
-            self.cache.prefetch(self._key(h, idx), *self._fetcher(h, idx), ds.counters)
+            self.cache.prefetch(self._key(h, idx), *self._fetcher(h, idx), ds.counters,
+                                readahead=False)
         parts = []
         for idx in needed:
             block = await self.cache.get(self._key(h, idx), *self._fetcher(h, idx), ds.counters)

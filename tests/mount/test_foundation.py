@@ -702,7 +702,7 @@ def test_kill9_stale_mount_is_cleaned_and_state_restored(
     expect_errno(errno.ENOTCONN, os.listdir, d.mountpoint)
     assert "not running" in one_error_line(d.cli("ping", check=False))  # stale socket file
     # Until the kernel's cached attributes of the mount root expire, stat() still succeeds on
-    # the dead mount, and the daemon's stale-mount check is fooled (a regression test below covers it).
+    # the dead mount (the daemon uses statvfs, which is not fooled; a regression test covers it).
     wait_until(lambda: stat_errno(d.mountpoint) == errno.ENOTCONN, 5, "root attributes to expire")
 
     d.start()
