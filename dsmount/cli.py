@@ -316,5 +316,16 @@ def link_home_cmd(user: str | None, home: Path | None, target: Path, force: bool
     run_guarded(link)
 
 
+def _add_workspace_commands() -> None:
+    # Imported late: the workspace module builds on the helpers above.
+    from dsmount.cli_workspace import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_workspace_commands()
+
+
 def main() -> None:
     cli(prog_name="dsmount")

@@ -1,0 +1,221 @@
+"""An Azure blob container (or a prefix inside one) as a Store (azure-storage-blob, sync).
+
+A blob is committed in one request (Put Blob, or Put Block List for big files), so an
+interrupted upload never leaves a partial blob; Content-MD5 is set on every blob written, and
+downloads are pinned to the ETag seen when planning (never a mix of two versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from dsmount.credentials import Credential
+from dsmount.errors import AlreadyExists, ConfigError
+from dsmount.stores.azure_common import AzureStore, ProgressHook, endpoint_for, retry_options
+from dsmount.stores.base import (
+    BIG_FILE,
+    CHUNK_CONCURRENCY,
+    Progress,
+    RemoteFile,
+    clean_path,
+    content_type,
+    join,
+)
+
+
+class BlobStore(AzureStore):
+    """An Azure blob container, or a prefix inside one."""
+
+    kind = "blob"
+
+    def __init__(
+        self,
+        *,
+        container: str,
+        credential: Credential,
+        account: str | None = None,
+        endpoint: str | None = None,
+        prefix: str = "",
+        retries: int = 4,
+    ) -> None:
+        super().__init__(credential)
+        if not container:
+            raise ConfigError("a blob datastore needs a container name")
+        self.container = container
+        self.prefix = clean_path(prefix, what="prefix")
+        self.endpoint, self.account = endpoint_for("blob", credential, account, endpoint)
+        from azure.storage.blob import ContainerClient, ExponentialRetry
+
+        options = retry_options(retries, ExponentialRetry)
+        if credential.kind == "connection_string" and credential.secret is not None:
+            self.client = ContainerClient.from_connection_string(
+                credential.secret.reveal(), container_name=container, **options
+            )
+        else:
+            self.client = ContainerClient(
+                account_url=self.endpoint,
+                container_name=container,
+                credential=self._sdk_credential(self.account),
+                **options,
+            )
+
+    def describe(self) -> str:
+        return "/".join(x for x in (self.account, self.container, self.prefix) if x)
+
+    def _name(self, path: str) -> str:
+        return join(self.prefix, clean_path(path))
+
+    def _rel(self, name: str) -> str:
+        return name[len(self.prefix) + 1 :] if self.prefix else name
+
+    def check(self) -> None:
+        with self._mapped(f"check {self.describe()}"):
+            start = self.prefix + "/" if self.prefix else None
+            pages = self.client.list_blobs(name_starts_with=start, results_per_page=1).by_page()
+            next(iter(pages), None)
+
+    def create(self) -> bool:
+        from azure.core.exceptions import ResourceExistsError
+
+        with self._mapped(f"create container {self.container!r}"):
+            try:
+                self.client.create_container()
+            except ResourceExistsError:
+                return False
+            return True
+
+    def _file(self, props: Any) -> RemoteFile:
+        md5 = props.content_settings.content_md5 if props.content_settings else None
+        return RemoteFile(
+            self._rel(props.name),
+            int(props.size or 0),
+            bytes(md5) if md5 else None,
+            (props.etag or "").strip('"') or None,
+            props.last_modified.timestamp() if props.last_modified else None,
+        )
+
+    @staticmethod
+    def _is_folder(props: Any) -> bool:
+        meta = props.metadata or {}
+        return props.name.endswith("/") or (
+            not props.size and str(meta.get("hdi_isfolder", "")).lower() == "true"
+        )
+
+    def walk(self, prefix: str = "") -> Iterator[RemoteFile]:
+        rel = clean_path(prefix)
+        full = self._name(rel)
+        start = full if rel else (self.prefix + "/" if self.prefix else "")
+        with self._mapped(f"list {self.describe()}/{rel}"):
+            for props in self.client.list_blobs(
+                name_starts_with=start or None, include=["metadata"]
+            ):
+                name = props.name
+                if rel and name != full and not name.startswith(full + "/"):
+                    continue  # "data.csv.bak" when asked for "data.csv"
+                if self._is_folder(props):
+                    continue
+                yield self._file(props)
+
+    def stat(self, path: str) -> RemoteFile | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._mapped(f"stat {path}"):
+            try:
+                props = self.client.get_blob_client(self._name(path)).get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        return None if self._is_folder(props) else self._file(props)
+
+    def upload(
+        self, local: Path, path: str, *, size: int, md5: bytes, overwrite: bool, progress: Progress
+    ) -> None:
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        blob = self.client.get_blob_client(self._name(path))
+        # Content-MD5 is set on every blob we write, also when it is committed as a block list
+        # (the service computes it only for single-shot uploads): skip-if-same relies on it.
+        settings = ContentSettings(content_type=content_type(path), content_md5=bytearray(md5))
+        with open(local, "rb") as data, self._mapped(f"upload {path}"):
+            try:
+                blob.upload_blob(
+                    data,
+                    length=size,
+                    overwrite=overwrite,
+                    content_settings=settings,
+                    max_concurrency=CHUNK_CONCURRENCY if size >= BIG_FILE else 1,
+                    progress_hook=ProgressHook(progress),
+                )
+            except ResourceExistsError:
+                raise AlreadyExists(
+                    f"{path} appeared in {self.describe()} meanwhile; not overwritten"
+                ) from None
+
+    def download(self, f: RemoteFile, out: IO[bytes], *, progress: Progress) -> None:
+        from azure.core import MatchConditions
+
+        pin: dict[str, Any] = {}
+        if f.etag:
+            # The bytes of the version we planned with, or Changed: never a mix of two.
+            pin = {"etag": f'"{f.etag}"', "match_condition": MatchConditions.IfNotModified}
+        blob = self.client.get_blob_client(self._name(f.path))
+        with self._mapped(f"download {f.path}"):
+            stream = blob.download_blob(
+                max_concurrency=CHUNK_CONCURRENCY if f.size >= BIG_FILE else 1,
+                progress_hook=ProgressHook(progress),
+                **pin,
+            )
+            stream.readinto(out)
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        from azure.core.exceptions import HttpResponseError
+
+        if length <= 0:
+            return b""
+        blob = self.client.get_blob_client(self._name(path))
+        with self._mapped(f"read {path}"):
+            try:
+                return blob.download_blob(offset=offset, length=length).readall()
+            except HttpResponseError as e:
+                if e.status_code == 416:  # at or past the end
+                    return b""
+                raise
+
+    def put_bytes(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        blob = self.client.get_blob_client(self._name(path))
+        settings = ContentSettings(
+            content_type=content_type(path), content_md5=bytearray(hashlib.md5(data).digest())
+        )
+        with self._mapped(f"write {path}"):
+            try:
+                blob.upload_blob(data, overwrite=not exclusive, content_settings=settings)
+            except ResourceExistsError:
+                return False
+        return True
+
+    def list_dir(self, path: str) -> tuple[list[str], list[str]]:
+        from azure.storage.blob import BlobPrefix
+
+        start = join(self.prefix, clean_path(path))
+        start = start + "/" if start else ""
+        files: list[str] = []
+        dirs: list[str] = []
+        with self._mapped(f"list {path or '/'}"):
+            for item in self.client.walk_blobs(name_starts_with=start or None, delimiter="/"):
+                name = item.name[len(start) :].rstrip("/")
+                if not name:
+                    continue
+                (dirs if isinstance(item, BlobPrefix) else files).append(name)
+        return sorted(files), sorted(dirs)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# -- file share -------------------------------------------------------------------------------

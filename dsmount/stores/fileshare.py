@@ -1,0 +1,240 @@
+"""An Azure file share (or a directory inside one) as a Store (azure-storage-file-share, sync).
+
+Azure Files has no atomic create-if-absent and a file is written as create + ranges, so: the
+file's Content-MD5 is set only after all its bytes are written (an interrupted upload leaves a
+file without MD5, which skip-if-same never takes for a complete copy), and `overwrite=False`
+is checked just before writing (best effort). A listing carries no MD5; `content_md5` asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from dsmount.credentials import Credential
+from dsmount.errors import AlreadyExists, ConfigError
+from dsmount.stores.azure_common import AzureStore, ProgressHook, endpoint_for, retry_options
+from dsmount.stores.base import (
+    BIG_FILE,
+    CHUNK_CONCURRENCY,
+    Progress,
+    RemoteFile,
+    clean_path,
+    content_type,
+    join,
+)
+
+
+class FileShareStore(AzureStore):
+    """An Azure file share, or a directory inside one."""
+
+    kind = "fileshare"
+
+    def __init__(
+        self,
+        *,
+        share: str,
+        credential: Credential,
+        account: str | None = None,
+        endpoint: str | None = None,
+        prefix: str = "",
+        retries: int = 4,
+    ) -> None:
+        super().__init__(credential)
+        if not share:
+            raise ConfigError("a file share datastore needs a share name")
+        if credential.kind == "anonymous":
+            raise ConfigError("Azure Files has no anonymous access; give a credential")
+        self.share = share
+        self.prefix = clean_path(prefix, what="prefix")
+        self.endpoint, self.account = endpoint_for("file", credential, account, endpoint)
+        from azure.storage.fileshare import ExponentialRetry, ShareClient
+
+        options = retry_options(retries, ExponentialRetry)
+        if credential.kind == "connection_string" and credential.secret is not None:
+            self.client = ShareClient.from_connection_string(
+                credential.secret.reveal(), share_name=share, **options
+            )
+        else:
+            if credential.kind == "azure_ad":
+                options["token_intent"] = "backup"  # what Azure Files requires for OAuth
+            self.client = ShareClient(
+                account_url=self.endpoint,
+                share_name=share,
+                credential=self._sdk_credential(self.account),
+                **options,
+            )
+        self._made_dirs: set[str] = set()
+        self._dir_lock = threading.Lock()
+
+    def describe(self) -> str:
+        return "/".join(x for x in (self.account, self.share, self.prefix) if x)
+
+    def _name(self, path: str) -> str:
+        return join(self.prefix, clean_path(path))
+
+    def check(self) -> None:
+        with self._mapped(f"check {self.describe()}"):
+            if self.prefix:
+                self.client.get_directory_client(self.prefix).get_directory_properties()
+            else:
+                self.client.get_share_properties()
+
+    def create(self) -> bool:
+        from azure.core.exceptions import ResourceExistsError
+
+        created = False
+        with self._mapped(f"create share {self.share!r}"):
+            try:
+                self.client.create_share()
+                created = True
+            except ResourceExistsError:
+                pass
+        if self.prefix:
+            self._ensure_dirs(self.prefix, include_last=True)
+        return created
+
+    def _ensure_dirs(self, name: str, *, include_last: bool = False) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        parts = name.split("/") if include_last else name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            with self._dir_lock:
+                if d in self._made_dirs:
+                    continue
+            with self._mapped(f"create directory {d}"), contextlib.suppress(ResourceExistsError):
+                self.client.get_directory_client(d).create_directory()
+            with self._dir_lock:
+                self._made_dirs.add(d)
+
+    def _rel(self, name: str) -> str:
+        return name[len(self.prefix) + 1 :] if self.prefix else name
+
+    def walk(self, prefix: str = "") -> Iterator[RemoteFile]:
+        rel = clean_path(prefix)
+        if rel and (f := self.stat(rel)) is not None:
+            yield f
+            return
+        from azure.core.exceptions import ResourceNotFoundError
+
+        stack = [self._name(rel)]
+        while stack:
+            d = stack.pop()
+            with self._mapped(f"list {self._rel(d) or '/'}"):
+                try:
+                    items = list(self.client.get_directory_client(d).list_directories_and_files())
+                except ResourceNotFoundError:
+                    if d == self._name(rel):
+                        return  # nothing there: an empty walk, as for a blob prefix
+                    raise
+            for item in sorted(items, key=lambda i: i["name"], reverse=True):
+                name = join(d, item["name"])
+                if item["is_directory"]:
+                    stack.append(name)
+                else:
+                    yield RemoteFile(self._rel(name), int(item.get("size") or 0), md5_known=False)
+
+    def stat(self, path: str) -> RemoteFile | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        name = self._name(path)
+        if not name:
+            return None
+        with self._mapped(f"stat {path}"):
+            try:
+                props = self.client.get_file_client(name).get_file_properties()
+            except ResourceNotFoundError:
+                return None
+        md5 = props.content_settings.content_md5 if props.content_settings else None
+        return RemoteFile(
+            self._rel(name),
+            int(props.size or 0),
+            bytes(md5) if md5 else None,
+            (props.etag or "").strip('"') or None,
+            props.last_modified.timestamp() if props.last_modified else None,
+        )
+
+    def content_md5(self, f: RemoteFile) -> bytes | None:
+        if f.md5_known:
+            return f.md5
+        full = self.stat(f.path)
+        return full.md5 if full is not None else None
+
+    def upload(
+        self, local: Path, path: str, *, size: int, md5: bytes, overwrite: bool, progress: Progress
+    ) -> None:
+        from azure.storage.fileshare import ContentSettings
+
+        name = self._name(path)
+        self._ensure_dirs(name)
+        fc = self.client.get_file_client(name)
+        if not overwrite and self.stat(path) is not None:  # no atomic create-if-absent here
+            raise AlreadyExists(f"{path} appeared in {self.describe()} meanwhile; not overwritten")
+        with open(local, "rb") as data, self._mapped(f"upload {path}"):
+            fc.upload_file(
+                data,
+                length=size,
+                max_concurrency=CHUNK_CONCURRENCY if size >= BIG_FILE else 1,
+                content_settings=ContentSettings(content_type=content_type(path)),
+                progress_hook=ProgressHook(progress),
+            )
+            # Only now the MD5: a file cut short by an interruption has none, so it is never
+            # taken for a complete copy by skip-if-same.
+            fc.set_http_headers(
+                ContentSettings(content_type=content_type(path), content_md5=bytearray(md5))
+            )
+
+    def download(self, f: RemoteFile, out: IO[bytes], *, progress: Progress) -> None:
+        fc = self.client.get_file_client(self._name(f.path))
+        with self._mapped(f"download {f.path}"):
+            stream = fc.download_file(
+                max_concurrency=CHUNK_CONCURRENCY if f.size >= BIG_FILE else 1,
+                progress_hook=ProgressHook(progress),
+            )
+            stream.readinto(out)
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        from azure.core.exceptions import HttpResponseError
+
+        if length <= 0:
+            return b""
+        fc = self.client.get_file_client(self._name(path))
+        with self._mapped(f"read {path}"):
+            try:
+                return fc.download_file(offset=offset, length=length).readall()
+            except HttpResponseError as e:
+                if e.status_code == 416:
+                    return b""
+                raise
+
+    def put_bytes(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
+        if exclusive and self.stat(path) is not None:
+            return False  # best effort: Azure Files has no conditional create
+        name = self._name(path)
+        self._ensure_dirs(name)
+        with self._mapped(f"write {path}"):
+            self.client.get_file_client(name).upload_file(data, length=len(data))
+        return True
+
+    def list_dir(self, path: str) -> tuple[list[str], list[str]]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        files: list[str] = []
+        dirs: list[str] = []
+        with self._mapped(f"list {path or '/'}"):
+            try:
+                items = list(
+                    self.client.get_directory_client(self._name(path)).list_directories_and_files()
+                )
+            except ResourceNotFoundError:
+                return [], []
+        for item in items:
+            (dirs if item["is_directory"] else files).append(item["name"])
+        return sorted(files), sorted(dirs)
+
+    def close(self) -> None:
+        self.client.close()
