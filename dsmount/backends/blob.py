@@ -1,12 +1,13 @@
 """Azure Blob Storage backend: one container (optionally below a prefix) as a read-only tree.
 
 Requests go through the Azure SDK's asyncio client pipeline, driven from trio by the shared
-`AsyncioThread` (measured faster than the sync client in worker threads; see
-scripts/bench_adapters.py). Authentication, SAS signing and the HTTP transport stay the SDK's;
-the three calls on the hot paths are sent as plain requests through that pipeline:
+`AsyncioThread` (why: see aio_bridge). Authentication, SAS signing and the HTTP transport stay
+the SDK's; the three calls on the hot paths are sent as plain requests through that pipeline:
 
 - List Blobs (`list`, directory checks): the XML is parsed by `blob_listing`, not the SDK's
-  model deserializer (about 3x faster listings);
+  model deserializer, and the next page is requested while the caller consumes this one
+  (20,000 blobs in one directory on Azurite: `walk_blobs` 8.9 s / 4.7 s client CPU, this
+  2.5 s / 0.8 s; scripts/bench_adapters.py --list-blobs 20000);
 - Get Blob Properties (`stat`): one HEAD;
 - Get Blob (`read`): exactly one ranged GET per call, raw bytes, no SDK chunking - the cache
   above decides block sizes.
@@ -29,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -39,6 +41,8 @@ from dsmount.backends.aio_bridge import AsyncioThread, BridgeClosed, shared_loop
 from dsmount.backends.base import Backend, Entry, RetryPolicy, with_retry
 from dsmount.backends.blob_listing import (
     DirectoryPages,
+    ListPage,
+    name_problem,
     parse_http_date,
     parse_list_page,
     strip_etag,
@@ -56,9 +60,17 @@ from dsmount.errors import (
 
 log = logging.getLogger(__name__)
 
+# The SDK logs every request's and response's headers at INFO: at our request rates that is
+# noise and measurable CPU. Quiet it unless logging was configured for it explicitly.
+_sdk_http_log = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+if _sdk_http_log.level == logging.NOTSET:
+    _sdk_http_log.setLevel(logging.WARNING)
+
 T = TypeVar("T")
 
 _REPORTED_MAX = 10_000  # names remembered for log-once; beyond it, nothing more is logged
+_PREFETCH_MAX = 16  # listing pages fetched ahead and not yet consumed, across all listings
+_PREFETCH_TTL = 30.0  # seconds an unclaimed prefetched page (an abandoned listing) is kept
 
 
 class _HttpStatus(Exception):
@@ -204,6 +216,9 @@ class BlobBackend(Backend):
         self._secrets = credential.secret_strings()
         self._reported: set[tuple[str, str]] = set()
         self._client: Any = None  # the SDK ContainerClient, made on the asyncio loop
+        # Listing pages requested ahead, by (listing id, marker); touched on the loop only.
+        self._prefetched: dict[tuple[int, str], asyncio.Task[ListPage]] = {}
+        self._listings = itertools.count()
         self._token_credential: Any = None
         self._closed = False
 
@@ -214,15 +229,22 @@ class BlobBackend(Backend):
                 )
             endpoint = endpoint.rstrip("/")
         if credential.kind == "connection_string":
+            # It carries its own endpoint (the SDK builds the client from it alone).
             assert credential.secret is not None
             parts = parse_connection_string(credential.secret.reveal())
             account = account or parts.get("accountname")
-            if endpoint is None:
-                endpoint = parts.get("blobendpoint", "").rstrip("/") or None
-            if endpoint is None and account:
+            own = parts.get("blobendpoint", "").rstrip("/") or None
+            if own is None and parts.get("accountname"):
                 scheme = parts.get("defaultendpointsprotocol", "https")
                 suffix = parts.get("endpointsuffix", "core.windows.net")
-                endpoint = f"{scheme}://{account}.blob.{suffix}"
+                own = f"{scheme}://{parts['accountname']}.blob.{suffix}"
+            if own is None:
+                raise ConfigError("the connection string names no blob endpoint or account")
+            if endpoint is not None and endpoint != own:
+                raise ConfigError(
+                    "the connection string names its own endpoint; do not give another one"
+                )
+            endpoint = own
         if endpoint is None:
             if not account:
                 raise ConfigError("a blob datastore needs an account name or an endpoint URL")
@@ -248,7 +270,6 @@ class BlobBackend(Backend):
         async def attempt() -> T:
             if self._closed:
                 raise BackendError(f"{what}: the datastore backend is closed")
-            self.stats.requests += 1
             try:
                 return await self.bridge.run(fn)
             except DsmountError:
@@ -267,9 +288,7 @@ class BlobBackend(Backend):
 
     def _make_client(self) -> Any:
         import aiohttp
-        from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
         from azure.core.pipeline.transport import AioHttpTransport
-        from azure.storage.blob.aio import ContainerClient
 
         # Our own session: the connection limit is ours; auto_decompress=False and the dummy
         # cookie jar are what the SDK's default session uses (a blob stored with
@@ -280,11 +299,26 @@ class BlobBackend(Backend):
             auto_decompress=False,
             trust_env=True,
         )
+        # Socket timeouts only back up ours (RetryPolicy.attempt_timeout cancels a stalled
+        # attempt from the trio side); they belong to the transport when we bring our own.
+        transport = AioHttpTransport(
+            session=session,
+            connection_timeout=min(10.0, self.retry.attempt_timeout),
+            read_timeout=self.retry.attempt_timeout,
+        )
+        try:
+            return self._make_container_client(transport)
+        except BaseException:
+            asyncio.get_running_loop().create_task(session.close())  # do not leak it
+            raise
+
+    def _make_container_client(self, transport: Any) -> Any:
+        from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+        from azure.storage.blob.aio import ContainerClient
+
         options: dict[str, Any] = {
-            "transport": AioHttpTransport(session=session, session_owner=True),
+            "transport": transport,  # owns the session: closing the client closes it
             "retry_total": 0,  # ONE retry policy: ours
-            "connection_timeout": min(10.0, self.retry.attempt_timeout),
-            "read_timeout": self.retry.attempt_timeout,
         }
         cred = self.credential
         secret = cred.secret.reveal() if cred.secret is not None else ""
@@ -309,7 +343,15 @@ class BlobBackend(Backend):
         )
 
     def _blob_name(self, path: str) -> str:
+        """The blob name of datastore path `path`. Paths with segments a listing would never
+        show ("", ".", "..", ...) name nothing: NotFound, before any request - which also keeps
+        a ".." (normalized away by HTTP stacks) from escaping the datastore's prefix."""
         path = path.strip("/")
+        if path:
+            for segment in path.split("/"):
+                problem = name_problem(segment)
+                if problem:
+                    raise NotFound(f"{path!r}: not a valid path ({problem})")
         if self.prefix:
             return f"{self.prefix}/{path}" if path else self.prefix
         return path
@@ -341,13 +383,56 @@ class BlobBackend(Backend):
         client = self._container()
         headers["x-ms-version"] = client.api_version
         request = HttpRequest(method, url, headers=headers, params=params)
+        # Counted here, on the loop thread (the only writer), so prefetches count too.
+        self.stats.requests += 1
         # stream=True: with stream=False the pipeline's ContentDecodePolicy would also decode
         # the body by its Content-Type (XML into a tree, a blob into text).
         return (await client._pipeline.run(request, stream=True)).http_response
 
     async def _list_page(
+        self,
+        prefix: str,
+        marker: str | None,
+        delimiter: str | None,
+        max_results: int,
+        listing: int | None = None,
+    ) -> ListPage:
+        """One List Blobs page. For a `listing` (an id unique to one walk of one directory),
+        the request for the following page is sent as soon as this one has arrived, so the
+        server works on it while the caller consumes this page (listing time ~ server time
+        instead of server + client time). A prefetched page serves only its own listing."""
+        ahead = self._prefetched.pop((listing, marker), None) if listing is not None else None
+        if ahead is not None:
+            # A failed prefetch raises here; the retry of this attempt sends a fresh request.
+            return await ahead
+        page = await self._fetch_page(prefix, marker, delimiter, max_results)
+        if listing is not None and page.next_marker is not None and not self._closed:
+            task = asyncio.get_running_loop().create_task(
+                self._fetch_page(prefix, page.next_marker, delimiter, max_results)
+            )
+            self._keep_prefetch((listing, page.next_marker), task)
+        return page
+
+    def _keep_prefetch(self, key: tuple[int, str], task: asyncio.Task[ListPage]) -> None:
+        loop = asyncio.get_running_loop()
+        self._prefetched[key] = task
+        while len(self._prefetched) > _PREFETCH_MAX:  # abandoned listings: drop the oldest
+            self._prefetched.pop(next(iter(self._prefetched))).cancel()
+
+        def expire() -> None:
+            if self._prefetched.get(key) is task:  # nobody came for it: the listing was left
+                del self._prefetched[key]
+
+        def on_done(_: asyncio.Task[ListPage]) -> None:
+            if not task.cancelled():
+                task.exception()  # mark it seen: an unclaimed failure is not worth a log line
+            loop.call_later(_PREFETCH_TTL, expire)
+
+        task.add_done_callback(on_done)
+
+    async def _fetch_page(
         self, prefix: str, marker: str | None, delimiter: str | None, max_results: int
-    ) -> Any:
+    ) -> ListPage:
         client = self._container()
         params = {
             "restype": "container",
@@ -462,26 +547,37 @@ class BlobBackend(Backend):
         path = path.strip("/")
         prefix = self._dir_prefix(path)
         pages = DirectoryPages(prefix, self._report)
+        listing = next(self._listings)
         marker: str | None = None
         first = True
         what = f"list {path or '/'!r}"
-        while True:
-            page = await self._call(
-                what,
-                lambda m=marker: self._list_page(prefix, m, "/", self.page_size),
-            )
-            marker = page.next_marker
-            entries = pages.feed(page, last=marker is None)
-            if marker is None and not pages.seen_any and path:
-                # Nothing under "path/": an empty directory only if a marker blob says so.
-                entry = await self.stat(path)
-                if not entry.is_dir:
-                    raise NotFound(f"{what}: not a directory")
-            if entries or first or marker is None:
-                first = False
-                yield entries
-            if marker is None:
-                return
+        try:
+            while True:
+                page = await self._call(
+                    what,
+                    lambda m=marker: self._list_page(prefix, m, "/", self.page_size, listing),
+                )
+                marker = page.next_marker
+                entries = pages.feed(page, last=marker is None)
+                if marker is None and not pages.seen_any and path:
+                    # Nothing under "path/": an empty directory only if a marker blob says so.
+                    entry = await self.stat(path)
+                    if not entry.is_dir:
+                        raise NotFound(f"{what}: not a directory")
+                if entries or first or marker is None:
+                    first = False
+                    yield entries
+                if marker is None:
+                    return
+        finally:
+            if marker is not None and self._bridge is not None:
+                # Left early (or failed): cancel the page requested ahead. Not awaited - this
+                # may run while the generator is being finalized.
+                self._bridge.call_soon(self._drop_prefetch, listing)
+
+    def _drop_prefetch(self, listing: int) -> None:
+        for key in [k for k in self._prefetched if k[0] == listing]:
+            self._prefetched.pop(key).cancel()
 
     async def read(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
         if offset < 0 or length < 0:
@@ -521,6 +617,9 @@ class BlobBackend(Backend):
             return
 
         async def close() -> None:
+            for task in self._prefetched.values():
+                task.cancel()
+            self._prefetched.clear()
             if self._client is not None:
                 await self._client.close()
             if self._token_credential is not None:
