@@ -298,6 +298,7 @@ class BlobBackend(Backend):
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             trust_env=True,
+            read_bufsize=4 * 1024 * 1024,
         )
         # Socket timeouts only back up ours (RetryPolicy.attempt_timeout cancels a stalled
         # attempt from the trio side); they belong to the transport when we bring our own.
