@@ -67,6 +67,9 @@ class Backend(abc.ABC):
     """A read-only view of one datastore's objects."""
 
     kind: str = "abstract"
+    # Answer a lookup in an unlisted directory by listing it (one page) rather than a stat per
+    # name: right for object stores, where a LIST costs about what a HEAD does.
+    list_on_lookup: bool = False
 
     def __init__(self) -> None:
         self.stats = BackendStats()

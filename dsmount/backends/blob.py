@@ -187,6 +187,7 @@ class BlobBackend(Backend):
     """One Azure blob container, or a prefix inside one, as a read-only directory tree."""
 
     kind = "blob"
+    list_on_lookup = True
 
     def __init__(
         self,

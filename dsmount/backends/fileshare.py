@@ -20,6 +20,9 @@ Invariants:
   pinned one itself: it never returns bytes of another version (Changed instead). It returns
   exactly the bytes the server promised in Content-Range, or raises (a short body is Transient
   and so retried).
+- Ranged reads are checked against the MD5 the service sends (`integrity`): the range's own
+  for ranges up to 4 MiB, else the file's stored one when the whole file is read; a mismatch
+  is an IntegrityError, never served.
 - Every request says `x-ms-allow-trailing-dot: true`: without it the service trims trailing
   dots from path segments, and a listed "name." would be read as "name".
 - The ETag changes with any change to a file (content or properties): a pinned handle fails
@@ -54,6 +57,7 @@ from dsmount.backends.fileshare_listing import (
     entry_from_headers,
     parse_list_page,
 )
+from dsmount.backends.integrity import range_md5_headers, verify_md5
 from dsmount.credentials import Credential, redact
 from dsmount.errors import (
     AuthFailed,
@@ -82,6 +86,7 @@ class FileShareBackend(Backend):
     """One Azure file share, or a directory inside one, as a read-only directory tree."""
 
     kind = "fileshare"
+    list_on_lookup = True
 
     def __init__(
         self,
@@ -255,6 +260,7 @@ class FileShareBackend(Backend):
     async def _get_range(self, full: str, offset: int, length: int, etag: str | None) -> bytes:
         client = self._share_client()
         headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}"}
+        headers.update(range_md5_headers(length))
         response = await self._send("GET", self._url(client, full), headers)
         try:
             # The aiohttp response itself: the SDK's body helper would gunzip a file stored
@@ -275,13 +281,18 @@ class FileShareBackend(Backend):
                         raise Transient(f"read {full!r}: short body")
                     return body[:length]
                 raise Transient(f"read {full!r}: response without a valid Content-Range")
-            first, last, _total = span
+            first, last, total = span
             if first != offset or last >= offset + length:
                 raise BackendError(f"read {full!r}: server sent range {first}-{last}")
             if len(body) != last - first + 1:
                 raise Transient(
                     f"read {full!r}: short body ({len(body)} of {last - first + 1} bytes)"
                 )
+            await verify_md5(
+                body, response.headers, what=f"read {full!r} bytes {first}-{last}",
+                asked_range_md5="x-ms-range-get-content-md5" in headers,
+                whole=first == 0 and last == total - 1, stored_header="x-ms-content-md5",
+            )
             return body
         finally:
             await response.close()

@@ -10,11 +10,16 @@ Invariants:
 - Keys carry the object's ETag, so a block of an old version can never be served for a new one.
 - Fetch tasks run in the cache's own nursery, so a reader giving up does not cancel a GET
   another reader waits on.
+- A failed fetch is remembered for `failure_ttl` seconds: readers of that block in that window
+  get the same error at once. The kernel re-reads a page whose read-ahead failed with a
+  synchronous read of its own, so without this one read() by a user would wait the whole
+  request deadline twice on a dead backend; and read-ahead does not hammer it meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +29,11 @@ import trio
 
 log = logging.getLogger(__name__)
 
-BlockKey = tuple[int, str, str, int]  # (datastore id, path, etag, block index)
+BlockKey = tuple[int, str, str, int, int]  # (datastore id, path, etag, block size, index)
 Fetch = Callable[[], Awaitable[bytes]]
+
+FAILURE_TTL = 0.5  # seconds; the kernel's re-read of a failed read-ahead comes within ms
+_FAILURES_MAX = 4096  # failed keys remembered at most (oldest forgotten first)
 
 
 @dataclass(slots=True)
@@ -69,7 +77,8 @@ class _InFlight:
 
 
 class BlockCache:
-    def __init__(self, budget: int, *, max_concurrent_gets: int = 16) -> None:
+    def __init__(self, budget: int, *, max_concurrent_gets: int = 16,
+                 failure_ttl: float = FAILURE_TTL) -> None:
         if budget <= 0:
             raise ValueError("budget must be positive")
         self.budget = budget
@@ -81,6 +90,8 @@ class BlockCache:
         self._prefetched: set[BlockKey] = set()  # cached by read-ahead, not yet read
         self._room = trio.Event()
         self._limiter = trio.CapacityLimiter(max_concurrent_gets)
+        self.failure_ttl = failure_ttl
+        self._failed: OrderedDict[BlockKey, tuple[float, BaseException]] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self.peak_bytes = 0
 
@@ -128,6 +139,16 @@ class BlockCache:
         self._room.set()
         self._room = trio.Event()
 
+    def _recent_failure(self, key: BlockKey) -> BaseException | None:
+        failed = self._failed.get(key)
+        if failed is None:
+            return None
+        when, error = failed
+        if trio.current_time() - when < self.failure_ttl:
+            return error
+        del self._failed[key]
+        return None
+
     # -- reads ---------------------------------------------------------------------------------
     def peek(self, key: BlockKey) -> bytes | None:
         """The cached block, or None; refreshes its LRU position but counts nothing."""
@@ -154,6 +175,9 @@ class BlockCache:
                     counters.readahead_hits += 1
                     flight.prefetch = False  # a reader wants it now: count it once
                 break
+            failed = self._recent_failure(key)
+            if failed is not None:
+                raise failed
             if not missed:
                 counters.cache_misses += 1
                 missed = True
@@ -179,6 +203,8 @@ class BlockCache:
         """
         if key in self._inflight or key in self._lru:
             return True
+        if self._recent_failure(key) is not None:
+            return False  # the backend just failed this block: do not hammer it
         if self._nursery is None or not self._evict_for(min(size, self.budget)):
             if readahead:
                 counters.readahead_skipped += 1
@@ -208,9 +234,14 @@ class BlockCache:
         except Exception as e:
             flight.error = e
             flight.counters.fetch_errors += 1
+            self._failed[key] = (trio.current_time(), e)
+            self._failed.move_to_end(key)
+            if len(self._failed) > _FAILURES_MAX:
+                self._failed.popitem(last=False)
             if flight.prefetch:
                 log.debug("read-ahead of %s failed: %s", key[1], e)
         else:
+            self._failed.pop(key, None)
             flight.data = data
             flight.counters.blocks_fetched += 1
             flight.counters.bytes_fetched += len(data)

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cachetools
 import trio
 
 from dsmount.backends.base import Entry
@@ -40,6 +41,7 @@ from dsmount.errors import (
     AlreadyExists,
     Busy,
     Changed,
+    DsmountError,
     IntegrityError,
     InvalidRequest,
     NotFound,
@@ -48,7 +50,7 @@ from dsmount.errors import (
 )
 from dsmount.fs.datastore import Datastore
 from dsmount.fs.inodes import ROOT_INODE, InodeTable, Node
-from dsmount.fs.metadata import MetadataCache
+from dsmount.fs.metadata import Listing, MetadataCache
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ class FsSettings:
     file_mode: int = 0o444
     dir_mode: int = 0o555
     block_size: int = 8 * 1024**2
+    # Reads that are not part of a sequential stream fetch this much around themselves rather
+    # than a whole block: a random 64 KiB pread must not cost an 8 MiB GET.
+    random_block_size: int = 256 * 1024
     readahead_max: int = 128 * 1024**2
     request_deadline: float = 60.0
 
@@ -125,6 +130,8 @@ class FileSystem:
         self.invalidate_entry = invalidate_entry or (lambda parent, name: None)
         self.inodes = InodeTable()
         self.metadata = MetadataCache()
+        self._listing_for_lookup: dict[tuple[int, str], trio.Event] = {}
+        self._big_dirs: cachetools.LRUCache[tuple[int, str], float] = cachetools.LRUCache(4096)
         self._top: dict[str, Datastore | dict[str, Datastore]] = {}
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -297,6 +304,13 @@ class FileSystem:
             if entry is None:
                 raise NotFound(f"{ds.key}/{path}: no such file or directory")
             return entry
+        if ds.backend.list_on_lookup:
+            listing = await self._list_for_lookup(ds, parent)
+            if listing is not None:
+                entry = listing.entries.get(name)
+                if entry is None:
+                    raise NotFound(f"{ds.key}/{path}: no such file or directory")
+                return entry
         deadline = self.settings.request_deadline
         try:
             with trio.move_on_after(deadline):
@@ -305,6 +319,56 @@ class FileSystem:
         except NotFound:
             self.metadata.put_negative(ds.id, path, ds.negative_ttl, self.clock())
             raise
+
+    async def _list_for_lookup(self, ds: Datastore, parent: str) -> Listing | None:
+        """List `parent` to answer a lookup in it, if it fits in one page of the backend.
+
+        A reader that opens files by name in a directory nobody listed (the usual data loader)
+        then costs one LIST per directory instead of one HEAD per file. Concurrent lookups in
+        the same directory share the one LIST. A directory longer than a page is remembered
+        as such for a while and its lookups use stat.
+        """
+        key = (ds.id, parent)
+        now = self.clock()
+        if self._big_dirs.get(key, -math.inf) > now:
+            return None
+        pending = self._listing_for_lookup.get(key)
+        if pending is not None:
+            await pending.wait()
+            return self.metadata.listing(ds.id, parent, ds.metadata_ttl, self.clock())
+        done = trio.Event()
+        self._listing_for_lookup[key] = done
+        pages = ds.backend.list(parent)
+        try:
+            with trio.move_on_after(self.settings.request_deadline):
+                try:
+                    first = await pages.__anext__()
+                except StopAsyncIteration:
+                    first = []
+                else:
+                    try:
+                        await pages.__anext__()
+                    except StopAsyncIteration:
+                        pass
+                    else:
+                        self._big_dirs[key] = now + min(ds.metadata_ttl, 300.0)
+                        return None
+                self.metadata.put_listing(ds.id, parent, {e.name: e for e in first},
+                                          self.clock())
+                return self.metadata.listing(ds.id, parent, ds.metadata_ttl, self.clock())
+            return None
+        except DsmountError:
+            return None  # stat answers with the precise error
+        finally:
+            self._listing_for_lookup.pop(key, None)
+            done.set()
+            aclose = getattr(pages, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await aclose()
+                    except Exception as e:
+                        log.debug("closing a listing: %s", e)
 
     async def lookup(self, parent_ino: int, name: str) -> Attributes:
         """Resolve `name` in a directory; counts one kernel lookup reference on success."""
@@ -506,7 +570,6 @@ class FileSystem:
             return b""
         length = min(length, size - offset)
         bs = self.settings.block_size
-        idx = offset // bs
         window = h.readahead.observe(offset, length)
         if window:
             self._prefetch(h, offset, length, window)
@@ -514,17 +577,21 @@ class FileSystem:
             h.prefetched_to = -1  # random access: start the window afresh next time
         # Fast path: the whole read lies in one cached block (the common case for streaming
         # readers): no timeout scope, no copy (pyfuse3 takes any buffer).
+        idx = offset // bs
         if (offset + length - 1) // bs == idx:
-            block = self.cache.peek(self._key(h, idx))
+            block = self.cache.peek(self._key(h, idx, bs))
             if block is not None:
-                self.cache.count_hit(self._key(h, idx), h.datastore.counters)
+                self.cache.count_hit(self._key(h, idx, bs), h.datastore.counters)
                 h.datastore.counters.bytes_read += length
                 start = offset - idx * bs
                 return memoryview(block)[start : start + length]
+            small = self.settings.random_block_size
+            if not window and length <= small < bs:
+                bs = small  # not sequential: fetch only the neighbourhood of this read
         deadline = self.settings.request_deadline
         with trio.move_on_after(deadline) as scope:
             try:
-                return await self._read(h, offset, length)
+                return await self._read(h, offset, length, bs)
             except Changed:
                 # The object was replaced: stop trusting what we know about it.
                 h.node.entry_time = -math.inf
@@ -540,22 +607,22 @@ class FileSystem:
         ahead = blocks_to_prefetch(offset, length, window, bs, h.size)
         first = max(ahead.start, h.prefetched_to + 1)
         for idx in range(first, ahead.stop):
-            if not self.cache.prefetch(self._key(h, idx), *self._fetcher(h, idx),
+            if not self.cache.prefetch(self._key(h, idx, bs), *self._fetcher(h, idx, bs),
                                        h.datastore.counters):
                 return  # no room: read-ahead is the first thing to give way
             h.prefetched_to = idx
 
-    async def _read(self, h: FileHandle, offset: int, length: int) -> bytes:
-        bs = self.settings.block_size
+    async def _read(self, h: FileHandle, offset: int, length: int, bs: int) -> bytes:
         ds = h.datastore
         needed = blocks_for_read(offset, length, bs, h.size)
         # Start the later blocks of a multi-block read before waiting, so their GETs overlap.
         for idx in list(needed)[1:]:
-            self.cache.prefetch(self._key(h, idx), *self._fetcher(h, idx), ds.counters,
+            self.cache.prefetch(self._key(h, idx, bs), *self._fetcher(h, idx, bs), ds.counters,
                                 readahead=False)
         parts = []
         for idx in needed:
-            block = await self.cache.get(self._key(h, idx), *self._fetcher(h, idx), ds.counters)
+            block = await self.cache.get(self._key(h, idx, bs), *self._fetcher(h, idx, bs),
+                                         ds.counters)
             start = max(offset - idx * bs, 0)
             end = min(offset + length - idx * bs, len(block))
             parts.append(memoryview(block)[start:end])
@@ -563,11 +630,10 @@ class FileSystem:
         ds.counters.bytes_read += len(data)
         return data
 
-    def _key(self, h: FileHandle, idx: int) -> tuple[int, str, str, int]:
-        return (h.datastore.id, h.node.path, h.etag or "", idx)
+    def _key(self, h: FileHandle, idx: int, bs: int) -> tuple[int, str, str, int, int]:
+        return (h.datastore.id, h.node.path, h.etag or "", bs, idx)
 
-    def _fetcher(self, h: FileHandle, idx: int) -> tuple[int, Any]:
-        bs = self.settings.block_size
+    def _fetcher(self, h: FileHandle, idx: int, bs: int) -> tuple[int, Any]:
         offset = idx * bs
         expected = max(0, min(bs, h.size - offset))
         backend = h.datastore.backend

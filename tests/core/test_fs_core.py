@@ -522,6 +522,7 @@ async def test_permanent_faults_surface_as_typed_errors(env: Env) -> None:
     with pytest.raises(AuthFailed):
         await env.fs.read(fh, 0, 10)
     assert ds.counters.fetch_errors == 1 and backend.stats.retries == 0
+    await trio.sleep(env.cache.failure_ttl)  # replayed only that long (the kernel's re-read)
     assert await env.fs.read(fh, 0, 10) == data[:10]  # the failure was not cached
     await env.fs.release(fh)
 
@@ -617,3 +618,78 @@ async def test_local_backend(env: Env, tmp_path: Path) -> None:
     await env.fs.release(fh)
     with pytest.raises(NotFound):
         await env.fs.lookup(root.ino, "absent")
+
+
+# -- object-store access patterns ---------------------------------------------------------------
+
+
+class CountingBackend(MemoryBackend):
+    """A memory backend that behaves like an object store and counts stat and list calls."""
+
+    list_on_lookup = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stats_calls = 0
+        self.list_calls = 0
+
+    async def stat(self, path: str) -> Any:
+        self.stats_calls += 1
+        return await super().stat(path)
+
+    async def list(self, path: str) -> AsyncIterator[list[Any]]:
+        self.list_calls += 1
+        async for page in super().list(path):
+            yield page
+
+
+async def test_lookups_in_an_unlisted_directory_cost_one_listing_not_one_stat_each() -> None:
+    files = {f"train/{i:03d}.jpg": random_bytes(100, i) for i in range(50)}
+    backend = CountingBackend(files, page_size=100)
+    async with running_fs() as e:
+        e.attach("ds", backend)
+        async with trio.open_nursery() as nursery:  # concurrent readers share one listing
+            for i in range(50):
+                nursery.start_soon(e.read_file, f"ds/train/{i:03d}.jpg")
+        assert backend.list_calls == 2  # one per directory: the root and train/
+        assert backend.stats_calls == 0
+        with pytest.raises(NotFound):
+            await e.resolve("ds/train/missing.jpg")  # answered by the cached listing
+        assert backend.stats_calls == 0
+        assert await e.read_file("ds/train/007.jpg") == files["train/007.jpg"]
+
+
+async def test_lookups_in_a_directory_longer_than_a_page_use_stat() -> None:
+    files = {f"big/{i:04d}": b"x" for i in range(250)}
+    backend = CountingBackend(files, page_size=100)
+    async with running_fs() as e:
+        e.attach("ds", backend)
+        for i in range(5):
+            await e.resolve(f"ds/big/{i:04d}")
+        assert backend.list_calls == 2  # the root; big/ tried once, then remembered as too big
+        assert backend.stats_calls == 5
+
+
+async def test_random_reads_fetch_small_blocks_sequential_reads_whole_blocks() -> None:
+    block = 4 * 1024 * 1024
+    data = random_bytes(8 * block, 7)
+    backend = MemoryBackend({"f": data})
+    async with running_fs(block_size=block, readahead_max=4 * block, budget=16 * block) as e:
+        e.attach("ds", backend)
+        attrs = await e.resolve("ds/f")
+        fh, _ = await e.fs.open(attrs.ino, os.O_RDONLY)
+        rng = random.Random(3)
+        previous_end = 0
+        for _ in range(20):
+            offset = rng.randrange(0, len(data) - 65536)
+            while abs(offset - previous_end) < 2 * 1024 * 1024:  # truly random, not near
+                offset = rng.randrange(0, len(data) - 65536)
+            previous_end = offset + 65536
+            assert bytes(await e.fs.read(fh, offset, 65536)) == data[offset : offset + 65536]
+        small = e.fs.settings.random_block_size
+        assert backend.faults.reads and all(n <= small for _, _, n in backend.faults.reads)
+        assert sum(n for _, _, n in backend.faults.reads) < 20 * 2 * small
+        await e.fs.release(fh)
+        backend.faults.reads.clear()
+        assert await e.read_file("ds/f", chunk=128 * 1024) == data
+        assert max(n for _, _, n in backend.faults.reads) == block

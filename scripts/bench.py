@@ -1,0 +1,1372 @@
+#!/usr/bin/env python3
+"""Benchmark dsmount against direct SDK clients, adlfs and rclone mounts on a local Azurite.
+
+This is a measurement, not a test: it starts Azurite in memory, uploads one dataset, then runs
+the same workloads through every client side by side and prints a markdown table plus a ratio
+section checking dsmount against its targets (`ratios`). Run it as root (FUSE mounts,
+`drop_caches`) with the project venv:
+
+    .venv/bin/python scripts/bench.py                 # full scale (~2.5 GiB dataset)
+    .venv/bin/python scripts/bench.py --quick --only sdk-sync,sdk-aio,adlfs --skip-rclone
+
+Clients: `sdk-sync` (azure-storage-blob, threads), `sdk-aio` (azure.storage.blob.aio), `adlfs`
+(fsspec), `rclone-off` / `rclone-full` (`rclone mount`, vfs cache mode off / full) and
+`dsmount` (`python -m dsmount daemon --foreground` + `attach --blob`).
+
+Dataset (full scale; `--quick` is smaller): two 1 GiB random blobs, 5,000 x 100 KiB files in 50
+dirs, and 20,000 tiny blobs in one dir. The tiny blobs live in a second Azurite instance (see
+`start_store` for why); mounts attach both containers. Count-based workloads (small files,
+random reads) stop issuing requests after `--cap` seconds and report the rate over what ran,
+so one slow client cannot blow the time budget; such figures carry a note.
+
+Invariants:
+- Every process, mount and temp dir this script starts is released on any exit: each resource
+  registers its cleanup in `_CLEANUPS` the moment it exists; the normal path runs it in a
+  `finally`, and atexit plus SIGTERM/SIGHUP handlers (turned into SystemExit) catch the rest.
+- A failing client never stops the run: each cell catches its own error and shows
+  "error: ..."; a client whose setup fails gets that error in every cell.
+- Every client reads the same bytes: preads use the same seeded offsets everywhere, and a few
+  reads per client are checked against the generated content, so a fast wrong answer is an
+  error rather than a figure.
+- Cold measurements drop the kernel page cache first (when allowed; the run notes it if not);
+  the warm re-read never does, so dsmount's warm figure may come from the page cache.
+- MB/s means 10**6 bytes per second (as `dd` prints it); sizes in MiB/GiB are powers of two.
+
+rclone 1.60 (Debian 12) treats `endpoint` as a DNS suffix (https://<account>.<endpoint>) and
+`use_emulator` as the fixed address 127.0.0.1:10000, so neither reaches an Azurite on a free
+port; rclone is therefore given a container SAS URL (`sas_url`), which it takes verbatim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import base64
+import collections
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+MB = 1_000_000
+
+BLOCK = 8 * MiB  # upload block and direct-client range size
+BASE_SIZE = 64 * MiB  # random bytes generated once; every blob is cut from it
+CONTAINER = "bench"
+LIST_CONTAINER = "benchlist"
+DATASTORE = "bench"  # dsmount datastore names: files appear under <mountpoint>/<name>/
+LIST_DATASTORE = "benchlist"
+SEQ_BLOB = "big/seq.bin"
+RAND_BLOB = "big/rand.bin"
+TINY_DIR = "tiny"
+SEED = 20240601
+VERIFY_N = 8  # reads per client checked byte for byte against the generated content
+AZURITE_WAIT_S = 600.0  # tests/support/azurite.py may still be being written: poll for it
+MOUNT_WAIT_S = 60.0
+
+CLIENTS = ("sdk-sync", "sdk-aio", "adlfs", "rclone-off", "rclone-full", "dsmount")
+DIRECT = ("sdk-sync", "sdk-aio", "adlfs")
+RCLONE = ("rclone-off", "rclone-full")
+
+# Row key -> (label, unit). Order is the table's row order.
+WORKLOADS: dict[str, tuple[str, str]] = {
+    "seq_cold_mbps": ("1. cold sequential read, 1 blob", "MB/s"),
+    "seq_warm_mbps": ("2. warm re-read, same blob", "MB/s"),
+    "small_files_per_s": ("3. small files, 8 threads", "files/s"),
+    "list_cold_s": ("4. list tiny dir, cold", "s"),
+    "list_warm_s": ("4. list tiny dir, warm", "s"),
+    "pread_per_s": ("5. random 64 KiB reads, 1 in flight", "reads/s"),
+    "pread8_per_s": ("5. random 64 KiB reads, 8 in flight", "reads/s"),
+    "peak_rss_mib": ("6. daemon peak RSS, whole run", "MiB"),
+    "stream_peak_rss_mib": ("6. peak RSS streaming 2 blobs, 256 MiB budget", "MiB"),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- cleanup on any exit -------------------------------------------------------------------
+
+_CLEANUPS: list[Callable[[], None]] = []
+_CLEANUP_LOCK = threading.Lock()
+
+
+def on_exit(fn: Callable[[], None]) -> Callable[[], None]:
+    """Register `fn` to run on any exit; returns a callable that runs it now, at most once."""
+    done = threading.Event()
+
+    def run_once() -> None:
+        with _CLEANUP_LOCK:
+            if done.is_set():
+                return
+            done.set()
+            with contextlib.suppress(ValueError):
+                _CLEANUPS.remove(run_once)
+        try:
+            fn()
+        except Exception as exc:  # cleanup must go on with the other resources
+            log(f"cleanup {getattr(fn, '__name__', fn)!r} failed: {exc!r}")
+
+    with _CLEANUP_LOCK:
+        _CLEANUPS.append(run_once)
+    return run_once
+
+
+def run_all_cleanups() -> None:
+    while True:
+        with _CLEANUP_LOCK:
+            if not _CLEANUPS:
+                return
+            fn = _CLEANUPS[-1]  # last registered first: mounts before the server they use
+        fn()
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    # SystemExit unwinds through every `finally`, so mounts and processes are released in order.
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    atexit.register(run_all_cleanups)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_exit)
+
+
+# --- scale and dataset ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scale:
+    big_size: int
+    n_small: int
+    small_dirs: int
+    small_size: int
+    n_tiny: int
+    n_preads: int
+    pread_size: int
+
+
+FULL = Scale(GiB, 5000, 50, 100 * KiB, 20_000, 1000, 64 * KiB)
+QUICK = Scale(128 * MiB, 500, 10, 100 * KiB, 2000, 1000, 64 * KiB)
+
+
+class Dataset:
+    """The benchmark's blobs, generated from one random buffer so content is reproducible.
+
+    Big blob `blob_id`'s block k is the base buffer's slice (k * BLOCK mod BASE_SIZE) with its
+    first 16 bytes replaced by (blob_id, k), so no two blocks are equal (no dedup anywhere can
+    flatter a client) while generation costs only a copy.
+    """
+
+    def __init__(self, scale: Scale) -> None:
+        self.scale = scale
+        self.base = os.urandom(BASE_SIZE)
+        assert scale.big_size % BLOCK == 0 and BASE_SIZE % BLOCK == 0
+
+    def big_block(self, blob_id: int, k: int) -> bytes:
+        start = (k * BLOCK) % BASE_SIZE
+        return struct.pack("<QQ", blob_id, k) + self.base[start + 16 : start + BLOCK]
+
+    def big_range(self, blob_id: int, offset: int, length: int) -> bytes:
+        out = bytearray()
+        end = min(offset + length, self.scale.big_size)
+        while offset < end:
+            k, within = divmod(offset, BLOCK)
+            take = min(BLOCK - within, end - offset)
+            out += self.big_block(blob_id, k)[within : within + take]
+            offset += take
+        return bytes(out)
+
+    def small_name(self, i: int) -> str:
+        return f"small/d{i % self.scale.small_dirs:03d}/f{i:05d}.bin"
+
+    def small_content(self, i: int) -> bytes:
+        size = self.scale.small_size
+        start = (i * 7919 * 64) % (BASE_SIZE - size)
+        return struct.pack("<Q", i) + self.base[start + 8 : start + size]
+
+    def tiny_name(self, i: int) -> str:
+        return f"{TINY_DIR}/t{i:05d}.txt"
+
+    @staticmethod
+    def tiny_content(i: int) -> bytes:
+        return f"t{i}\n".encode()
+
+    def pread_offsets(self, salt: int) -> list[int]:
+        rng = random.Random(SEED + salt)
+        last = self.scale.big_size - self.scale.pread_size
+        return [rng.randrange(0, last + 1) for _ in range(self.scale.n_preads)]
+
+
+@dataclass(frozen=True)
+class Store:
+    """One Azurite instance and the container the benchmark uses in it."""
+
+    conn_str: str
+    endpoint: str
+    container: str
+    sas_url: str  # container SAS URL, for rclone
+    pid: int | None
+
+
+async def upload_dataset(data: Store, listing: Store, ds: Dataset, in_flight: int = 64) -> None:
+    """Create both containers and upload every blob with many requests in flight."""
+    from azure.storage.blob.aio import BlobServiceClient as AioService
+
+    async def put_all(store: Store, jobs: Callable[[Any, asyncio.Semaphore], list[Any]]) -> None:
+        sem = asyncio.Semaphore(in_flight)
+        async with AioService.from_connection_string(store.conn_str) as svc:
+            cc = svc.get_container_client(store.container)
+            await cc.create_container()
+            await asyncio.gather(*jobs(cc, sem))
+
+    async def put(cc: Any, sem: asyncio.Semaphore, name: str, make: Callable[[], bytes]) -> None:
+        async with sem:  # the content is built inside: at most `in_flight` blobs in memory
+            await cc.upload_blob(name, make(), overwrite=True)
+
+    async def big(cc: Any, sem: asyncio.Semaphore, blob_id: int, name: str) -> None:
+        bc = cc.get_blob_client(name)
+        nblocks = ds.scale.big_size // BLOCK
+        ids = [base64.b64encode(f"{k:08d}".encode()).decode() for k in range(nblocks)]
+
+        async def stage(k: int) -> None:
+            async with sem:
+                await bc.stage_block(ids[k], ds.big_block(blob_id, k), length=BLOCK)
+
+        await asyncio.gather(*(stage(k) for k in range(nblocks)))
+        await bc.commit_block_list(ids)
+
+    def data_jobs(cc: Any, sem: asyncio.Semaphore) -> list[Any]:
+        jobs = [big(cc, sem, 1, SEQ_BLOB), big(cc, sem, 2, RAND_BLOB)]
+        for i in range(ds.scale.n_small):
+            jobs.append(put(cc, sem, ds.small_name(i), lambda i=i: ds.small_content(i)))
+        return jobs
+
+    def listing_jobs(cc: Any, sem: asyncio.Semaphore) -> list[Any]:
+        return [
+            put(cc, sem, ds.tiny_name(i), lambda i=i: ds.tiny_content(i))
+            for i in range(ds.scale.n_tiny)
+        ]
+
+    await asyncio.gather(put_all(data, data_jobs), put_all(listing, listing_jobs))
+
+
+# --- measurement helpers -------------------------------------------------------------------
+
+
+class CacheDropper:
+    """Drops the kernel page cache before cold runs; remembers whether it was allowed."""
+
+    def __init__(self) -> None:
+        self.failed: str | None = None
+
+    def drop(self) -> None:
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+        except OSError as exc:
+            self.failed = f"could not drop the page cache ({exc}); cold figures may be warm"
+
+
+class PeakRss(threading.Thread):
+    """Samples the summed RSS of some processes and all their children every 50 ms; keeps
+    the peak."""
+
+    def __init__(self, pids: list[int], interval: float = 0.05) -> None:
+        super().__init__(daemon=True, name=f"rss-{pids}")
+        self.pids = pids
+        self.interval = interval
+        self.peak = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        procs = []
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(pid))
+        while procs and not self._stop_event.is_set():
+            total = 0
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):  # a process that is gone counts 0
+                    total += proc.memory_info().rss
+                    for child in proc.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            total += child.memory_info().rss
+            self.peak = max(self.peak, total)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join(timeout=5)
+        return self.peak
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+@dataclass
+class Figure:
+    """A measured figure with a remark for the table (e.g. that a time cap cut it short)."""
+
+    value: float
+    note: str = ""
+
+
+@dataclass
+class Batch:
+    """What `run_batch` returns: elapsed seconds and the results of the calls that ran."""
+
+    secs: float
+    done: list[tuple[Any, Any]]  # (item, result) in item order
+    total: int
+
+    def rate(self, what: str) -> Figure:
+        check(bool(self.done), f"no {what} finished")
+        rate = len(self.done) / self.secs
+        if len(self.done) < self.total:
+            return Figure(rate, f"time cap reached after {len(self.done)} of {self.total} {what}")
+        return Figure(rate)
+
+
+def run_batch(fn: Callable[[Any], Any], items: list[Any], in_flight: int, cap_s: float) -> Batch:
+    """Call `fn` on every item with `in_flight` threads, stopping new calls after `cap_s`.
+
+    The cap keeps one slow client (e.g. rclone-off at ~15 random reads/s) from eating the run's
+    time budget; the rate is then taken over the calls that did run.
+    """
+    skipped = object()
+    t0 = time.perf_counter()
+    deadline = t0 + cap_s
+
+    def call(item: Any) -> Any:
+        return skipped if time.perf_counter() > deadline else fn(item)
+
+    if in_flight == 1:
+        results = [call(item) for item in items]
+    else:
+        with ThreadPoolExecutor(in_flight) as pool:
+            results = list(pool.map(call, items))
+    secs = time.perf_counter() - t0
+    done = [(i, r) for i, r in zip(items, results, strict=True) if r is not skipped]
+    return Batch(secs, done, len(items))
+
+
+async def run_batch_async(
+    fn: Callable[[Any], Any], items: list[Any], in_flight: int, cap_s: float
+) -> Batch:
+    """`run_batch` for coroutine functions: a semaphore bounds the requests in flight."""
+    skipped = object()
+    sem = asyncio.Semaphore(in_flight)
+    t0 = time.perf_counter()
+    deadline = t0 + cap_s
+
+    async def call(item: Any) -> Any:
+        async with sem:
+            return skipped if time.perf_counter() > deadline else await fn(item)
+
+    results = await asyncio.gather(*(call(item) for item in items))
+    secs = time.perf_counter() - t0
+    done = [(i, r) for i, r in zip(items, results, strict=True) if r is not skipped]
+    return Batch(secs, done, len(items))
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise RuntimeError(msg)
+
+
+def window_map(
+    pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: list[Any], n: int
+) -> Iterator[Any]:
+    """Like pool.map, but at most `n` calls in flight (bounded memory for large reads)."""
+    pending: collections.deque[Future[Any]] = collections.deque()
+    for item in items:
+        if len(pending) >= n:
+            yield pending.popleft().result()
+        pending.append(pool.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
+
+
+# --- clients -------------------------------------------------------------------------------
+
+
+class Client:
+    """One column of the table. Methods return the figure for one workload (or raise)."""
+
+    name = ""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.ds = ctx.ds
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def teardown(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
+        raise NotImplementedError
+
+    def extra_info(self) -> dict[str, Any]:
+        """Raw details for the JSON output (not the table), taken after the workloads."""
+        return {}
+
+    def pread_figure(self, batch: Batch) -> Figure:
+        """Check the reads (length of all, content of a few) and return their rate."""
+        size = self.ds.scale.pread_size
+        check(all(len(data) == size for _, data in batch.done), "short read")
+        for off, data in batch.done[:VERIFY_N]:
+            check(data == self.ds.big_range(2, off, size), f"wrong bytes at offset {off}")
+        return batch.rate("reads")
+
+    def small_figure(self, batch: Batch) -> Figure:
+        size = self.ds.scale.small_size
+        check(all(len(data) == size for _, data in batch.done), "short small-file read")
+        for i, data in batch.done[:VERIFY_N]:
+            check(data == self.ds.small_content(i), f"wrong content in {self.ds.small_name(i)}")
+        return batch.rate("files")
+
+
+class SdkSyncClient(Client):
+    """azure-storage-blob's blocking client driven from 8 threads (ranged 8 MiB GETs)."""
+
+    name = "sdk-sync"
+    threads = 8
+
+    def setup(self) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        # requests' pool keeps 10 connections per host: enough for 8 threads.
+        self.svc = BlobServiceClient.from_connection_string(self.ctx.data.conn_str)
+        self.cc = self.svc.get_container_client(CONTAINER)
+        self.list_svc = BlobServiceClient.from_connection_string(self.ctx.listing.conn_str)
+        self.list_cc = self.list_svc.get_container_client(LIST_CONTAINER)
+        self.pool = ThreadPoolExecutor(self.threads)
+
+    def teardown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.svc.close()
+        self.list_svc.close()
+
+    def _get(self, name: str, offset: int | None = None, length: int | None = None) -> bytes:
+        return self.cc.get_blob_client(name).download_blob(offset=offset, length=length).readall()
+
+    def workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
+        return [
+            ("seq_cold_mbps", self.seq),
+            ("small_files_per_s", self.small),
+            ("list_cold_s", self.listing),
+            ("list_warm_s", self.listing),
+            ("pread_per_s", self.pread),
+            ("pread8_per_s", self.pread8),
+        ]
+
+    def seq(self) -> float:
+        size = self.ds.scale.big_size
+        ranges = [(o, min(BLOCK, size - o)) for o in range(0, size, BLOCK)]
+        first = b""
+
+        def run() -> int:
+            nonlocal first
+            total = 0
+            for i, data in enumerate(
+                window_map(self.pool, lambda r: self._get(SEQ_BLOB, *r), ranges, self.threads)
+            ):
+                if i == 0:
+                    first = data[:MiB]
+                total += len(data)
+            return total
+
+        secs, total = timed(run)
+        check(total == size, f"read {total} bytes, expected {size}")
+        check(first == self.ds.big_range(1, 0, MiB), "wrong bytes at the start of the blob")
+        return size / secs / MB
+
+    def small(self) -> Figure:
+        items = list(range(self.ds.scale.n_small))
+        fn = lambda i: self._get(self.ds.small_name(i))  # noqa: E731
+        return self.small_figure(run_batch(fn, items, self.threads, self.ctx.cap_s))
+
+    def listing(self) -> float:
+        prefix = TINY_DIR + "/"
+        secs, n = timed(lambda: sum(1 for _ in self.list_cc.list_blobs(name_starts_with=prefix)))
+        check(n == self.ds.scale.n_tiny, f"listed {n} blobs, expected {self.ds.scale.n_tiny}")
+        return secs
+
+    def _preads(self, offs: list[int], in_flight: int) -> Figure:
+        size = self.ds.scale.pread_size
+        fn = lambda o: self._get(RAND_BLOB, o, size)  # noqa: E731
+        return self.pread_figure(run_batch(fn, offs, in_flight, self.ctx.cap_s))
+
+    def pread(self) -> Figure:
+        return self._preads(self.ctx.offsets1, 1)
+
+    def pread8(self) -> Figure:
+        return self._preads(self.ctx.offsets8, self.threads)
+
+
+class SdkAioClient(Client):
+    """azure.storage.blob.aio (aiohttp) with a fixed number of requests in flight."""
+
+    name = "sdk-aio"
+    seq_in_flight = 16
+    in_flight = 8
+
+    def workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
+        return [
+            ("seq_cold_mbps", lambda: self._run(self.seq)),
+            ("small_files_per_s", lambda: self._run(self.small)),
+            ("list_cold_s", lambda: self._run(self.listing, store=self.ctx.listing)),
+            ("list_warm_s", lambda: self._run(self.listing, store=self.ctx.listing)),
+            ("pread_per_s", lambda: self._run(self.pread, 1, self.ctx.offsets1)),
+            ("pread8_per_s", lambda: self._run(self.pread, self.in_flight, self.ctx.offsets8)),
+        ]
+
+    def _run(
+        self, coro_fn: Callable[..., Any], *args: Any, store: Store | None = None
+    ) -> float | Figure:
+        from azure.storage.blob.aio import BlobServiceClient as AioService
+
+        store = store or self.ctx.data
+
+        async def main() -> float | Figure:
+            # A new client per workload: each event loop needs its own aiohttp session.
+            async with AioService.from_connection_string(store.conn_str) as svc:
+                cc = svc.get_container_client(store.container)
+                # One warm-up call so connection setup is not billed to the workload.
+                await cc.get_container_properties()
+                return await coro_fn(cc, *args)
+
+        return asyncio.run(main())
+
+    @staticmethod
+    async def _get(cc: Any, name: str, offset: int | None = None, length: int | None = None):
+        stream = await cc.get_blob_client(name).download_blob(offset=offset, length=length)
+        return await stream.readall()
+
+    async def seq(self, cc: Any) -> float:
+        size = self.ds.scale.big_size
+        sem = asyncio.Semaphore(self.seq_in_flight)
+        first = b""
+
+        async def one(o: int) -> int:
+            nonlocal first
+            async with sem:
+                data = await self._get(cc, SEQ_BLOB, o, min(BLOCK, size - o))
+            if o == 0:
+                first = data[:MiB]
+            return len(data)
+
+        t0 = time.perf_counter()
+        total = sum(await asyncio.gather(*(one(o) for o in range(0, size, BLOCK))))
+        secs = time.perf_counter() - t0
+        check(total == size, f"read {total} bytes, expected {size}")
+        check(first == self.ds.big_range(1, 0, MiB), "wrong bytes at the start of the blob")
+        return size / secs / MB
+
+    async def small(self, cc: Any) -> Figure:
+        async def one(i: int) -> bytes:
+            return await self._get(cc, self.ds.small_name(i))
+
+        items = list(range(self.ds.scale.n_small))
+        return self.small_figure(await run_batch_async(one, items, self.in_flight, self.ctx.cap_s))
+
+    async def listing(self, cc: Any) -> float:
+        t0 = time.perf_counter()
+        n = 0
+        async for _ in cc.list_blobs(name_starts_with=TINY_DIR + "/"):
+            n += 1
+        secs = time.perf_counter() - t0
+        check(n == self.ds.scale.n_tiny, f"listed {n} blobs, expected {self.ds.scale.n_tiny}")
+        return secs
+
+    async def pread(self, cc: Any, in_flight: int, offs: list[int]) -> Figure:
+        size = self.ds.scale.pread_size
+
+        async def one(o: int) -> bytes:
+            return await self._get(cc, RAND_BLOB, o, size)
+
+        return self.pread_figure(await run_batch_async(one, offs, in_flight, self.ctx.cap_s))
+
+
+class AdlfsClient(Client):
+    """adlfs (fsspec AzureBlobFileSystem): cat_file for whole and ranged reads."""
+
+    name = "adlfs"
+    threads = 8
+
+    def setup(self) -> None:
+        from adlfs import AzureBlobFileSystem
+
+        # skip_instance_cache: a fresh instance, so no listing cached by an earlier use.
+        self.fs = AzureBlobFileSystem(
+            connection_string=self.ctx.data.conn_str, max_concurrency=8, skip_instance_cache=True
+        )
+        self.list_fs = AzureBlobFileSystem(
+            connection_string=self.ctx.listing.conn_str, skip_instance_cache=True
+        )
+
+    def workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
+        return [
+            ("seq_cold_mbps", self.seq),
+            ("small_files_per_s", self.small),
+            ("list_cold_s", self.list_cold),
+            ("list_warm_s", self.listing),
+            ("pread_per_s", self.pread),
+            ("pread8_per_s", self.pread8),
+        ]
+
+    def _p(self, name: str) -> str:
+        return f"{CONTAINER}/{name}"
+
+    def seq(self) -> float:
+        size = self.ds.scale.big_size
+        secs, data = timed(lambda: self.fs.cat_file(self._p(SEQ_BLOB)))
+        check(len(data) == size, f"read {len(data)} bytes, expected {size}")
+        check(data[:MiB] == self.ds.big_range(1, 0, MiB), "wrong bytes at the start of the blob")
+        return size / secs / MB
+
+    def small(self) -> Figure:
+        items = list(range(self.ds.scale.n_small))
+        fn = lambda i: self.fs.cat_file(self._p(self.ds.small_name(i)))  # noqa: E731
+        return self.small_figure(run_batch(fn, items, self.threads, self.ctx.cap_s))
+
+    def list_cold(self) -> float:
+        self.list_fs.invalidate_cache()
+        return self.listing()
+
+    def listing(self) -> float:
+        # The warm call may be answered from fsspec's listings cache: that is adlfs' warm path.
+        path = f"{LIST_CONTAINER}/{TINY_DIR}"
+        secs, names = timed(lambda: self.list_fs.ls(path, detail=False))
+        check(len(names) == self.ds.scale.n_tiny, f"listed {len(names)} entries")
+        return secs
+
+    def _preads(self, offs: list[int], in_flight: int) -> Figure:
+        size, path = self.ds.scale.pread_size, self._p(RAND_BLOB)
+        fn = lambda o: self.fs.cat_file(path, o, o + size)  # noqa: E731
+        return self.pread_figure(run_batch(fn, offs, in_flight, self.ctx.cap_s))
+
+    def pread(self) -> Figure:
+        return self._preads(self.ctx.offsets1, 1)
+
+    def pread8(self) -> Figure:
+        return self._preads(self.ctx.offsets8, self.threads)
+
+
+class MountClient(Client):
+    """A FUSE mount read through the filesystem; subclasses start and stop the daemon."""
+
+    threads = 8
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.dir = ctx.workdir / self.name
+        self.mountpoint = self.dir / "mnt"
+        self.rss: PeakRss | None = None
+        self._releases: list[Callable[[], None]] = []  # run by teardown, last first
+
+    @property
+    def root(self) -> Path:
+        """Directory under which the data container's blobs appear."""
+        return self.mountpoint
+
+    @property
+    def list_root(self) -> Path:
+        """Directory under which the listing container's blobs appear."""
+        return self.dir / "mnt-list"
+
+    def workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
+        # Listing first: the mount is fresh, so its first listing is cold.
+        return [
+            ("list_cold_s", self.listing),
+            ("list_warm_s", self.listing),
+            ("seq_cold_mbps", self.seq_cold),
+            ("seq_warm_mbps", self.seq_warm),
+            ("small_files_per_s", self.small),
+            ("pread_per_s", self.pread),
+            ("pread8_per_s", self.pread8),
+        ]
+
+    def start_rss(self, pids: list[int]) -> None:
+        self.rss = PeakRss(pids)
+        self.rss.start()
+
+    def peak_rss_mib(self) -> float:
+        check(self.rss is not None, "daemon pid unknown")
+        assert self.rss is not None
+        return self.rss.stop() / MiB
+
+    def dd(self, path: Path) -> float:
+        size = self.ds.scale.big_size
+        secs, proc = timed(
+            lambda: subprocess.run(
+                ["dd", f"if={path}", "of=/dev/null", "bs=1M"],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+        )
+        check(proc.returncode == 0, f"dd failed: {proc.stderr.strip()[-300:]}")
+        copied = proc.stderr.strip().splitlines()[-1].split(" bytes", 1)[0]
+        check(copied == str(size), f"dd copied {copied} bytes, expected {size}")
+        return size / secs / MB
+
+    def seq_cold(self) -> float:
+        self.ctx.dropper.drop()
+        path = self.root / SEQ_BLOB
+        with open(path, "rb") as f:  # a content check on a separate open, before the clock
+            check(f.read(4096) == self.ds.big_range(1, 0, 4096), "wrong bytes at blob start")
+        self.ctx.dropper.drop()
+        return self.dd(path)
+
+    def seq_warm(self) -> float:
+        return self.dd(self.root / SEQ_BLOB)  # no cache drop: this is the warm figure
+
+    def small(self) -> Figure:
+        self.ctx.dropper.drop()
+
+        def read(i: int) -> bytes:
+            with open(self.root / self.ds.small_name(i), "rb") as f:
+                return f.read()
+
+        items = list(range(self.ds.scale.n_small))
+        return self.small_figure(run_batch(read, items, self.threads, self.ctx.cap_s))
+
+    def listing(self) -> float:
+        def scan() -> int:
+            with os.scandir(self.list_root / TINY_DIR) as it:
+                return sum(1 for _ in it)
+
+        secs, n = timed(scan)
+        check(n == self.ds.scale.n_tiny, f"listed {n} entries, expected {self.ds.scale.n_tiny}")
+        return secs
+
+    def _preads(self, offs: list[int], threads: int) -> Figure:
+        self.ctx.dropper.drop()
+        size = self.ds.scale.pread_size
+        fd = os.open(self.root / RAND_BLOB, os.O_RDONLY)
+        try:
+            batch = run_batch(lambda o: os.pread(fd, size, o), offs, threads, self.ctx.cap_s)
+        finally:
+            os.close(fd)
+        return self.pread_figure(batch)
+
+    def pread(self) -> Figure:
+        return self._preads(self.ctx.offsets1, 1)
+
+    def pread8(self) -> Figure:
+        return self._preads(self.ctx.offsets8, self.threads)
+
+    # --- helpers for subclasses ---------------------------------------------------------------
+
+    def _wait_mounted(self, proc: subprocess.Popen[bytes], mountpoint: Path, log: Path) -> None:
+        deadline = time.monotonic() + MOUNT_WAIT_S
+        while not os.path.ismount(mountpoint):
+            if proc.poll() is not None:
+                raise RuntimeError(f"exited with {proc.returncode}: {tail(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not mounted after {MOUNT_WAIT_S:.0f}s: {tail(log)}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _release_mount(
+        proc: subprocess.Popen[bytes], mountpoint: Path, sigterm_first: bool
+    ) -> None:
+        """Stop the daemon and make sure the mountpoint is unmounted, whatever state it is in."""
+        if sigterm_first and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15)
+        subprocess.run(
+            ["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, check=False
+        )
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        # Anything the daemon started in its own session (start_new_session=True) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def teardown(self) -> None:
+        while self._releases:
+            self._releases.pop()()
+
+
+def tail(path: Path, n: int = 6) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-n:])
+
+
+class RcloneClient(MountClient):
+    """`rclone mount` with the azureblob backend, configured only through environment vars.
+
+    Two rclone processes: one mounts the data container, one the listing container (they live
+    in different Azurite instances, see `main`); the RSS figure is their sum.
+    """
+
+    name = "rclone-off"
+    cache_mode = "off"
+
+    def setup(self) -> None:
+        procs = [
+            self._mount(self.ctx.data, self.mountpoint, "data"),
+            self._mount(self.ctx.listing, self.list_root, "list"),
+        ]
+        self.start_rss([p.pid for p, _, _ in procs])
+        for proc, mountpoint, log_path in procs:
+            self._wait_mounted(proc, mountpoint, log_path)
+
+    def _mount(
+        self, store: Store, mountpoint: Path, tag: str
+    ) -> tuple[subprocess.Popen[bytes], Path, Path]:
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        remote = f"BENCH{tag.upper()}"
+        env = dict(os.environ)
+        env[f"RCLONE_CONFIG_{remote}_TYPE"] = "azureblob"
+        env[f"RCLONE_CONFIG_{remote}_SAS_URL"] = store.sas_url
+        log_path = self.dir / f"rclone-{tag}.log"
+        cmd = [
+            "rclone", "mount", f"{remote.lower()}:{store.container}", str(mountpoint),
+            "--vfs-cache-mode", self.cache_mode,
+            "--cache-dir", str(self.dir / f"cache-{tag}"),
+            "--config", str(self.dir / "rclone.conf"),  # absent: no user config leaks in
+        ]  # fmt: skip
+        with open(log_path, "ab") as logf:  # rclone logs to stderr by default
+            proc = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self._releases.append(
+            on_exit(lambda: self._release_mount(proc, mountpoint, sigterm_first=False))
+        )
+        return proc, mountpoint, log_path
+
+
+class RcloneFullClient(RcloneClient):
+    name = "rclone-full"
+    cache_mode = "full"
+
+
+class DsmountClient(MountClient):
+    """dsmount's daemon in the foreground, with both containers attached via `attach --blob`."""
+
+    name = "dsmount"
+    cache_budget = "256MiB"
+    DATA_ENV = "DSMOUNT_BENCH_DATA_CONNECTION_STRING"
+    LIST_ENV = "DSMOUNT_BENCH_LIST_CONNECTION_STRING"
+
+    @property
+    def root(self) -> Path:
+        return self.mountpoint / DATASTORE
+
+    @property
+    def list_root(self) -> Path:
+        return self.mountpoint / LIST_DATASTORE
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dsmount", "--socket", str(self.socket), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+
+    def setup(self) -> None:
+        self.start(self.dir, with_listing=True)
+
+    def start(self, run_dir: Path, with_listing: bool) -> None:
+        """Start a daemon with its own socket, state and (empty) config; attach the blobs."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.mountpoint = run_dir / "mnt"
+        self.mountpoint.mkdir(exist_ok=True)
+        self.socket = run_dir / "control.sock"
+        config = run_dir / "dsmount.toml"
+        config.write_text("# empty: defaults plus command-line flags only\n")
+        self.env = dict(os.environ)
+        self.env[self.DATA_ENV] = self.ctx.data.conn_str
+        self.env[self.LIST_ENV] = self.ctx.listing.conn_str
+        self.env.pop("DSMOUNT_SOCKET", None)
+        self.env.pop("DSMOUNT_CONFIG", None)
+        log_path = run_dir / "daemon.log"
+        cmd = [
+            sys.executable, "-m", "dsmount", "--socket", str(self.socket),
+            "daemon", "--foreground", "--mountpoint", str(self.mountpoint),
+            "--cache-budget", self.cache_budget, "--config", str(config),
+            "--state-dir", str(run_dir / "state"),
+        ]  # fmt: skip
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(
+                cmd, env=self.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=logf,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        mountpoint = self.mountpoint
+        self._releases.append(
+            on_exit(lambda: self._release_mount(proc, mountpoint, sigterm_first=True))
+        )
+        self.start_rss([proc.pid])
+        deadline = time.monotonic() + MOUNT_WAIT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {proc.returncode}: {tail(log_path)}")
+            if self.socket.exists() and self.cli("ping", timeout=10).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"daemon not answering ping: {tail(log_path)}")
+            time.sleep(0.1)
+        self._wait_mounted(proc, self.mountpoint, log_path)
+        attach = [(DATASTORE, self.ctx.data, self.DATA_ENV)]
+        if with_listing:
+            attach.append((LIST_DATASTORE, self.ctx.listing, self.LIST_ENV))
+        for name, store, env_var in attach:
+            res = self.cli(
+                "attach", name, "--blob", "--container", store.container,
+                "--endpoint", store.endpoint, "--connection-string-env", env_var,
+            )  # fmt: skip
+            check(
+                res.returncode == 0,
+                f"attach {name} failed ({res.returncode}): "
+                f"{(res.stderr or res.stdout).strip()[-400:]}",
+            )
+            while not (self.mountpoint / name).is_dir():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.mountpoint / name} did not appear after attach")
+                time.sleep(0.05)
+
+    def extra_info(self) -> dict[str, Any]:
+        # The daemon's own counters (fetches, cache hits...) explain its figures.
+        res = self.cli("status", "--json")
+        if res.returncode != 0:
+            return {"daemon_status_error": (res.stderr or res.stdout).strip()[-400:]}
+        try:
+            return {"daemon_status": json.loads(res.stdout)}
+        except ValueError:
+            return {"daemon_status": res.stdout}
+
+    def stream_peak_rss(self) -> float:
+        """A dedicated daemon: peak RSS while reading both big blobs (2 GiB at full scale)."""
+        self.start(self.ctx.workdir / "dsmount-stream", with_listing=False)
+        try:
+            self.ctx.dropper.drop()
+            for name in (SEQ_BLOB, RAND_BLOB):
+                self.dd(self.root / name)
+            return self.peak_rss_mib()
+        finally:
+            self.teardown()
+
+
+CLIENT_CLASSES: dict[str, type[Client]] = {
+    "sdk-sync": SdkSyncClient,
+    "sdk-aio": SdkAioClient,
+    "adlfs": AdlfsClient,
+    "rclone-off": RcloneClient,
+    "rclone-full": RcloneFullClient,
+    "dsmount": DsmountClient,
+}
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    workdir: Path
+    ds: Dataset
+    data: Store  # big blobs and small files
+    listing: Store  # the tiny blobs (a separate Azurite: see `main`)
+    dropper: CacheDropper
+    offsets1: list[int]
+    offsets8: list[int]
+    cap_s: float
+
+
+Results = dict[str, dict[str, Any]]
+
+
+def short_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def run_client(name: str, ctx: Context) -> dict[str, Any]:
+    """Run every workload of one client; errors land in the cells, never escape."""
+    client = CLIENT_CLASSES[name](ctx)
+    cells: dict[str, Any] = {}
+    log(f"{name}: setup")
+    try:
+        client.setup()
+    except Exception as exc:
+        err = {"error": "setup: " + short_error(exc)}
+        log(f"{name}: {err['error']}")
+        client_teardown(client, cells)
+        keys = [k for k, _ in client.workloads()]
+        if isinstance(client, MountClient):
+            keys.append("peak_rss_mib")
+        if isinstance(client, DsmountClient):
+            keys.append("stream_peak_rss_mib")
+        return dict.fromkeys(keys, err)
+    try:
+        for key, fn in client.workloads():
+            try:
+                fig = fn()
+                if isinstance(fig, Figure):
+                    cells[key] = fig.value
+                    if fig.note:
+                        cells.setdefault("notes", {})[key] = fig.note
+                else:
+                    cells[key] = fig
+                log(f"{name}: {key} = {cells[key]:.3f}")
+            except Exception as exc:
+                cells[key] = {"error": short_error(exc)}
+                log(f"{name}: {key} error: {cells[key]['error']}")
+        if isinstance(client, MountClient):
+            try:
+                cells["peak_rss_mib"] = client.peak_rss_mib()
+            except Exception as exc:
+                cells["peak_rss_mib"] = {"error": short_error(exc)}
+        try:
+            cells.update(client.extra_info())
+        except Exception as exc:
+            cells["extra_info_error"] = short_error(exc)
+    finally:
+        client_teardown(client, cells)
+    if isinstance(client, DsmountClient):
+        log(f"{name}: dedicated streaming run for peak RSS")
+        try:
+            cells["stream_peak_rss_mib"] = client.stream_peak_rss()
+            log(f"{name}: stream_peak_rss_mib = {cells['stream_peak_rss_mib']:.1f}")
+        except Exception as exc:
+            cells["stream_peak_rss_mib"] = {"error": short_error(exc)}
+            log(f"{name}: stream_peak_rss_mib error: {cells['stream_peak_rss_mib']['error']}")
+    return cells
+
+
+def wait_quiet(pids: list[int | None], busy_pct: float = 10.0, max_wait_s: float = 30.0) -> None:
+    """Wait (bounded) until the Azurites are idle, so post-upload garbage collection or the
+    previous client's tail is not billed to the next client."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(pid))
+    deadline = time.monotonic() + max_wait_s
+    with contextlib.suppress(psutil.Error):
+        for proc in procs:
+            proc.cpu_percent(None)  # starts the measuring interval
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if all(proc.cpu_percent(None) < busy_pct for proc in procs):
+                return
+
+
+def client_teardown(client: Client, cells: dict[str, Any]) -> None:
+    try:
+        client.teardown()
+    except Exception as exc:
+        cells["teardown_error"] = short_error(exc)
+        log(f"{client.name}: teardown error: {cells['teardown_error']}")
+
+
+def container_sas_url(endpoint: str, container: str, account: str, key: str) -> str:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    token = generate_container_sas(
+        account,
+        container,
+        account_key=key,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=6),
+    )
+    return f"{endpoint}/{container}?{token}"
+
+
+def start_store(workdir: Path, container: str) -> Store:
+    """Start one in-memory Azurite (released on any exit) for `container`.
+
+    Two instances, not one: Azurite's in-memory metadata store (LokiJS) finds a blob by
+    scanning every blob of the account, so each request costs O(blobs). With all 25,000 blobs
+    in one instance, every GET took ~30 ms and uploading took ~9 minutes: the figures measured
+    Azurite, not the clients. The 20,000 tiny blobs (used only for listing) get their own.
+    """
+    Azurite = import_azurite()
+    azurite = Azurite(workdir, in_memory=True)
+    on_exit(azurite.stop)  # registered after the workdir's removal: runs before it
+    azurite.start()
+    log(f"Azurite for {container} on {azurite.blob_endpoint} (pid {azurite.pid})")
+    sas = container_sas_url(azurite.blob_endpoint, container, Azurite.ACCOUNT, Azurite.KEY)
+    return Store(azurite.connection_string, azurite.blob_endpoint, container, sas, azurite.pid)
+
+
+def import_azurite() -> type:
+    """tests.support.azurite.Azurite, waiting for the module if it is still being written."""
+    path = REPO_ROOT / "tests" / "support" / "azurite.py"
+    deadline = time.monotonic() + AZURITE_WAIT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} not found")
+        log(f"waiting for {path} to exist")
+        time.sleep(5)
+    from tests.support.azurite import Azurite
+
+    return Azurite
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def value(results: Results, client: str, key: str) -> float | None:
+    v = results.get(client, {}).get(key)
+    return v if isinstance(v, int | float) else None
+
+
+def fmt_cell(v: Any, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, dict):
+        return "error: " + v["error"].replace("|", "\\|")[:120]
+    if unit == "s":
+        return f"{v:.3f}"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def best(results: Results, clients: tuple[str, ...], key: str, lower: bool = False):
+    vals = [(value(results, c, key), c) for c in clients]
+    vals = [(v, c) for v, c in vals if v is not None]
+    if not vals:
+        return None, None
+    return (min if lower else max)(vals)
+
+
+@dataclass
+class Ratio:
+    label: str
+    measured: float | None
+    target: str
+    met: bool | None
+    detail: str
+
+
+def ratios(results: Results) -> list[Ratio]:
+    out: list[Ratio] = []
+    dsm = "dsmount"
+
+    def rel(label: str, key: str, others: tuple[str, ...], op: str, target: float, lower: bool):
+        mine = value(results, dsm, key)
+        other, who = best(results, others, key, lower=lower)
+        if mine is None or other is None or other == 0:
+            out.append(Ratio(label, None, f"{op} {target}x", None, "missing figure"))
+            return
+        r = mine / other
+        met = r >= target if op == ">=" else r <= target
+        out.append(Ratio(label, r, f"{op} {target}x", met, f"{mine:.3f} vs {who} {other:.3f}"))
+
+    rel("cold sequential vs best direct", "seq_cold_mbps", DIRECT, ">=", 1.0, False)
+    rel("cold sequential vs rclone-off", "seq_cold_mbps", ("rclone-off",), ">=", 2.0, False)
+    rel("warm re-read vs rclone-full warm", "seq_warm_mbps", ("rclone-full",), ">=", 10.0, False)
+    rel("small files vs best rclone", "small_files_per_s", RCLONE, ">=", 2.0, False)
+    rel("random 64 KiB preads vs rclone-off", "pread_per_s", ("rclone-off",), ">=", 3.0, False)
+    rel("random 64 KiB preads vs best direct (1 in flight)", "pread_per_s", DIRECT, ">=", 0.8,
+        False)  # fmt: skip
+    rel("listing cold: time vs best rclone", "list_cold_s", RCLONE, "<=", 0.5, True)
+
+    def absolute(label: str, key: str, limit: float, unit: str) -> None:
+        mine = value(results, dsm, key)
+        if mine is None:
+            out.append(Ratio(label, None, f"<= {limit} {unit}", None, "missing figure"))
+        else:
+            out.append(Ratio(label, mine, f"<= {limit} {unit}", mine <= limit, f"{unit}"))
+
+    absolute("listing warm", "list_warm_s", 0.05, "s")
+    absolute("peak RSS streaming with 256 MiB budget", "stream_peak_rss_mib", 356, "MiB")
+    return out
+
+
+def render_markdown(results: Results, meta: dict[str, Any], rs: list[Ratio]) -> str:
+    clients = [c for c in CLIENTS if c in results]
+    lines = [
+        f"Scale: {meta['scale_desc']}. Azurite in memory on 127.0.0.1; {meta['machine']}.",
+        "",
+        "| workload | unit | " + " | ".join(clients) + " |",
+        "|---|---|" + "---:|" * len(clients),
+    ]
+    for key, (label, unit) in WORKLOADS.items():
+        cells = [
+            fmt_cell(results[c].get(key), unit)
+            + ("*" if key in results[c].get("notes", {}) else "")
+            for c in clients
+        ]
+        lines.append(f"| {label} | {unit} | " + " | ".join(cells) + " |")
+    lines += ["", "| dsmount target | measured | target | met? |", "|---|---:|---|---|"]
+    for r in rs:
+        measured = "n/a" if r.measured is None else f"{r.measured:.2f}"
+        met = "n/a" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.label} ({r.detail}) | {measured} | {r.target} | {met} |")
+    if meta["notes"]:
+        lines += ["", "Notes (* marks a figure with a note):", *(f"- {n}" for n in meta["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small dataset (2 x 128 MiB, ...)")
+    p.add_argument("--only", default="", help=f"comma-separated clients, of: {','.join(CLIENTS)}")
+    p.add_argument("--skip-rclone", action="store_true", help="leave out both rclone mounts")
+    p.add_argument("--workdir", type=Path, help="where mounts, caches and logs go (default: tmp)")
+    p.add_argument("--keep", action="store_true", help="keep the workdir (logs) afterwards")
+    p.add_argument("--markdown", type=Path, help="also write the markdown table to this file")
+    p.add_argument("--json", type=Path, help="write raw figures as JSON to this file")
+    p.add_argument(
+        "--cap",
+        type=float,
+        default=20.0,
+        help="seconds after which a count-based workload (small files, preads) stops issuing "
+        "requests; its rate is taken over what ran (default 20)",
+    )
+    args = p.parse_args(argv)
+    clients = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else list(CLIENTS)
+    unknown = set(clients) - set(CLIENTS)
+    if unknown:
+        p.error(f"unknown client(s): {', '.join(sorted(unknown))}")
+    if args.skip_rclone:
+        clients = [c for c in clients if c not in RCLONE]
+    args.clients = [c for c in CLIENTS if c in clients]
+    return args
+
+
+def load_average() -> str:
+    # Other work on the machine skews every column alike; the reader should know how much.
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def make_workdir(args: argparse.Namespace) -> Path:
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return args.workdir.resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="dsmount-bench-"))
+    if not args.keep:
+        on_exit(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    return workdir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    install_signal_handlers()
+    t_start = time.perf_counter()
+    scale = QUICK if args.quick else FULL
+    notes: list[str] = [f"load average at start: {load_average()}"]
+    if os.geteuid() != 0:
+        notes.append("not run as root: mounts or drop_caches may fail")
+    try:
+        workdir = make_workdir(args)
+        log(f"workdir {workdir}; clients: {', '.join(args.clients)}")
+        data = start_store(workdir / "azurite-data", CONTAINER)
+        listing = start_store(workdir / "azurite-list", LIST_CONTAINER)
+        ds = Dataset(scale)
+        secs, _ = timed(lambda: asyncio.run(upload_dataset(data, listing, ds)))
+        total = 2 * scale.big_size + scale.n_small * scale.small_size
+        log(f"uploaded {total / MiB:.0f} MiB + {scale.n_tiny} tiny blobs in {secs:.1f}s")
+        notes.append(f"dataset upload: {secs:.1f} s")
+
+        ctx = Context(
+            workdir=workdir,
+            ds=ds,
+            data=data,
+            listing=listing,
+            dropper=CacheDropper(),
+            offsets1=ds.pread_offsets(1),
+            offsets8=ds.pread_offsets(8),
+            cap_s=args.cap,
+        )
+        results: Results = {}
+        for name in args.clients:
+            t0 = time.perf_counter()
+            wait_quiet([data.pid, listing.pid])
+            results[name] = run_client(name, ctx)
+            log(f"{name}: done in {time.perf_counter() - t0:.1f}s")
+        if ctx.dropper.failed:
+            notes.append(ctx.dropper.failed)
+    finally:
+        run_all_cleanups()
+
+    elapsed = time.perf_counter() - t_start
+    notes.append(f"load average at end: {load_average()}")
+    notes.append(f"whole benchmark run: {elapsed:.0f} s")
+    for client, cells in results.items():
+        for key, note in cells.get("notes", {}).items():
+            notes.append(f"{client}, {WORKLOADS[key][0]}: {note}")
+    scale_desc = (
+        f"{'quick' if args.quick else 'full'}: 2 x {scale.big_size // MiB} MiB blobs, "
+        f"{scale.n_small} x {scale.small_size // KiB} KiB files in {scale.small_dirs} dirs, "
+        f"{scale.n_tiny} tiny blobs in one dir, {scale.n_preads} x "
+        f"{scale.pread_size // KiB} KiB preads"
+    )
+    meta = {
+        "scale": asdict(scale),
+        "scale_desc": scale_desc,
+        "machine": f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "notes": notes,
+        "elapsed_s": elapsed,
+    }
+    rs = ratios(results)
+    md = render_markdown(results, meta, rs)
+    print(md)
+    if args.markdown:
+        args.markdown.write_text(md)
+    if args.json:
+        payload = {"meta": meta, "results": results, "ratios": [asdict(r) for r in rs]}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    if args.keep:
+        log(f"kept {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
