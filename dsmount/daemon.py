@@ -80,6 +80,7 @@ class Daemon:
                 request_deadline=c.retry.request_deadline,
             ),
             invalidate_entry=self._invalidate_entry,
+            invalidate_inode=self._invalidate_inode,
             disk=DiskCache(c.cache.disk_dir, c.cache.disk_budget) if c.cache.disk_dir else None,
         )
         self.state = StateStore(c.daemon.state_dir)
@@ -91,6 +92,8 @@ class Daemon:
         self.notifier = Notifier()
         self._mounted = False
         self._restoring = False
+        self._nursery: trio.Nursery | None = None
+        self._inval_limiter = trio.CapacityLimiter(2)
 
     # -- hooks ----------------------------------------------------------------------------------
     def _invalidate_entry(self, parent_ino: int, name: str) -> None:
@@ -99,6 +102,18 @@ class Daemon:
                 pyfuse3.invalidate_entry_async(parent_ino, os.fsencode(name))
             except Exception as e:  # the kernel may already have forgotten it
                 log.debug("invalidate %s: %s", name, e)
+
+    def _invalidate_inode(self, ino: int) -> None:
+        if self._mounted and self._nursery is not None:
+            self._nursery.start_soon(self._invalidate_inode_now, ino)
+
+    async def _invalidate_inode_now(self, ino: int) -> None:
+        # From a worker thread: the kernel may wait for a request this loop is serving.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False,
+                                          limiter=self._inval_limiter)
+        except Exception as e:  # the kernel may already have forgotten it
+            log.debug("invalidate inode %d: %s", ino, e)
 
     def _changed(self) -> None:
         if not self._restoring:
@@ -129,6 +144,7 @@ class Daemon:
         log.info("mounted %s", self.mountpoint)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.cache.run)
                 nursery.start_soon(self._fuse_main, nursery)
                 await self._tune_after_init()

@@ -121,6 +121,7 @@ class FileSystem:
         *,
         clock: Callable[[], float] = time.monotonic,
         invalidate_entry: Callable[[int, str], None] | None = None,
+        invalidate_inode: Callable[[int], None] | None = None,
         disk: DiskCache | None = None,
     ) -> None:
         self.cache = cache
@@ -128,6 +129,7 @@ class FileSystem:
         self.settings = settings or FsSettings()
         self.clock = clock
         self.invalidate_entry = invalidate_entry or (lambda parent, name: None)
+        self.invalidate_inode = invalidate_inode or (lambda ino: None)
         self.inodes = InodeTable()
         self.metadata = MetadataCache()
         self._listing_for_lookup: dict[tuple[int, str], trio.Event] = {}
@@ -245,6 +247,10 @@ class FileSystem:
         for node in self._nodes_of(ds):
             if not path or node.path == path or node.path.startswith(path + "/"):
                 node.entry_time = -math.inf
+                node.last_open_etag = None
+                if node.lookups > 0:
+                    # The kernel's cached attributes and pages of it are stale too.
+                    self.invalidate_inode(node.ino)
         return n
 
     def _nodes_of(self, ds: Datastore) -> list[Node]:
