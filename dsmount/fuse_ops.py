@@ -58,6 +58,26 @@ def entry_attributes(a: Attributes) -> pyfuse3.EntryAttributes:
     return out
 
 
+class _AttributeCache:
+    """pyfuse3 EntryAttributes per inode, rebuilt only when the core's Attributes object for it
+    changes (the core reuses one while the entry is unchanged): saves ~2 us per entry of every
+    warm readdir of a big directory."""
+
+    def __init__(self) -> None:
+        self._by_ino: dict[int, tuple[Attributes, pyfuse3.EntryAttributes]] = {}
+
+    def get(self, attrs: Attributes) -> pyfuse3.EntryAttributes:
+        cached = self._by_ino.get(attrs.ino)
+        if cached is not None and cached[0] is attrs:
+            return cached[1]
+        out = entry_attributes(attrs)
+        self._by_ino[attrs.ino] = (attrs, out)
+        return out
+
+    def forget(self, ino: int) -> None:
+        self._by_ino.pop(ino, None)
+
+
 def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
@@ -70,20 +90,23 @@ class FuseOperations(pyfuse3.Operations):
     def __init__(self, core: FileSystem) -> None:
         super().__init__()
         self.core = core
+        self.attributes = _AttributeCache()
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
         with _guard("lookup"):
-            return entry_attributes(await self.core.lookup(parent_inode, _name(name)))
+            return self.attributes.get(await self.core.lookup(parent_inode, _name(name)))
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         with _guard("getattr"):
-            return entry_attributes(await self.core.getattr(inode))
+            return self.attributes.get(await self.core.getattr(inode))
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         # forget must never fail: the kernel does not wait for an answer.
         try:
             self.core.forget(inode_list)
+            for ino, _ in inode_list:
+                self.attributes.forget(ino)
         except Exception:
             log.exception("forget")
 
@@ -100,7 +123,7 @@ class FuseOperations(pyfuse3.Operations):
                     return
                 for next_id, name, attrs in batch:
                     if not pyfuse3.readdir_reply(
-                        token, os.fsencode(name), entry_attributes(attrs), next_id
+                        token, os.fsencode(name), self.attributes.get(attrs), next_id
                     ):
                         return
                     self.core.remember(attrs.ino)

@@ -258,6 +258,13 @@ class FileSystem:
 
     # -- attributes ---------------------------------------------------------------------------
     def _attributes(self, node: Node) -> Attributes:
+        if node.attrs_for is node.entry:
+            return node.attrs  # type: ignore[no-any-return]
+        node.attrs = attrs = self._compute_attributes(node)
+        node.attrs_for = node.entry
+        return attrs
+
+    def _compute_attributes(self, node: Node) -> Attributes:
         s = self.settings
         e = node.entry
         if node.datastore is None or node.path == "":

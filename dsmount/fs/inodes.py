@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 from dsmount.backends.base import Entry
 from dsmount.fs.datastore import Datastore
@@ -25,6 +26,10 @@ class Node:
     entry_time: float = 0.0  # monotonic time `entry` was fetched
     lookups: int = 0
     last_open_etag: str | None = None  # the ETag seen at the previous open (keep_cache)
+    # The attributes last computed from `entry` (the core's), reused while `entry` is the same
+    # object: a warm listing of a big directory then builds nothing per entry.
+    attrs: Any = None
+    attrs_for: Entry | None = None
 
     @property
     def is_dir(self) -> bool:
