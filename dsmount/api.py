@@ -22,7 +22,6 @@ secrets file and never shown (`repr` included).
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,7 +160,7 @@ class Datastore:
         set_default: bool = False,
     ) -> Datastore:
         """Register a blob container (optionally only `prefix` inside it)."""
-        auth, secret = _credential(
+        credential = _credential(
             account_key=account_key,
             sas_token=sas_token,
             connection_string=connection_string,
@@ -169,18 +168,10 @@ class Datastore:
             client_id=client_id,
             anonymous=anonymous,
         )
-        info = DatastoreInfo(
-            datastore_name,
-            "blob",
-            account=account_name,
-            container=container_name,
-            endpoint=endpoint,
-            prefix=clean_path(prefix, what="prefix"),
-            auth=auth,
-        )
-        return cls._register(
-            workspace, info, secret, overwrite, create_if_not_exists, skip_validation, set_default
-        )
+        return cls._register_azure(
+            workspace, "blob", datastore_name, container_name, account_name, prefix, endpoint,
+            credential, overwrite, create_if_not_exists, skip_validation, set_default,
+        )  # fmt: skip
 
     @classmethod
     def register_azure_file_share(
@@ -208,25 +199,17 @@ class Datastore:
         share = file_share_name or container_name
         if not share:
             raise InvalidRequest("give file_share_name")
-        auth, secret = _credential(
+        credential = _credential(
             account_key=account_key,
             sas_token=sas_token,
             connection_string=connection_string,
             use_azure_ad=use_azure_ad,
             client_id=client_id,
         )
-        info = DatastoreInfo(
-            datastore_name,
-            "fileshare",
-            account=account_name,
-            share=share,
-            endpoint=endpoint,
-            prefix=clean_path(prefix, what="prefix"),
-            auth=auth,
-        )
-        return cls._register(
-            workspace, info, secret, overwrite, create_if_not_exists, skip_validation, set_default
-        )
+        return cls._register_azure(
+            workspace, "fileshare", datastore_name, share, account_name, prefix, endpoint,
+            credential, overwrite, create_if_not_exists, skip_validation, set_default,
+        )  # fmt: skip
 
     @classmethod
     def register_local(
@@ -241,9 +224,34 @@ class Datastore:
         set_default: bool = False,
     ) -> Datastore:
         """Register a local directory."""
-        info = DatastoreInfo(datastore_name, "local", path=os.path.abspath(path))
+        info = DatastoreInfo.local(datastore_name, path)
         return cls._register(
             workspace, info, None, overwrite, create_if_not_exists, skip_validation, set_default
+        )
+
+    @classmethod
+    def _register_azure(
+        cls,
+        workspace: Workspace,
+        kind: str,
+        name: str,
+        where: str,
+        account: str | None,
+        prefix: str,
+        endpoint: str | None,
+        credential: tuple[CredentialRef, str | None],
+        overwrite: bool,
+        create: bool,
+        skip_validation: bool,
+        set_default: bool,
+    ) -> Datastore:
+        """What the two `register_azure_*` do (`where`: the container or share)."""
+        auth, secret = credential
+        info = DatastoreInfo.azure(
+            name, kind, where, account=account, endpoint=endpoint, prefix=prefix, auth=auth
+        )
+        return cls._register(
+            workspace, info, secret, overwrite, create, skip_validation, set_default
         )
 
     @classmethod
@@ -314,14 +322,7 @@ class Datastore:
         show_progress: bool = True,
     ) -> transfer.TransferSummary:
         """Upload the contents of `src_dir` below `target_path` (default: the root)."""
-        with self._store() as store:
-            return transfer.upload(
-                store,
-                transfer.local_tree(src_dir),
-                target_path or "",
-                overwrite=overwrite,
-                quiet=not show_progress,
-            )
+        return self._upload(transfer.local_tree(src_dir), target_path, overwrite, show_progress)
 
     def upload_files(
         self,
@@ -332,14 +333,24 @@ class Datastore:
         show_progress: bool = True,
     ) -> transfer.TransferSummary:
         """Upload files, each named by its path below `relative_root` (default: its name)."""
-        with self._store() as store:
-            return transfer.upload(
-                store,
-                transfer.local_files(files, relative_root),
-                target_path or "",
-                overwrite=overwrite,
-                quiet=not show_progress,
-            )
+        sources = transfer.local_files(files, relative_root)
+        return self._upload(sources, target_path, overwrite, show_progress)
+
+    def _upload(
+        self,
+        sources: list[transfer.LocalFile],
+        target_path: str | None,
+        overwrite: bool,
+        show_progress: bool,
+    ) -> transfer.TransferSummary:
+        return _registry.upload(
+            self.info,
+            sources,
+            target_path or "",
+            registry=self.workspace.registry,
+            overwrite=overwrite,
+            quiet=not show_progress,
+        )
 
     def download(
         self,
@@ -349,10 +360,14 @@ class Datastore:
         show_progress: bool = True,
     ) -> transfer.TransferSummary:
         """Download everything below `prefix` (default: all) into directory `target_path`."""
-        with self._store() as store:
-            return transfer.download(
-                store, target_path, prefix or "", overwrite=overwrite, quiet=not show_progress
-            )
+        return _registry.download(
+            self.info,
+            target_path,
+            prefix or "",
+            registry=self.workspace.registry,
+            overwrite=overwrite,
+            quiet=not show_progress,
+        )
 
     def create_version(self, src_dir: str | Path, show_progress: bool = True) -> int:
         """Upload the contents of `src_dir` as the next immutable version; its number."""

@@ -28,7 +28,6 @@ from dsmount import runwrap, transfer
 from dsmount.errors import DsmountError, InvalidRequest
 from dsmount.registry import CredentialRef, DatastoreInfo, Registry
 from dsmount.secretref import read_secret_env, read_secret_file
-from dsmount.stores import clean_path
 
 
 def _guarded(exit_code: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -188,19 +187,29 @@ def datastore() -> None:
     """Registered datastores (the workspace): register once, then use by name."""
 
 
-@datastore.command("register-blob")
-@click.argument("name")
-@click.option("--account", help="Storage account name.")
-@click.option("--container", required=True, help="Blob container name.")
-@click.option("--prefix", default="", help="Only this prefix of the container.")
-@click.option("--endpoint", help="Account URL (Azurite, sovereign clouds).")
-@_auth_options
-@_register_flags
-@_guarded()
-def register_blob(
+def _location_options(what: str, endpoint_help: str) -> Callable[..., Any]:
+    """--account, --prefix, --endpoint: where an Azure datastore lives (`what`: its unit)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(
+            [
+                click.option("--account", help="Storage account name."),
+                click.option("--prefix", default="", help=f"Only this {what}."),
+                click.option("--endpoint", help=endpoint_help),
+            ]
+        ):
+            fn = opt(fn)
+        return fn
+
+    return wrap
+
+
+def _register_azure(
+    kind: str,
     name: str,
+    where: str,
+    *,
     account: str | None,
-    container: str,
     prefix: str,
     endpoint: str | None,
     overwrite: bool,
@@ -209,53 +218,36 @@ def register_blob(
     set_default: bool,
     **auth: Any,
 ) -> None:
-    """Register an Azure blob container as datastore NAME."""
+    """What `register-blob` and `register-fileshare` do (`where`: container or share)."""
     ref, secret = _credential(**auth)
-    info = DatastoreInfo(
-        name,
-        "blob",
-        account=account,
-        container=container,
-        endpoint=endpoint,
-        prefix=clean_path(prefix, what="prefix"),
-        auth=ref,
+    info = DatastoreInfo.azure(
+        name, kind, where, account=account, endpoint=endpoint, prefix=prefix, auth=ref
     )
     _register(info, secret, overwrite, create_if_not_exists, skip_validation, set_default)
+
+
+@datastore.command("register-blob")
+@click.argument("name")
+@click.option("--container", required=True, help="Blob container name.")
+@_location_options("prefix of the container", "Account URL (Azurite, sovereign clouds).")
+@_auth_options
+@_register_flags
+@_guarded()
+def register_blob(name: str, container: str, **options: Any) -> None:
+    """Register an Azure blob container as datastore NAME."""
+    _register_azure("blob", name, container, **options)
 
 
 @datastore.command("register-fileshare")
 @click.argument("name")
-@click.option("--account", help="Storage account name.")
 @click.option("--share", required=True, help="File share name.")
-@click.option("--prefix", default="", help="Only this directory of the share.")
-@click.option("--endpoint", help="Account URL (emulators, sovereign clouds).")
+@_location_options("directory of the share", "Account URL (emulators, sovereign clouds).")
 @_auth_options
 @_register_flags
 @_guarded()
-def register_fileshare(
-    name: str,
-    account: str | None,
-    share: str,
-    prefix: str,
-    endpoint: str | None,
-    overwrite: bool,
-    create_if_not_exists: bool,
-    skip_validation: bool,
-    set_default: bool,
-    **auth: Any,
-) -> None:
+def register_fileshare(name: str, share: str, **options: Any) -> None:
     """Register an Azure file share as datastore NAME."""
-    ref, secret = _credential(**auth)
-    info = DatastoreInfo(
-        name,
-        "fileshare",
-        account=account,
-        share=share,
-        endpoint=endpoint,
-        prefix=clean_path(prefix, what="prefix"),
-        auth=ref,
-    )
-    _register(info, secret, overwrite, create_if_not_exists, skip_validation, set_default)
+    _register_azure("fileshare", name, share, **options)
 
 
 @datastore.command("register-local")
@@ -272,7 +264,7 @@ def register_local(
     set_default: bool,
 ) -> None:
     """Register a local directory PATH as datastore NAME."""
-    info = DatastoreInfo(name, "local", path=os.path.abspath(path))
+    info = DatastoreInfo.local(name, path)
     _register(info, None, overwrite, create_if_not_exists, skip_validation, set_default)
 
 
@@ -392,8 +384,7 @@ def upload(
         files = transfer.local_tree(sources[0])
     else:
         files = transfer.local_files(sources)
-    with Registry().store(name) as store:
-        summary = transfer.upload(store, files, target_path, overwrite=overwrite, quiet=quiet)
+    summary = reg.upload(name, files, target_path, overwrite=overwrite, quiet=quiet)
     click.echo(summary)
 
 
@@ -406,8 +397,7 @@ def upload(
 @_guarded()
 def download(name: str, dest: str, prefix: str, overwrite: bool, quiet: bool) -> None:
     """Download datastore NAME (or PREFIX of it) into directory DEST."""
-    with Registry().store(name) as store:
-        summary = transfer.download(store, dest, prefix, overwrite=overwrite, quiet=quiet)
+    summary = reg.download(name, dest, prefix, overwrite=overwrite, quiet=quiet)
     click.echo(summary)
 
 

@@ -32,13 +32,12 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
@@ -52,8 +51,12 @@ from dsmount.errors import (
     InvalidRequest,
     NotFound,
 )
+from dsmount.fileutil import atomic_write
 from dsmount.secretref import check_private, read_secret_env, read_secret_file
-from dsmount.stores import Store, join, make_store
+from dsmount.stores import Store, clean_path, join, make_store
+
+if TYPE_CHECKING:  # dsmount.transfer is imported when needed: it pulls in the progress bars
+    from dsmount.transfer import LocalFile, TransferSummary
 
 REGISTRY_ENV = "DSMOUNT_REGISTRY"
 DATASTORES_FILE = "datastores.toml"
@@ -143,6 +146,35 @@ class DatastoreInfo:
     prefix: str = ""
     auth: CredentialRef | None = None  # None for local datastores
     registered: str = field(default="", compare=False)
+
+    @classmethod
+    def azure(
+        cls,
+        name: str,
+        kind: str,
+        where: str,
+        *,
+        account: str | None,
+        endpoint: str | None,
+        prefix: str,
+        auth: CredentialRef,
+    ) -> DatastoreInfo:
+        """A blob (`where`: the container) or file share (`where`: the share) datastore, as
+        the API and the CLI register it (`prefix` normalized)."""
+        return cls(
+            name,
+            kind,
+            account=account,
+            endpoint=endpoint,
+            prefix=clean_path(prefix, what="prefix"),
+            auth=auth,
+            **{"container" if kind == "blob" else "share": where},
+        )
+
+    @classmethod
+    def local(cls, name: str, path: str | Path) -> DatastoreInfo:
+        """A local-directory datastore (`path` made absolute)."""
+        return cls(name, "local", path=os.path.abspath(path))
 
     def validate(self) -> DatastoreInfo:
         check_name(self.name)
@@ -250,21 +282,6 @@ class DatastoreInfo:
             return cls(name=name, auth=ref, **strings).validate()
         except (InvalidRequest, TypeError) as e:
             raise ConfigError(f"registry entry {name!r} is invalid: {e}") from None
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class Registry:
@@ -382,7 +399,7 @@ class Registry:
             steps.insert(0 if secrets_first else 1, step)
         try:
             for name, data in steps:
-                _atomic_write(self.dir / name, data, 0o600)
+                atomic_write(self.dir / name, data, 0o600)
         except OSError as e:
             raise ConfigError(f"cannot write the registry in {self.dir}: {e.strerror}") from None
 
@@ -544,6 +561,40 @@ def create_version(
         }
         store.put_bytes(f"{VERSIONS_DIR}/{number}.json", json.dumps(manifest, indent=1).encode())
     return number, summary
+
+
+def upload(
+    datastore: str | DatastoreInfo,
+    sources: Sequence[LocalFile],
+    target_path: str = "",
+    *,
+    registry: Registry | None = None,
+    overwrite: bool = False,
+    quiet: bool = True,
+) -> TransferSummary:
+    """Upload `sources` (`dsmount.transfer.local_tree` / `local_files`) below `target_path`
+    of a registered datastore: what `dsmount upload` and `Datastore.upload*` do."""
+    from dsmount import transfer
+
+    with (registry or Registry()).store(datastore) as store:
+        return transfer.upload(store, sources, target_path, overwrite=overwrite, quiet=quiet)
+
+
+def download(
+    datastore: str | DatastoreInfo,
+    dest: str | Path,
+    prefix: str = "",
+    *,
+    registry: Registry | None = None,
+    overwrite: bool = False,
+    quiet: bool = True,
+) -> TransferSummary:
+    """Download `prefix` (default: all) of a registered datastore into directory `dest`: what
+    `dsmount download` and `Datastore.download` do."""
+    from dsmount import transfer
+
+    with (registry or Registry()).store(datastore) as store:
+        return transfer.download(store, dest, prefix, overwrite=overwrite, quiet=quiet)
 
 
 def _claim_version(store: Store) -> int:

@@ -8,33 +8,18 @@ Both are written atomically (temp file + rename), so a crash never leaves half a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from dsmount.fileutil import atomic_write
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "attached.json"
 SECRETS_FILE = "secrets.json"
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class StateStore:
@@ -56,8 +41,8 @@ class StateStore:
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(self.dir, 0o700)
-            _atomic_write(self.dir / SECRETS_FILE, json.dumps(secrets).encode(), 0o600)
-            _atomic_write(self.dir / STATE_FILE, json.dumps(public, indent=1).encode(), 0o600)
+            atomic_write(self.dir / SECRETS_FILE, json.dumps(secrets).encode(), 0o600)
+            atomic_write(self.dir / STATE_FILE, json.dumps(public, indent=1).encode(), 0o600)
         except OSError as e:
             log.error("cannot persist attached datastores in %s: %s", self.dir, e)
 

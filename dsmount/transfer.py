@@ -33,18 +33,19 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dsmount.errors import AlreadyExists, DsmountError, IntegrityError, InvalidRequest, NotFound
+from dsmount.fileutil import commit, temp_beside
 from dsmount.stores import RemoteFile, Store, clean_path, file_md5, join
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WORKERS = 8  # files in flight; measured on Azurite, more only adds contention
 XATTR = "user.dsmount.source"
@@ -204,6 +205,45 @@ def _checked_progress(bar: ProgressBar, cancel: threading.Event) -> Callable[[in
     return progress
 
 
+def _transfer_all(
+    summary: TransferSummary,
+    todo: Sequence[T],
+    move: Callable[[T, Callable[[int], None]], tuple[int, str]],
+    *,
+    size: Callable[[T], int],
+    desc: str,
+    quiet: bool,
+    workers: int,
+    failed: str,
+) -> None:
+    """Move every item of `todo` in parallel under one progress bar, recording each in
+    `summary`: `move(item, progress)` does one and returns (bytes moved, name to record).
+    `failed` starts the message of an error ("upload to X")."""
+    cancel = threading.Event()
+    bar = ProgressBar(desc, sum(size(i) for i in todo), len(todo), progress_enabled(quiet))
+    progress = _checked_progress(bar, cancel)
+    lock = threading.Lock()
+
+    def one(item: T) -> None:
+        if cancel.is_set():
+            raise Cancelled("transfer cancelled")
+        moved, name = move(item, progress)
+        bar.file_done()
+        with lock:
+            summary.files_transferred += 1
+            summary.bytes_transferred += moved
+            summary.transferred.append(name)
+
+    try:
+        _run_parallel(todo, one, workers, cancel)
+    except DsmountError as e:
+        raise _rewrap(
+            e, f"{failed} failed after {summary.files_transferred} of {len(todo)} file(s): {e}"
+        ) from None
+    finally:
+        bar.close()
+
+
 def _rewrap(e: DsmountError, message: str) -> DsmountError:
     """The same kind of error with more context (the type carries the error code)."""
     try:
@@ -320,15 +360,10 @@ def upload(
     if conflicts:
         raise _conflict_error(store.describe(), conflicts)
 
-    cancel = threading.Event()
-    bar = ProgressBar(desc, sum(s.size for s, _, _ in todo), len(todo), progress_enabled(quiet))
-    lock = threading.Lock()
-    progress = _checked_progress(bar, cancel)
-
-    def one(item: tuple[LocalFile, bytes, bool]) -> None:
+    def one(
+        item: tuple[LocalFile, bytes, bool], progress: Callable[[int], None]
+    ) -> tuple[int, str]:
         src, md5, replace = item
-        if cancel.is_set():
-            raise Cancelled("transfer cancelled")
         dest = join(target, src.rel)
         try:
             store.upload(
@@ -336,22 +371,18 @@ def upload(
             )
         except OSError as e:
             raise InvalidRequest(f"cannot read {src.path}: {e.strerror}") from None
-        bar.file_done()
-        with lock:
-            summary.files_transferred += 1
-            summary.bytes_transferred += src.size
-            summary.transferred.append(dest)
+        return src.size, dest
 
-    try:
-        _run_parallel(todo, one, workers, cancel)
-    except DsmountError as e:
-        raise _rewrap(
-            e,
-            f"upload to {store.describe()} failed after "
-            f"{summary.files_transferred} of {len(todo)} file(s): {e}",
-        ) from None
-    finally:
-        bar.close()
+    _transfer_all(
+        summary,
+        todo,
+        one,
+        size=lambda item: item[0].size,
+        desc=desc,
+        quiet=quiet,
+        workers=workers,
+        failed=f"upload to {store.describe()}",
+    )
     return summary
 
 
@@ -472,37 +503,28 @@ def download(
             summary.files_skipped += 1
             summary.bytes_skipped += f.size
 
-    cancel = threading.Event()
-    bar = ProgressBar(desc, sum(f.size for f, _ in todo), len(todo), progress_enabled(quiet))
-    progress = _checked_progress(bar, cancel)
-    lock = threading.Lock()
     umask = _umask()
 
-    def one(item: tuple[RemoteFile, str]) -> None:
+    def one(item: tuple[RemoteFile, str], progress: Callable[[int], None]) -> tuple[int, str]:
         f, rel = item
-        if cancel.is_set():
-            raise Cancelled("transfer cancelled")
         local = root / rel
         local.parent.mkdir(parents=True, exist_ok=True)
         _fetch(store, f, local, progress, replace=overwrite, mode=0o666 & ~umask)
-        bar.file_done()
-        with lock:
-            summary.files_transferred += 1
-            summary.bytes_transferred += f.size
-            summary.transferred.append(rel)
+        return f.size, rel
 
     try:
-        _run_parallel(todo, one, workers, cancel)
-    except DsmountError as e:
-        raise _rewrap(
-            e,
-            f"download from {store.describe()} failed after "
-            f"{summary.files_transferred} of {len(todo)} file(s): {e}",
-        ) from None
+        _transfer_all(
+            summary,
+            todo,
+            one,
+            size=lambda item: item[0].size,
+            desc=desc,
+            quiet=quiet,
+            workers=workers,
+            failed=f"download from {store.describe()}",
+        )
     except OSError as e:
         raise InvalidRequest(f"download failed: {e.filename or ''}: {e.strerror}") from None
-    finally:
-        bar.close()
     return summary
 
 
@@ -522,12 +544,8 @@ def _fetch(
     mode: int,
 ) -> None:
     """Download one file to a temp name next to `local`, verify it, rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(
-        dir=local.parent, prefix=f".{local.name}.", suffix=".dsmount-part"
-    )
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w+b") as out:
+    with temp_beside(local, suffix=".dsmount-part", mode="w+b") as (out, tmp):
+        with out:
             store.download(f, out, progress=progress)
             out.flush()
             # Not tell(): parallel chunk writers seek, the last one written need not be last.
@@ -540,13 +558,7 @@ def _fetch(
         if f.mtime is not None:
             os.utime(tmp, (f.mtime, f.mtime))
         _record(tmp, f)
-        if replace:
-            os.replace(tmp, local)
-        else:
-            try:
-                os.link(tmp, local)  # fails if the name appeared meanwhile: never clobbers
-            except FileExistsError:
-                raise AlreadyExists(f"{local} appeared meanwhile; not overwritten") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        try:
+            commit(tmp, local, replace=replace)
+        except FileExistsError:
+            raise AlreadyExists(f"{local} appeared meanwhile; not overwritten") from None

@@ -252,10 +252,12 @@ def resolve_target(
     return AzureTarget(service, account, endpoint, auth, secret, credential.client_id)
 
 
-def sdk_credential(target: AzureTarget) -> tuple[Any, Any]:
-    """(credential for an asyncio SDK client, token credential the caller must close or None).
+def sdk_credential(target: AzureTarget, *, aio: bool = True) -> tuple[Any, Any]:
+    """(credential for an SDK client, token credential the caller must close or None).
 
-    Call on the asyncio loop: the Azure AD credential is an asyncio object.
+    `aio` (the backends): call on the asyncio loop, the Azure AD credential is an asyncio
+    object. `aio=False` (the blocking stores, `dsmount.stores`): a sync one, closed with
+    `.close()`.
     """
     from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 
@@ -265,7 +267,16 @@ def sdk_credential(target: AzureTarget) -> tuple[Any, Any]:
     if target.auth == "sas_token":
         return AzureSasCredential(secret.lstrip("?")), None
     if target.auth == "azure_ad":
-        token = azure_ad_credential(Credential("azure_ad", client_id=target.client_id))
+        if aio:
+            token = azure_ad_credential(Credential("azure_ad", client_id=target.client_id))
+        else:
+            from azure.identity import DefaultAzureCredential
+
+            token = (
+                DefaultAzureCredential(managed_identity_client_id=target.client_id)
+                if target.client_id
+                else DefaultAzureCredential()
+            )
         return token, token
     return None, None
 

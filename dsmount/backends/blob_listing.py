@@ -94,7 +94,9 @@ def parse_http_date(value: str) -> int:
         return 0
 
 
-def _name_of(element: ET.Element) -> str:
+def element_name(element: ET.Element) -> str:
+    """The <Name> of a listing element (a blob, prefix, file or directory), decoded; shared
+    by the blob and the file share listings."""
     name_el = element.find("Name")
     if name_el is None:
         return ""
@@ -126,9 +128,9 @@ def parse_list_page(body: bytes) -> ListPage:
                 marker = False
                 if size == 0:  # only an empty blob can be a directory marker
                     marker = _is_folder(element.find("Metadata"))
-                items.append(RawBlob(_name_of(element), size, mtime_ns, etag, marker))
+                items.append(RawBlob(element_name(element), size, mtime_ns, etag, marker))
             elif element.tag == "BlobPrefix":
-                items.append(_name_of(element))
+                items.append(element_name(element))
     return ListPage(items=items, next_marker=root.findtext("NextMarker") or None)
 
 

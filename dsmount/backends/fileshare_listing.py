@@ -27,10 +27,14 @@ import calendar
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from dsmount.backends.base import Entry
-from dsmount.backends.blob_listing import name_problem, parse_http_date, strip_etag
+from dsmount.backends.blob_listing import (
+    element_name,
+    name_problem,
+    parse_http_date,
+    strip_etag,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +85,6 @@ def _mtime(smb_write: str | None, last_modified: str | None) -> int:
     return mtime
 
 
-def _name_of(element: ET.Element) -> str:
-    name_el = element.find("Name")
-    if name_el is None:
-        return ""
-    text = name_el.text or ""
-    # Names with characters XML 1.0 cannot carry come percent-encoded with Encoded="true".
-    if name_el.get("Encoded") == "true":
-        text = unquote(text, errors="surrogateescape")
-    return text
-
-
 def parse_list_page(body: bytes) -> ListPage:
     """Parse a List Directories and Files response body. Raises ET.ParseError if it is not XML
     (a truncated body: the caller treats that as transient)."""
@@ -112,7 +105,7 @@ def parse_list_page(body: bytes) -> ListPage:
                     size = int(props.findtext("Content-Length") or 0)
                     etag = strip_etag(props.findtext("Etag"))
                 mtime_ns = _mtime(props.findtext("LastWriteTime"), props.findtext("Last-Modified"))
-            entries.append(RawEntry(_name_of(element), is_dir, size, mtime_ns, etag))
+            entries.append(RawEntry(element_name(element), is_dir, size, mtime_ns, etag))
     return ListPage(entries=entries, next_marker=root.findtext("NextMarker") or None)
 
 

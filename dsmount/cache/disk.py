@@ -23,6 +23,8 @@ from pathlib import Path
 
 import trio
 
+from dsmount.fileutil import atomic_write
+
 log = logging.getLogger(__name__)
 
 _MAGIC = b"DSMB1\n"
@@ -116,20 +118,15 @@ class DiskCache:
         header = _HEADER.pack(_MAGIC, _digest(key), len(data),
                               hashlib.blake2b(data, digest_size=32).digest())
         path = self.dir / name
-        tmp = self.dir / f".tmp-{name}-{os.getpid()}"
 
         def write() -> None:
-            with open(tmp, "wb") as f:
-                f.write(header)
-                f.write(data)
-            os.replace(tmp, path)
+            # ".tmp-" names are what a restart sweeps away (see __init__).
+            atomic_write(path, (header, data), 0o600, durable=False, prefix=f".tmp-{name}-")
 
         try:
             await trio.to_thread.run_sync(write, limiter=self._limiter)
         except OSError as e:
             log.warning("disk cache: cannot write block: %s", e)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             return
         self._index[name] = size
         self._index.move_to_end(name)

@@ -1,4 +1,6 @@
-"""What the Azure stores share: SDK error mapping, credentials, endpoints, retry options.
+"""What the Azure stores share: retry options, progress, and - from
+`dsmount.backends.azure_common`, the one place for both the stores and the backends - the SDK
+error mapping and the resolution of account, endpoint and credential.
 
 Why the sync SDK clients driven from threads (dsmount.transfer) rather than the asyncio ones:
 measured on Azurite (2 cores) with 500 small files and one 256 MiB file, threads moved data
@@ -9,15 +11,24 @@ forbids `asyncio.run`.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any
 
-from dsmount.credentials import Credential, parse_connection_string
-from dsmount.errors import ConfigError, DsmountError
-from dsmount.stores.base import Progress, Store
+from dsmount.backends.azure_common import Service, map_error, resolve_target, sdk_credential
+from dsmount.credentials import Credential
+from dsmount.errors import DsmountError
+from dsmount.stores.base import (
+    BIG_FILE,
+    CHUNK_CONCURRENCY,
+    Progress,
+    RemoteFile,
+    Store,
+    clean_path,
+    join,
+)
 
 
 class ProgressHook:
@@ -50,9 +61,29 @@ def retry_options(retries: int, policy_class: Any) -> dict[str, Any]:
 
 
 class AzureStore(Store):
-    def __init__(self, credential: Credential) -> None:
+    """Where an Azure store lives (`self.target`: THE resolution of account, endpoint and
+    credential, shared with the backends) and how its SDK failures are mapped."""
+
+    client: Any  # the SDK's ContainerClient / ShareClient, made by the subclass
+
+    def __init__(
+        self,
+        credential: Credential,
+        *,
+        service: Service,
+        account: str | None,
+        endpoint: str | None,
+        prefix: str,
+    ) -> None:
         self.credential = credential
         self._secrets = credential.secret_strings()
+        self.target = resolve_target(
+            credential, service=service, account=account, endpoint=endpoint
+        )
+        self.endpoint = self.target.endpoint
+        self.account = self.target.account
+        self.prefix = clean_path(prefix, what="prefix")
+        self._token_credential: Any = None
 
     @contextlib.contextmanager
     def _mapped(self, what: str) -> Iterator[None]:
@@ -62,61 +93,54 @@ class AzureStore(Store):
         except DsmountError:
             raise
         except Exception as exc:
-            from dsmount.backends.blob import map_error
-
             # `from None`: the SDK's message and chain may hold a signed URL.
             raise map_error(exc, what=what, secrets=self._secrets) from None
 
-    def _sdk_credential(self, account: str | None) -> Any:
-        cred = self.credential
-        secret = cred.secret.reveal() if cred.secret is not None else ""
-        if cred.kind == "account_key":
-            from azure.core.credentials import AzureNamedKeyCredential
+    def _sdk_credential(self) -> Any:
+        """The credential for a sync SDK client (an Azure AD one is closed by `close`)."""
+        credential, self._token_credential = sdk_credential(self.target, aio=False)
+        return credential
 
-            return AzureNamedKeyCredential(account or "", secret)
-        if cred.kind == "sas_token":
-            from azure.core.credentials import AzureSasCredential
+    def _name(self, path: str) -> str:
+        return join(self.prefix, clean_path(path))
 
-            return AzureSasCredential(secret)
-        if cred.kind == "azure_ad":
-            from azure.identity import DefaultAzureCredential
+    def _rel(self, name: str) -> str:
+        return name[len(self.prefix) + 1 :] if self.prefix else name
 
-            if cred.client_id:
-                return DefaultAzureCredential(managed_identity_client_id=cred.client_id)
-            return DefaultAzureCredential()
-        return None
+    @abc.abstractmethod
+    def _download(self, name: str, **options: Any) -> Any:
+        """The SDK's download stream of the object `name` (full name, prefix included)."""
 
+    def _pin(self, f: RemoteFile) -> dict[str, Any]:
+        """Download options pinning `f`'s version, where the service can (blob: its ETag)."""
+        return {}
 
-def endpoint_for(
-    service: str, credential: Credential, account: str | None, endpoint: str | None
-) -> tuple[str, str | None]:
-    """(account URL, account name) for `service` ("blob" or "file")."""
-    if endpoint is not None:
-        if urlsplit(endpoint).query:
-            raise ConfigError("the endpoint URL must not carry a query; pass a SAS token instead")
-        endpoint = endpoint.rstrip("/")
-    if credential.kind == "connection_string" and credential.secret is not None:
-        parts = parse_connection_string(credential.secret.reveal())
-        account = account or parts.get("accountname")
-        endpoint = endpoint or (parts.get(f"{service}endpoint", "").rstrip("/") or None)
-        if endpoint is None and account:
-            scheme = parts.get("defaultendpointsprotocol", "https")
-            suffix = parts.get("endpointsuffix", "core.windows.net")
-            endpoint = f"{scheme}://{account}.{service}.{suffix}"
-    if endpoint is None:
-        if not account:
-            raise ConfigError(f"a {service} datastore needs an account name or an endpoint URL")
-        endpoint = f"https://{account}.{service}.core.windows.net"
-    if not account:
-        parts_ = urlsplit(endpoint)
-        host = parts_.hostname or ""
-        if host in ("localhost", "127.0.0.1", "::1") or host.replace(".", "").isdigit():
-            account = parts_.path.strip("/").split("/")[0] or None  # path-style (emulators)
-        else:
-            account = host.split(".")[0] or None
-    if credential.kind == "account_key" and not account:
-        raise ConfigError("account key authentication needs the account name")
-    return endpoint, account
+    def download(self, f: RemoteFile, out: IO[bytes], *, progress: Progress) -> None:
+        with self._mapped(f"download {f.path}"):
+            stream = self._download(
+                self._name(f.path),
+                max_concurrency=CHUNK_CONCURRENCY if f.size >= BIG_FILE else 1,
+                progress_hook=ProgressHook(progress),
+                **self._pin(f),
+            )
+            stream.readinto(out)
 
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        from azure.core.exceptions import HttpResponseError
 
-# -- blob -------------------------------------------------------------------------------------
+        if length <= 0:
+            return b""
+        with self._mapped(f"read {path}"):
+            try:
+                stream = self._download(self._name(path), offset=offset, length=length)
+                data: bytes = stream.readall()
+                return data
+            except HttpResponseError as e:
+                if e.status_code == 416:  # at or past the end
+                    return b""
+                raise
+
+    def close(self) -> None:
+        self.client.close()
+        if self._token_credential is not None:
+            self._token_credential.close()

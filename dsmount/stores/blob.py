@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from dsmount.credentials import Credential
 from dsmount.errors import AlreadyExists, ConfigError
-from dsmount.stores.azure_common import AzureStore, ProgressHook, endpoint_for, retry_options
+from dsmount.stores.azure_common import AzureStore, ProgressHook, retry_options
 from dsmount.stores.base import (
     BIG_FILE,
     CHUNK_CONCURRENCY,
@@ -41,35 +41,23 @@ class BlobStore(AzureStore):
         prefix: str = "",
         retries: int = 4,
     ) -> None:
-        super().__init__(credential)
         if not container:
             raise ConfigError("a blob datastore needs a container name")
+        super().__init__(
+            credential, service="blob", account=account, endpoint=endpoint, prefix=prefix
+        )
         self.container = container
-        self.prefix = clean_path(prefix, what="prefix")
-        self.endpoint, self.account = endpoint_for("blob", credential, account, endpoint)
         from azure.storage.blob import ContainerClient, ExponentialRetry
 
-        options = retry_options(retries, ExponentialRetry)
-        if credential.kind == "connection_string" and credential.secret is not None:
-            self.client = ContainerClient.from_connection_string(
-                credential.secret.reveal(), container_name=container, **options
-            )
-        else:
-            self.client = ContainerClient(
-                account_url=self.endpoint,
-                container_name=container,
-                credential=self._sdk_credential(self.account),
-                **options,
-            )
+        self.client = ContainerClient(
+            account_url=self.endpoint,
+            container_name=container,
+            credential=self._sdk_credential(),
+            **retry_options(retries, ExponentialRetry),
+        )
 
     def describe(self) -> str:
         return "/".join(x for x in (self.account, self.container, self.prefix) if x)
-
-    def _name(self, path: str) -> str:
-        return join(self.prefix, clean_path(path))
-
-    def _rel(self, name: str) -> str:
-        return name[len(self.prefix) + 1 :] if self.prefix else name
 
     def check(self) -> None:
         with self._mapped(f"check {self.describe()}"):
@@ -154,35 +142,16 @@ class BlobStore(AzureStore):
                     f"{path} appeared in {self.describe()} meanwhile; not overwritten"
                 ) from None
 
-    def download(self, f: RemoteFile, out: IO[bytes], *, progress: Progress) -> None:
+    def _download(self, name: str, **options: Any) -> Any:
+        return self.client.get_blob_client(name).download_blob(**options)
+
+    def _pin(self, f: RemoteFile) -> dict[str, Any]:
         from azure.core import MatchConditions
 
-        pin: dict[str, Any] = {}
-        if f.etag:
-            # The bytes of the version we planned with, or Changed: never a mix of two.
-            pin = {"etag": f'"{f.etag}"', "match_condition": MatchConditions.IfNotModified}
-        blob = self.client.get_blob_client(self._name(f.path))
-        with self._mapped(f"download {f.path}"):
-            stream = blob.download_blob(
-                max_concurrency=CHUNK_CONCURRENCY if f.size >= BIG_FILE else 1,
-                progress_hook=ProgressHook(progress),
-                **pin,
-            )
-            stream.readinto(out)
-
-    def read_range(self, path: str, offset: int, length: int) -> bytes:
-        from azure.core.exceptions import HttpResponseError
-
-        if length <= 0:
-            return b""
-        blob = self.client.get_blob_client(self._name(path))
-        with self._mapped(f"read {path}"):
-            try:
-                return blob.download_blob(offset=offset, length=length).readall()
-            except HttpResponseError as e:
-                if e.status_code == 416:  # at or past the end
-                    return b""
-                raise
+        if not f.etag:
+            return {}
+        # The bytes of the version we planned with, or Changed: never a mix of two.
+        return {"etag": f'"{f.etag}"', "match_condition": MatchConditions.IfNotModified}
 
     def put_bytes(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
         from azure.core.exceptions import ResourceExistsError
@@ -213,9 +182,6 @@ class BlobStore(AzureStore):
                     continue
                 (dirs if isinstance(item, BlobPrefix) else files).append(name)
         return sorted(files), sorted(dirs)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 # -- file share -------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 from dsmount.credentials import Credential
 from dsmount.errors import AlreadyExists, ConfigError
-from dsmount.stores.azure_common import AzureStore, ProgressHook, endpoint_for, retry_options
+from dsmount.stores.azure_common import AzureStore, ProgressHook, retry_options
 from dsmount.stores.base import (
     BIG_FILE,
     CHUNK_CONCURRENCY,
@@ -43,38 +43,32 @@ class FileShareStore(AzureStore):
         prefix: str = "",
         retries: int = 4,
     ) -> None:
-        super().__init__(credential)
         if not share:
             raise ConfigError("a file share datastore needs a share name")
         if credential.kind == "anonymous":
             raise ConfigError("Azure Files has no anonymous access; give a credential")
+        super().__init__(
+            credential, service="file", account=account, endpoint=endpoint, prefix=prefix
+        )
+        if self.target.auth == "anonymous":
+            raise ConfigError("the connection string has no AccountKey or SharedAccessSignature")
         self.share = share
-        self.prefix = clean_path(prefix, what="prefix")
-        self.endpoint, self.account = endpoint_for("file", credential, account, endpoint)
         from azure.storage.fileshare import ExponentialRetry, ShareClient
 
         options = retry_options(retries, ExponentialRetry)
-        if credential.kind == "connection_string" and credential.secret is not None:
-            self.client = ShareClient.from_connection_string(
-                credential.secret.reveal(), share_name=share, **options
-            )
-        else:
-            if credential.kind == "azure_ad":
-                options["token_intent"] = "backup"  # what Azure Files requires for OAuth
-            self.client = ShareClient(
-                account_url=self.endpoint,
-                share_name=share,
-                credential=self._sdk_credential(self.account),
-                **options,
-            )
+        if self.target.auth == "azure_ad":
+            options["token_intent"] = "backup"  # what Azure Files requires for OAuth
+        self.client = ShareClient(
+            account_url=self.endpoint,
+            share_name=share,
+            credential=self._sdk_credential(),
+            **options,
+        )
         self._made_dirs: set[str] = set()
         self._dir_lock = threading.Lock()
 
     def describe(self) -> str:
         return "/".join(x for x in (self.account, self.share, self.prefix) if x)
-
-    def _name(self, path: str) -> str:
-        return join(self.prefix, clean_path(path))
 
     def check(self) -> None:
         with self._mapped(f"check {self.describe()}"):
@@ -110,9 +104,6 @@ class FileShareStore(AzureStore):
                 self.client.get_directory_client(d).create_directory()
             with self._dir_lock:
                 self._made_dirs.add(d)
-
-    def _rel(self, name: str) -> str:
-        return name[len(self.prefix) + 1 :] if self.prefix else name
 
     def walk(self, prefix: str = "") -> Iterator[RemoteFile]:
         rel = clean_path(prefix)
@@ -188,28 +179,8 @@ class FileShareStore(AzureStore):
                 ContentSettings(content_type=content_type(path), content_md5=bytearray(md5))
             )
 
-    def download(self, f: RemoteFile, out: IO[bytes], *, progress: Progress) -> None:
-        fc = self.client.get_file_client(self._name(f.path))
-        with self._mapped(f"download {f.path}"):
-            stream = fc.download_file(
-                max_concurrency=CHUNK_CONCURRENCY if f.size >= BIG_FILE else 1,
-                progress_hook=ProgressHook(progress),
-            )
-            stream.readinto(out)
-
-    def read_range(self, path: str, offset: int, length: int) -> bytes:
-        from azure.core.exceptions import HttpResponseError
-
-        if length <= 0:
-            return b""
-        fc = self.client.get_file_client(self._name(path))
-        with self._mapped(f"read {path}"):
-            try:
-                return fc.download_file(offset=offset, length=length).readall()
-            except HttpResponseError as e:
-                if e.status_code == 416:
-                    return b""
-                raise
+    def _download(self, name: str, **options: Any) -> Any:
+        return self.client.get_file_client(name).download_file(**options)
 
     def put_bytes(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
         if exclusive and self.stat(path) is not None:
@@ -235,6 +206,3 @@ class FileShareStore(AzureStore):
         for item in items:
             (dirs if item["is_directory"] else files).append(item["name"])
         return sorted(files), sorted(dirs)
-
-    def close(self) -> None:
-        self.client.close()

@@ -7,10 +7,8 @@ A local file has no stored MD5: `content_md5` hashes it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -23,6 +21,7 @@ from dsmount.errors import (
     NotFound,
     PermissionDenied,
 )
+from dsmount.fileutil import atomic_write, commit, temp_beside
 from dsmount.stores.base import Progress, RemoteFile, Store, clean_path, file_md5, join
 
 
@@ -107,22 +106,13 @@ class LocalStore(Store):
         dest = self._abs(path)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            with temp_beside(dest, suffix=".part") as (out, tmp):
+                with out, open(local, "rb") as src:
+                    _copy(src, out, progress)
+                    os.fchmod(out.fileno(), 0o644)
+                commit(tmp, dest, replace=overwrite)  # without overwrite: never clobbers
         except OSError as e:
             raise _local_error(e, f"upload {path}") from None
-        try:
-            with os.fdopen(fd, "wb") as out, open(local, "rb") as src:
-                _copy(src, out, progress)
-                os.fchmod(out.fileno(), 0o644)
-            if overwrite:
-                os.replace(tmp, dest)
-            else:
-                os.link(tmp, dest)  # fails if the name appeared meanwhile: never clobbers
-        except OSError as e:
-            raise _local_error(e, f"upload {path}") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
     def download(self, f: RemoteFile, out: IO[bytes], *, progress: Progress) -> None:
         try:
@@ -151,11 +141,7 @@ class LocalStore(Store):
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
                 return True
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
+            atomic_write(dest, data, 0o644, durable=False)
             return True
         except OSError as e:
             raise _local_error(e, f"write {path}") from None

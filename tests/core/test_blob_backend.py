@@ -46,6 +46,7 @@ from dsmount.credentials import Credential, Secret
 from dsmount.errors import AuthFailed, Changed, NotFound, TimedOut, Transient
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.listing import collect
 
 azurite_test = pytest.mark.azurite
 
@@ -96,15 +97,6 @@ def put_raw(azurite: Azurite, container: ContainerClient, name: str, data: bytes
         assert response.status == 201, response.status
     finally:
         conn.close()
-
-
-async def collect(backend: BlobBackend, path: str) -> dict[str, Entry]:
-    entries: dict[str, Entry] = {}
-    async for page in backend.list(path):
-        for entry in page:
-            assert entry.name not in entries, f"duplicate entry {entry.name!r}"
-            entries[entry.name] = entry
-    return entries
 
 
 def closed_port() -> int:

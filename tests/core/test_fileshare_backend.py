@@ -46,6 +46,7 @@ from dsmount.errors import (
 )
 from tests.support.azurefiles import AzureFilesEmulator
 from tests.support.azurefiles_fixture import TokenServer, seed_files, smb_time, unique_share
+from tests.support.listing import collect
 
 MiB = 1024 * 1024
 FAST_RETRY = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05, deadline=20)
@@ -64,15 +65,6 @@ def put(share: ShareClient, path: str, data: bytes, **kwargs: object) -> None:
         if not directory.exists():
             directory.create_directory()
     share.get_file_client(path).upload_file(data, **kwargs)
-
-
-async def collect(backend: FileShareBackend, path: str) -> dict[str, Entry]:
-    entries: dict[str, Entry] = {}
-    async for page in backend.list(path):
-        for entry in page:
-            assert entry.name not in entries, f"duplicate entry {entry.name!r}"
-            entries[entry.name] = entry
-    return entries
 
 
 BackendFactory = Callable[..., FileShareBackend]
