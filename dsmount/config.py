@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dsmount.errors import ConfigError
+from dsmount.secretref import check_private
 
 DEFAULT_CONFIG_PATH = Path("/etc/dsmount/dsmount.toml")
 DEFAULT_SOCKET = "/run/dsmount/control.sock"
@@ -189,6 +190,18 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
     return _validate(Config(**sections, datastores=tuple(stores), source=source))
 
 
+_INLINE_SECRET_KEYS = ("secret", "key", "account_key", "sas_token", "connection_string")
+
+
+def _inline_secrets(datastores: tuple[dict[str, Any], ...]) -> bool:
+    """Whether any [[datastore]] carries a secret in the file itself (not an env/file ref)."""
+    for entry in datastores:
+        for table in (entry, entry.get("auth")):
+            if isinstance(table, dict) and any(table.get(k) for k in _INLINE_SECRET_KEYS):
+                return True
+    return False
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
                 ) -> Config:
     """Load the config: the file (explicit path, else $DSMOUNT_CONFIG, else the default path if
@@ -212,6 +225,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
         cfg = parse_config(data, source)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+    if source is not None and _inline_secrets(cfg.datastores):
+        # Like ssh with a private key: a file holding a secret others can read is refused.
+        check_private(source)
     for section, values in (overrides or {}).items():
         values = {k: v for k, v in values.items() if v is not None}
         if not values:

@@ -29,6 +29,7 @@ from dsmount.control.service import ControlService
 from dsmount.errors import DsmountError
 from dsmount.fs.core import FileSystem, FsSettings
 from dsmount.fuse_ops import FuseOperations
+from dsmount.malloc import pin_mmap_threshold
 from dsmount.sdnotify import Notifier, watchdog_loop
 from dsmount.secretref import resolve
 from dsmount.state import StateStore
@@ -232,6 +233,7 @@ class Daemon:
 
 def run_daemon(config: Config, ready_fd: int | None = None) -> int:
     """Run until signalled. Returns the process exit code."""
+    pin_mmap_threshold()  # freed cache blocks go back to the system: RSS tracks the budget
     # Relative paths in the config were resolved by Daemon; "/" so we never pin a directory
     # (and fusermount never resolves our fsname against the cwd).
     daemon = Daemon(config)

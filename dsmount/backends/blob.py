@@ -19,7 +19,9 @@ Invariants:
   a message made of our own words, HTTP status and Azure error code: never an SDK message or
   URL, which can carry a SAS signature (and `redact` scrubs what we quote from exceptions).
 - `read` returns exactly the bytes the server promised in Content-Range, or raises: a short
-  body is Transient (retried), a replaced object under an ETag pin is Changed.
+  body is Transient (retried), a replaced object under an ETag pin is Changed, bytes that do
+  not match the range's MD5 (asked for ranges up to 4 MiB) or, for a whole-blob read, the
+  blob's stored MD5 are an IntegrityError (`integrity`).
 - Directory semantics are those of `blob_listing` (virtual directories from "/"; markers with
   metadata hdi_isfolder=true are directories; invalid names skipped and reported once).
   `stat` answers from the blob when one exists (so a blob "x" that is also a prefix "x/" stats
@@ -47,6 +49,7 @@ from dsmount.backends.blob_listing import (
     parse_list_page,
     strip_etag,
 )
+from dsmount.backends.integrity import range_md5_headers, verify_md5
 from dsmount.credentials import Credential, azure_ad_credential, parse_connection_string, redact
 from dsmount.errors import (
     AuthFailed,
@@ -474,6 +477,7 @@ class BlobBackend(Backend):
     async def _get_range(self, name: str, offset: int, length: int, etag: str | None) -> bytes:
         client = self._container()
         headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}"}
+        headers.update(range_md5_headers(length))
         if etag:
             headers["If-Match"] = f'"{etag}"'
         response = await self._send("GET", self._blob_url(client, name), headers)
@@ -491,13 +495,21 @@ class BlobBackend(Backend):
                 if status == 200 and offset == 0:  # whole blob, no range applied
                     return body[:length]
                 raise Transient(f"read {name!r}: response without a valid Content-Range")
-            first, last, _total = content_range
+            first, last, total = content_range
             if first != offset or last >= offset + length:
                 raise BackendError(f"read {name!r}: server sent range {first}-{last}")
             if len(body) != last - first + 1:
                 raise Transient(
                     f"read {name!r}: short body ({len(body)} of {last - first + 1} bytes)"
                 )
+            await verify_md5(
+                body,
+                response.headers,
+                what=f"read {name!r} bytes {first}-{last}",
+                asked_range_md5="x-ms-range-get-content-md5" in headers,
+                whole=first == 0 and last == total - 1,
+                stored_header="x-ms-blob-content-md5",
+            )
             return body
         finally:
             await response.close()
@@ -588,9 +600,17 @@ class BlobBackend(Backend):
             return b""
         name = self._blob_name(path)
         etag = strip_etag(etag)
-        data = await self._call(
-            f"read {path!r}", lambda: self._get_range(name, offset, length, etag)
-        )
+        try:
+            data = await self._call(
+                f"read {path!r}", lambda: self._get_range(name, offset, length, etag)
+            )
+        except Changed:
+            # 412 on a pinned read: replaced, or deleted (some services, Azurite among them,
+            # answer If-Match on a missing blob with 412). One HEAD tells which: a deleted
+            # blob is ENOENT for the reader, not ESTALE.
+            if etag and await self._call(f"stat {path!r}", lambda: self._head(name)) is None:
+                raise NotFound(f"read {path!r}: the blob was deleted") from None
+            raise
         self.stats.bytes_fetched += len(data)
         return data
 

@@ -36,6 +36,14 @@ def _str(spec: dict[str, Any], key: str, required: bool = False) -> str | None:
     return value
 
 
+def is_dir(path: Path) -> bool:
+    """Path.is_dir, but any OSError (ENAMETOOLONG, EACCES...) means "no", never an exception."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def make_backend(spec: dict[str, Any], *, retry: RetryPolicy) -> Backend:
     kind = spec.get("kind")
     if kind not in KINDS:
@@ -46,7 +54,7 @@ def make_backend(spec: dict[str, Any], *, retry: RetryPolicy) -> Backend:
         path = Path(_str(spec, "path", required=True) or "")
         if not path.is_absolute():
             raise InvalidRequest(f"local path must be absolute: {path}")
-        if not path.is_dir():
+        if not is_dir(path):
             raise NotFound(f"local path {path} does not exist or is not a directory")
         return LocalBackend(path)
     from dsmount.credentials import Credential

@@ -10,10 +10,11 @@ Invariants:
 - Keys carry the object's ETag, so a block of an old version can never be served for a new one.
 - Fetch tasks run in the cache's own nursery, so a reader giving up does not cancel a GET
   another reader waits on.
-- A failed fetch is remembered for `failure_ttl` seconds: readers of that block in that window
-  get the same error at once. The kernel re-reads a page whose read-ahead failed with a
-  synchronous read of its own, so without this one read() by a user would wait the whole
-  request deadline twice on a dead backend; and read-ahead does not hammer it meanwhile.
+- A failed fetch is remembered for `failure_ttl` seconds: readers of any block of that object
+  version in that window get the same error at once. The kernel re-reads a page whose
+  read-ahead failed with a synchronous read of its own (which may ask for another block
+  size), so without this one read() by a user would wait the whole request deadline twice on
+  a dead backend; and read-ahead does not hammer it meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 import cachetools
 import trio
+
+from dsmount.errors import DsmountError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,8 @@ class BlockCache:
         self._room = trio.Event()
         self._limiter = trio.CapacityLimiter(max_concurrent_gets)
         self.failure_ttl = failure_ttl
-        self._failed: OrderedDict[BlockKey, tuple[float, BaseException]] = OrderedDict()
+        # By object version (key[:3]): the kernel's re-read may ask for another block size.
+        self._failed: OrderedDict[tuple[Any, ...], tuple[float, BaseException]] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self.peak_bytes = 0
 
@@ -140,13 +144,13 @@ class BlockCache:
         self._room = trio.Event()
 
     def _recent_failure(self, key: BlockKey) -> BaseException | None:
-        failed = self._failed.get(key)
+        failed = self._failed.get(key[:3])
         if failed is None:
             return None
         when, error = failed
         if trio.current_time() - when < self.failure_ttl:
             return error
-        del self._failed[key]
+        del self._failed[key[:3]]
         return None
 
     # -- reads ---------------------------------------------------------------------------------
@@ -232,16 +236,26 @@ class BlockCache:
             async with self._limiter:
                 data = await fetch()
         except Exception as e:
+            if isinstance(e, DsmountError):
+                # An expected failure: its message is all readers need. Its traceback and
+                # chained exceptions would keep the frames of the HTTP stack, with a partly
+                # read body, alive in a reference cycle for as long as it is remembered.
+                e.__traceback__ = e.__context__ = e.__cause__ = None
             flight.error = e
             flight.counters.fetch_errors += 1
-            self._failed[key] = (trio.current_time(), e)
-            self._failed.move_to_end(key)
-            if len(self._failed) > _FAILURES_MAX:
+            now = trio.current_time()
+            self._failed[key[:3]] = (now, e)
+            self._failed.move_to_end(key[:3])
+            # Forget the expired ones (oldest first), and never hold more than the cap.
+            while self._failed and (
+                len(self._failed) > _FAILURES_MAX
+                or now - next(iter(self._failed.values()))[0] >= self.failure_ttl
+            ):
                 self._failed.popitem(last=False)
             if flight.prefetch:
                 log.debug("read-ahead of %s failed: %s", key[1], e)
         else:
-            self._failed.pop(key, None)
+            self._failed.pop(key[:3], None)
             flight.data = data
             flight.counters.blocks_fetched += 1
             flight.counters.bytes_fetched += len(data)

@@ -17,6 +17,7 @@ from dsmount.errors import ERROR_CODES, DsmountError, InvalidRequest, Unsupporte
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # a request larger than this is refused and the connection closed
+MAX_MESSAGE = 1000  # characters of an error message in a reply
 OPERATIONS = frozenset({"ping", "attach", "detach", "list", "status", "refresh"})
 
 
@@ -44,6 +45,11 @@ class Response:
 
     @classmethod
     def failure(cls, code: str, message: str, id: Any = None) -> Response:
+        # Messages may quote what the client sent (an unknown op, a bad name): bounded, so a
+        # reply is never as large as a request (a client that only reads after sending a
+        # batch would otherwise stall the daemon's send).
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + "..."
         return cls(False, code=code, message=message, id=id)
 
     @classmethod
@@ -82,6 +88,14 @@ def _load(line: bytes) -> dict[str, Any]:
         raise InvalidRequest("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise InvalidRequest("a message must be a JSON object")
+    try:
+        # JSON may escape lone surrogates ("\ud800"), which are not text: refuse them here
+        # rather than let them reach code that encodes names (paths, logs, the state file).
+        json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest("a message must be valid Unicode (no lone surrogates)") from None
+    except RecursionError:
+        raise InvalidRequest("JSON nested too deeply") from None
     return obj
 
 

@@ -120,6 +120,10 @@ class ControlServer:
     async def _send(self, stream: trio.SocketStream, response: Response) -> None:
         with trio.move_on_after(5):
             await stream.send_all(response.encode())
+            return
+        # A client that does not read its replies: end the connection rather than go on
+        # without this reply (the client would wait for it forever, out of step).
+        raise trio.BrokenResourceError("control client does not read its replies")
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsmount.backends.base import Backend, RetryPolicy
-from dsmount.backends.factory import make_backend, redacted_spec
+from dsmount.backends.factory import is_dir, make_backend, redacted_spec
 from dsmount.control.protocol import (
     Request,
     Response,
@@ -130,7 +130,7 @@ class ControlService:
         kind = get_str(spec, "kind")
         if kind == "local" and peer is not None:
             path = Path(get_str(spec, "path") or "")
-            if path.is_absolute() and path.is_dir() and not peer_can_read_dir(path, peer):
+            if path.is_absolute() and is_dir(path) and not peer_can_read_dir(path, peer):
                 raise PermissionDenied(f"you (uid {peer.uid}) cannot read {path}")
         # Refuse a clash before building a backend (which may dial the network).
         try:

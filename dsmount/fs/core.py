@@ -605,8 +605,8 @@ class FileSystem:
         with trio.move_on_after(deadline) as scope:
             try:
                 return await self._read(h, offset, length, bs)
-            except Changed:
-                # The object was replaced: stop trusting what we know about it.
+            except (Changed, NotFound):
+                # The object was replaced or deleted: stop trusting what we know about it.
                 h.node.entry_time = -math.inf
                 h.node.last_open_etag = None
                 self.metadata.drop(h.datastore.id, h.node.path)

@@ -57,6 +57,7 @@ STAT_KEYS = (
     "resets",  # reset by reset_next
     "killed",  # aborted by down() or stop()
     "injected_503",  # requests answered by respond_503
+    "requests",  # HTTP requests seen (forwarded or answered with a 503; chunked ones not counted)
 )
 
 _T = TypeVar("_T")
@@ -216,8 +217,9 @@ class RequestTracker:
             self._pending = None
 
 
-def server_busy_response(head_only: bool, close: bool) -> bytes:
-    """The bytes of an Azure Storage style "503 ServerBusy" response."""
+def server_busy_response(head_only: bool, close: bool, retry_after: float | None = None) -> bytes:
+    """The bytes of an Azure Storage style "503 ServerBusy" response (with a Retry-After
+    header, in whole seconds as HTTP has it, when `retry_after` is given)."""
     request_id = str(uuid.uuid4())
     body = (
         '<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
@@ -232,7 +234,8 @@ def server_busy_response(head_only: bool, close: bool) -> bytes:
         f"x-ms-request-id: {request_id}\r\n"
         "x-ms-error-code: ServerBusy\r\n"
         f"Date: {formatdate(usegmt=True)}\r\n"
-        f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
+        + (f"Retry-After: {retry_after:g}\r\n" if retry_after is not None else "")
+        + f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
     ).encode()
     return headers if head_only else headers + body
 
@@ -302,6 +305,7 @@ class FaultProxy:
         self._reset_left = 0
         self._delay = 0.0
         self._n503 = 0
+        self._retry_after: float | None = None
         self._down = False
         self._stats = dict.fromkeys(STAT_KEYS, 0)
 
@@ -401,10 +405,16 @@ class FaultProxy:
         """Hold every server->client chunk (so every response) `seconds` before relaying it."""
         self._call(setattr, self, "_delay", max(0.0, seconds))
 
-    def respond_503(self, n: int) -> None:
+    def respond_503(self, n: int, retry_after: float | None = None) -> None:
         """Answer the next `n` HTTP requests (on any connection) with 503 ServerBusy ourselves;
-        keep-alive is honoured: the request body is swallowed and the connection stays usable."""
-        self._call(setattr, self, "_n503", max(0, n))
+        keep-alive is honoured: the request body is swallowed and the connection stays usable.
+        With `retry_after` (seconds) the responses carry a Retry-After header."""
+
+        def apply() -> None:
+            self._n503 = max(0, n)
+            self._retry_after = retry_after
+
+        self._call(apply)
 
     def down(self) -> None:
         """Backend fully down: new connects get ECONNREFUSED, existing connections are reset."""
@@ -588,6 +598,7 @@ class FaultProxy:
             await self._flowing.wait()
 
     def _take_503(self) -> bool:
+        self._stats["requests"] += 1  # asked exactly once per (non-chunked) request
         if self._n503 > 0:
             self._n503 -= 1
             return True
@@ -617,7 +628,8 @@ class FaultProxy:
                     await asyncio.sleep(self._delay)
                 async with conn.client_lock:
                     await loop.sock_sendall(
-                        client, server_busy_response(action.head_only, action.close)
+                        client,
+                        server_busy_response(action.head_only, action.close, self._retry_after),
                     )
                 self._stats["injected_503"] += 1
                 if action.close:

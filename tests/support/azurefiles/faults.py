@@ -4,6 +4,7 @@
     emu.faults.fail_next(1, status=500)          # next request: 500 InternalError
     emu.faults.drop_connection_next(1, methods={"GET"})   # cut the next GET's body in half
     emu.faults.delay(0.2)                        # every request waits 0.2 s first
+    emu.faults.corrupt_next(1, methods={"GET"})  # flip a byte of the next GET's body
     emu.faults.clear_faults()
 
 Invariants: every method is thread-safe (handler threads consume faults concurrently); a
@@ -41,6 +42,7 @@ class Decision:
     fail_status: int | None = None
     fail_code: str | None = None
     drop: bool = False
+    corrupt: bool = False  # flip one byte of the body after it (and its MD5) was made
 
 
 class Faults:
@@ -50,9 +52,11 @@ class Faults:
         self._lock = threading.Lock()
         self._failures: list[_Rule] = []
         self._drops: list[_Rule] = []
+        self._corruptions: list[_Rule] = []
         self._delay = 0.0
         self.injected_failures = 0
         self.injected_drops = 0
+        self.injected_corruptions = 0
 
     def fail_next(
         self,
@@ -80,6 +84,12 @@ class Faults:
         with self._lock:
             self._drops.append(_Rule(n, _methods(methods)))
 
+    def corrupt_next(self, n: int = 1, *, methods: Iterable[str] | None = None) -> None:
+        """Flip one byte in the middle of the body of the next `n` (matching) responses that
+        have a body: corruption in transit, after the service computed any MD5 it sends."""
+        with self._lock:
+            self._corruptions.append(_Rule(n, _methods(methods)))
+
     def delay(self, seconds: float) -> None:
         """Delay every request by `seconds` before it is handled (0 turns it off)."""
         with self._lock:
@@ -89,12 +99,13 @@ class Faults:
         with self._lock:
             self._failures.clear()
             self._drops.clear()
+            self._corruptions.clear()
             self._delay = 0.0
 
     def pending(self) -> int:
         """How many injected failures and drops have not been consumed yet."""
         with self._lock:
-            return sum(r.remaining for r in self._failures + self._drops)
+            return sum(r.remaining for r in self._failures + self._drops + self._corruptions)
 
     def decide(self, method: str) -> Decision:
         """Consume the faults that apply to one request (called by the HTTP adapter)."""
@@ -105,11 +116,15 @@ class Faults:
                 self.injected_failures += 1
             if drop:
                 self.injected_drops += 1
+            corrupt = None if fail or drop else _take(self._corruptions, method)
+            if corrupt:
+                self.injected_corruptions += 1
             return Decision(
                 delay=self._delay,
                 fail_status=fail.status if fail else None,
                 fail_code=fail.code if fail else None,
                 drop=drop is not None,
+                corrupt=corrupt is not None,
             )
 
 

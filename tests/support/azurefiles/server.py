@@ -113,12 +113,14 @@ class _Handler(BaseHTTPRequestHandler):
             resp = emulator.service.handle(req)
         emulator.count_request()
         try:
-            self._write(resp, head=self.command == "HEAD", drop=decision.drop)
+            self._write(
+                resp, head=self.command == "HEAD", drop=decision.drop, corrupt=decision.corrupt
+            )
         finally:
             if resp.on_sent is not None:
                 resp.on_sent()
 
-    def _write(self, resp: Response, *, head: bool, drop: bool) -> None:
+    def _write(self, resp: Response, *, head: bool, drop: bool, corrupt: bool = False) -> None:
         lines = [f"HTTP/1.1 {resp.status} {self.responses.get(resp.status, ('',))[0]}"]
         lines += [f"{name}: {value}" for name, value in resp.headers]
         lines.append(f"Content-Length: {len(resp.body)}")
@@ -128,6 +130,10 @@ class _Handler(BaseHTTPRequestHandler):
             lines.append("Connection: close")
         header_block = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
         body = b"" if head else resp.body
+        if corrupt and body:
+            damaged = bytearray(body)
+            damaged[len(damaged) // 2] ^= 0x01
+            body = bytes(damaged)
         if drop:
             # Lost response: cut it off (half the body, or half the headers when there is no
             # body) and reset the connection.
