@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +23,33 @@ from dsmount.fs.core import Attributes, FileSystem
 log = logging.getLogger(__name__)
 
 
+class _LogLimiter:
+    """At most `burst` lines per `period` seconds: an outage fails many requests a second, and
+    the journal should show the failure, not drown in it."""
+
+    def __init__(self, burst: int = 10, period: float = 10.0) -> None:
+        self.burst = burst
+        self.period = period
+        self.window_start = 0.0
+        self.count = 0
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self.window_start > self.period:
+            if self.suppressed:
+                log.info("(%d similar failures not logged)", self.suppressed)
+            self.window_start, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count <= self.burst:
+            return True
+        self.suppressed += 1
+        return False
+
+
+_failures = _LogLimiter()
+
+
 @contextmanager
 def _guard(what: str) -> Iterator[None]:
     try:
@@ -30,7 +58,7 @@ def _guard(what: str) -> Iterator[None]:
         raise
     except (DsmountError, OSError) as e:
         number = to_errno(e)
-        if number not in (errno.ENOENT, errno.EROFS):
+        if number not in (errno.ENOENT, errno.EROFS) and _failures.allow():
             log.info("%s: %s", what, e)
         raise pyfuse3.FUSEError(number) from None
     except Exception:

@@ -606,10 +606,12 @@ class FileSystem:
             try:
                 return await self._read(h, offset, length, bs)
             except (Changed, NotFound):
-                # The object was replaced or deleted: stop trusting what we know about it.
+                # The object was replaced or deleted: stop trusting what we know about it, and
+                # make the kernel drop its cached attributes too.
                 h.node.entry_time = -math.inf
                 h.node.last_open_etag = None
                 self.metadata.drop(h.datastore.id, h.node.path)
+                self.invalidate_inode(h.node.ino)
                 raise
         assert scope.cancelled_caught
         raise TimedOut(f"{h.datastore.key}/{h.node.path}: read took longer than {deadline:.0f}s")
