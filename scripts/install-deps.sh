@@ -6,7 +6,8 @@
 #
 # Steps: Debian packages (FUSE, build tools for pyfuse3, rclone for the benchmark, systemd for
 # `systemd-analyze verify` / `systemd-tmpfiles` in tests, node+npm only when missing), Azurite
-# from npm, /dev/fuse + user_allow_other, then the project venv `.venv` with `.[test]`.
+# from npm, /dev/fuse + user_allow_other, then the project venv `.venv` with
+# `.[test,dataframe]` (the optional dataframe helpers are tested too).
 set -euo pipefail
 
 # Azurite 3.36+ requires Node >= 21; Debian 12 ships Node 18. 3.35.x is the newest that runs on
@@ -110,16 +111,16 @@ fi
 stamp="$VENV/.dsmount-deps.sha256"
 want_hash="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_hash" ]] && [[ -x "$VENV/bin/ruff" ]] \
-    && "$VENV/bin/python" -c 'import dsmount, pyfuse3, trio, pytest, azure.storage.blob' \
+    && "$VENV/bin/python" -c 'import dsmount, pyfuse3, trio, pytest, azure.storage.blob, pandas' \
         2>/dev/null; then
     say "venv: up to date"
 else
-    say "pip install -e '.[test]' into .venv"
+    say "pip install -e '.[test,dataframe]' into .venv"
     # The build backend is chatty on stderr (deprecation notices): keep the output in a log and
     # show it only when the install fails.
     pip_log="$(mktemp)"
     if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        -e "$REPO_ROOT[test]" >"$pip_log" 2>&1; then
+        -e "$REPO_ROOT[test,dataframe]" >"$pip_log" 2>&1; then
         cat "$pip_log" >&2
         rm -f "$pip_log"
         die "pip install failed"
