@@ -34,12 +34,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-from dsmount.backends.aio_bridge import AsyncioThread, BridgeClosed, shared_loop
+from dsmount.backends.aio_bridge import AsyncioThread, shared_loop
+from dsmount.backends.azure_common import (
+    account_from_url,
+    content_range,
+    map_error,
+    status_error,
+)
 from dsmount.backends.base import Backend, Entry, RetryPolicy, with_retry
 from dsmount.backends.blob_listing import (
     DirectoryPages,
@@ -52,7 +57,6 @@ from dsmount.backends.blob_listing import (
 from dsmount.backends.integrity import range_md5_headers, verify_md5
 from dsmount.credentials import Credential, azure_ad_credential, parse_connection_string, redact
 from dsmount.errors import (
-    AuthFailed,
     BackendError,
     Changed,
     ConfigError,
@@ -74,116 +78,6 @@ T = TypeVar("T")
 _REPORTED_MAX = 10_000  # names remembered for log-once; beyond it, nothing more is logged
 _PREFETCH_MAX = 16  # listing pages fetched ahead and not yet consumed, across all listings
 _PREFETCH_TTL = 30.0  # seconds an unclaimed prefetched page (an abandoned listing) is kept
-
-
-class _HttpStatus(Exception):
-    """An unexpected HTTP status from one of our raw requests; `map_error` types it."""
-
-    def __init__(self, status: int, code: str | None, retry_after: float | None) -> None:
-        super().__init__(status, code)
-        self.status = status
-        self.code = code
-        self.retry_after = retry_after
-
-
-def map_error(exc: BaseException, *, what: str, secrets: Iterable[str] = ()) -> DsmountError:
-    """THE mapping of SDK, transport and HTTP failures to dsmount errors (see module doc)."""
-    from azure.core import exceptions as az
-
-    if isinstance(exc, DsmountError):
-        return exc
-    status: int | None = None
-    code: str | None = None
-    retry_after: float | None = None
-    if isinstance(exc, _HttpStatus):
-        status, code, retry_after = exc.status, exc.code, exc.retry_after
-    elif isinstance(exc, az.IncompleteReadError):  # before HttpResponseError: a subclass
-        return Transient(f"{what}: connection closed before the whole body arrived")
-    elif isinstance(exc, az.ResourceModifiedError):
-        return Changed(f"{what}: the blob changed (ETag no longer matches)")
-    elif isinstance(exc, az.HttpResponseError) and getattr(exc, "status_code", None):
-        status = exc.status_code
-        code = getattr(exc, "error_code", None)
-        response = getattr(exc, "response", None)
-        if response is not None:
-            code = code or response.headers.get("x-ms-error-code")
-            retry_after = _retry_after(response.headers)
-    elif isinstance(exc, az.ClientAuthenticationError):
-        # From an Azure AD token credential, before any request was sent.
-        return AuthFailed(f"{what}: Azure AD authentication failed ({_brief(exc, secrets)})")
-    elif isinstance(exc, az.ResourceNotFoundError):
-        return NotFound(f"{what}: not found")
-    elif isinstance(exc, (az.ServiceRequestError, az.ServiceResponseError)):
-        return Transient(f"{what}: connection failed ({_brief(exc, secrets)})")
-    elif isinstance(exc, (OSError, asyncio.TimeoutError, ET.ParseError)) or _is_aiohttp(exc):
-        return Transient(f"{what}: {_brief(exc, secrets)}")
-    elif isinstance(exc, BridgeClosed):
-        return BackendError(f"{what}: the backend is shutting down")
-    if status is None:
-        return BackendError(f"{what}: unexpected {_brief(exc, secrets)}")
-
-    detail = f"{what}: HTTP {status}" + (f" {code}" if code else "")
-    if status == 404:
-        return NotFound(detail)
-    if status in (401, 403):
-        return AuthFailed(detail)
-    if status == 412:
-        return Changed(detail + " (the blob changed: ETag no longer matches)")
-    if status in (408, 429) or status >= 500:
-        error = Transient(detail)
-        error.retry_after = retry_after  # type: ignore[attr-defined] - read by with_retry
-        return error
-    return BackendError(detail)
-
-
-def _brief(exc: BaseException, secrets: Iterable[str]) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return redact(f"{type(exc).__name__}: {text[:200]}", secrets)
-
-
-def _is_aiohttp(exc: BaseException) -> bool:
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - aiohttp comes with azure-storage-blob[aio]
-        return False
-    return isinstance(exc, aiohttp.ClientError)
-
-
-def _retry_after(headers: Any) -> float | None:
-    ms = headers.get("x-ms-retry-after-ms")
-    value = headers.get("Retry-After")
-    try:
-        if ms is not None:
-            return float(ms) / 1000
-        if value is not None:
-            return float(value)
-    except ValueError:  # an HTTP-date: rare from Azure; fall back to our own backoff
-        pass
-    return None
-
-
-def _content_range(value: str | None) -> tuple[int, int, int] | None:
-    """(first, last, total) of "bytes first-last/total"."""
-    if not value:
-        return None
-    try:
-        unit, _, spec = value.partition(" ")
-        span, _, total = spec.partition("/")
-        first, _, last = span.partition("-")
-        if unit != "bytes":
-            return None
-        return int(first), int(last), int(total) if total != "*" else -1
-    except ValueError:
-        return None
-
-
-def _account_from_url(url: str) -> str | None:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if host in ("localhost", "127.0.0.1", "::1") or host.replace(".", "").isdigit():
-        segment = parts.path.strip("/").split("/")[0]  # path-style URL (Azurite)
-        return segment or None
-    return host.split(".")[0] or None
 
 
 class BlobBackend(Backend):
@@ -253,7 +147,7 @@ class BlobBackend(Backend):
             if not account:
                 raise ConfigError("a blob datastore needs an account name or an endpoint URL")
             endpoint = f"https://{account}.blob.core.windows.net"
-        self.account = account or _account_from_url(endpoint)
+        self.account = account or account_from_url(endpoint)
         self.endpoint = endpoint
         if credential.kind == "account_key" and not self.account:
             raise ConfigError("account key authentication needs the account name")
@@ -457,7 +351,7 @@ class BlobBackend(Backend):
         try:
             body = await response.read()
             if response.status_code != 200:
-                raise self._status_error(response, body)
+                raise status_error(response, body)
         finally:
             await response.close()
         return parse_list_page(body)
@@ -469,7 +363,7 @@ class BlobBackend(Backend):
             if response.status_code == 404:
                 return None
             if response.status_code != 200:
-                raise self._status_error(response, b"")
+                raise status_error(response, b"")
             return response.headers
         finally:
             await response.close()
@@ -489,13 +383,13 @@ class BlobBackend(Backend):
             if status == 416:  # offset at or past the end (or an empty blob)
                 return b""
             if status not in (200, 206):
-                raise self._status_error(response, body)
-            content_range = _content_range(response.headers.get("Content-Range"))
-            if content_range is None:
+                raise status_error(response, body)
+            served = content_range(response.headers.get("Content-Range"))
+            if served is None:
                 if status == 200 and offset == 0:  # whole blob, no range applied
                     return body[:length]
                 raise Transient(f"read {name!r}: response without a valid Content-Range")
-            first, last, total = content_range
+            first, last, total = served
             if first != offset or last >= offset + length:
                 raise BackendError(f"read {name!r}: server sent range {first}-{last}")
             if len(body) != last - first + 1:
@@ -514,15 +408,6 @@ class BlobBackend(Backend):
         finally:
             await response.close()
 
-    @staticmethod
-    def _status_error(response: Any, body: bytes) -> _HttpStatus:
-        code = response.headers.get("x-ms-error-code")
-        if not code and body:
-            try:
-                code = ET.fromstring(body).findtext("Code")
-            except ET.ParseError:
-                code = None
-        return _HttpStatus(response.status_code, code, _retry_after(response.headers))
 
     # --- the Backend interface ----------------------------------------------------------------
 
