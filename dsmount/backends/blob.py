@@ -34,18 +34,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-from dsmount.backends.aio_bridge import AsyncioThread, shared_loop
+from dsmount.backends.aio_bridge import AsyncioThread
+from dsmount.backends.azure_backend import AzureBackend
 from dsmount.backends.azure_common import (
     account_from_url,
     content_range,
-    map_error,
     status_error,
 )
-from dsmount.backends.base import Backend, Entry, RetryPolicy, with_retry
+from dsmount.backends.base import Entry, RetryPolicy
 from dsmount.backends.blob_listing import (
     DirectoryPages,
     ListPage,
@@ -55,12 +55,11 @@ from dsmount.backends.blob_listing import (
     strip_etag,
 )
 from dsmount.backends.integrity import range_md5_headers, verify_md5
-from dsmount.credentials import Credential, azure_ad_credential, parse_connection_string, redact
+from dsmount.credentials import Credential, azure_ad_credential, parse_connection_string
 from dsmount.errors import (
     BackendError,
     Changed,
     ConfigError,
-    DsmountError,
     NotFound,
     Transient,
 )
@@ -80,11 +79,13 @@ _PREFETCH_MAX = 16  # listing pages fetched ahead and not yet consumed, across a
 _PREFETCH_TTL = 30.0  # seconds an unclaimed prefetched page (an abandoned listing) is kept
 
 
-class BlobBackend(Backend):
+class BlobBackend(AzureBackend):
     """One Azure blob container, or a prefix inside one, as a read-only directory tree."""
 
     kind = "blob"
     list_on_lookup = True
+    location_field = "container"
+    count_calls = False  # `_send` counts, so read-ahead listing pages count too
 
     def __init__(
         self,
@@ -105,20 +106,15 @@ class BlobBackend(Backend):
         if not 1 <= page_size <= 5000:
             raise ConfigError("page_size must be within 1..5000 (the service's maximum)")
         self.container = container
-        self.credential = credential
+        self._init_azure(credential, bridge)
         self.prefix = prefix.strip("/")
         self.retry = retry or RetryPolicy()
         self.page_size = page_size
         self.max_connections = max_connections
-        self._bridge = bridge
-        self._secrets = credential.secret_strings()
         self._reported: set[tuple[str, str]] = set()
-        self._client: Any = None  # the SDK ContainerClient, made on the asyncio loop
         # Listing pages requested ahead, by (listing id, marker); touched on the loop only.
         self._prefetched: dict[tuple[int, str], asyncio.Task[ListPage]] = {}
         self._listings = itertools.count()
-        self._token_credential: Any = None
-        self._closed = False
 
         if endpoint is not None:
             if urlsplit(endpoint).query:
@@ -155,28 +151,6 @@ class BlobBackend(Backend):
             raise ConfigError("Azure AD authentication needs an https endpoint")
 
     # --- the adapter: every network call goes through here --------------------------------
-
-    @property
-    def bridge(self) -> AsyncioThread:
-        if self._bridge is None:
-            self._bridge = shared_loop()
-        return self._bridge
-
-    async def _call(self, what: str, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run one network call on the asyncio loop under the retry policy."""
-
-        async def attempt() -> T:
-            if self._closed:
-                raise BackendError(f"{what}: the datastore backend is closed")
-            try:
-                return await self.bridge.run(fn)
-            except DsmountError:
-                raise
-            except Exception as exc:
-                # `from None`: the SDK exception's text and its chain may hold a signed URL.
-                raise map_error(exc, what=what, secrets=self._secrets) from None
-
-        return await with_retry(self.retry, attempt, stats=self.stats, what=what)
 
     def _container(self) -> Any:
         """The SDK client, created on first use ON THE ASYNCIO LOOP (aiohttp needs it)."""
@@ -516,34 +490,7 @@ class BlobBackend(Backend):
 
         return await self._call(f"create container {self.container!r}", create)
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._client is None and self._token_credential is None:
-            return
-
-        async def close() -> None:
-            for task in self._prefetched.values():
-                task.cancel()
-            self._prefetched.clear()
-            if self._client is not None:
-                await self._client.close()
-            if self._token_credential is not None:
-                await self._token_credential.close()
-
-        try:
-            await self.bridge.run(close)
-        except Exception as exc:  # closing is best effort; never fail a detach on it
-            log.debug("closing blob client: %s", redact(repr(exc), self._secrets))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "account": self.account,
-            "container": self.container,
-            "prefix": self.prefix,
-            "endpoint": self.endpoint,
-            "auth": self.credential.kind,
-            **({"client_id": self.credential.client_id} if self.credential.client_id else {}),
-        }
+    def _before_close(self) -> None:
+        for task in self._prefetched.values():
+            task.cancel()
+        self._prefetched.clear()

@@ -36,20 +36,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from dsmount.backends.aio_bridge import AsyncioThread, shared_loop
+from dsmount.backends.aio_bridge import AsyncioThread
+from dsmount.backends.azure_backend import AzureBackend
 from dsmount.backends.azure_common import (
     content_range,
-    map_error,
     pipeline_options,
     resolve_target,
     sdk_credential,
     status_error,
 )
-from dsmount.backends.base import Backend, Entry, RetryPolicy, with_retry
+from dsmount.backends.base import Entry, RetryPolicy
 from dsmount.backends.blob_listing import strip_etag
 from dsmount.backends.fileshare_listing import (
     DirectoryEntries,
@@ -58,13 +58,12 @@ from dsmount.backends.fileshare_listing import (
     parse_list_page,
 )
 from dsmount.backends.integrity import range_md5_headers, verify_md5
-from dsmount.credentials import Credential, redact
+from dsmount.credentials import Credential
 from dsmount.errors import (
     AuthFailed,
     BackendError,
     Changed,
     ConfigError,
-    DsmountError,
     NotFound,
     Transient,
 )
@@ -82,11 +81,12 @@ _REPORTED_MAX = 10_000  # names remembered for log-once; beyond it, nothing more
 _NOT_A_FILE = {(404, "ResourceNotFound"), (404, None), (409, "ResourceTypeMismatch")}
 
 
-class FileShareBackend(Backend):
+class FileShareBackend(AzureBackend):
     """One Azure file share, or a directory inside one, as a read-only directory tree."""
 
     kind = "fileshare"
     list_on_lookup = True
+    location_field = "share"
 
     def __init__(
         self,
@@ -115,7 +115,7 @@ class FileShareBackend(Backend):
         if any(s in (".", "..") for s in segments) or "//" in prefix.strip("/"):
             raise ConfigError(f"invalid directory prefix {prefix!r}")
         self.share = share
-        self.credential = credential
+        self._init_azure(credential, bridge)
         self.prefix = "/".join(segments)
         self.retry = retry or RetryPolicy()
         self.page_size = page_size
@@ -126,37 +126,9 @@ class FileShareBackend(Backend):
             raise ConfigError("the connection string has no AccountKey or SharedAccessSignature")
         self.account = self.target.account
         self.endpoint = self.target.endpoint
-        self._bridge = bridge
-        self._secrets = credential.secret_strings()
         self._reported: set[tuple[str, str]] = set()
-        self._client: Any = None  # the SDK ShareClient, made on the asyncio loop
-        self._token_credential: Any = None
-        self._closed = False
 
     # --- the adapter: every network call goes through here --------------------------------
-
-    @property
-    def bridge(self) -> AsyncioThread:
-        if self._bridge is None:
-            self._bridge = shared_loop()
-        return self._bridge
-
-    async def _call(self, what: str, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run one network call on the asyncio loop under the retry policy."""
-
-        async def attempt() -> T:
-            if self._closed:
-                raise BackendError(f"{what}: the datastore backend is closed")
-            self.stats.requests += 1
-            try:
-                return await self.bridge.run(fn)
-            except DsmountError:
-                raise
-            except Exception as exc:
-                # `from None`: the SDK exception's text and its chain may hold a signed URL.
-                raise map_error(exc, what=what, secrets=self._secrets) from None
-
-        return await with_retry(self.retry, attempt, stats=self.stats, what=what)
 
     def _share_client(self) -> Any:
         """The SDK client, created on first use ON THE ASYNCIO LOOP (aiohttp needs it)."""
@@ -394,32 +366,3 @@ class FileShareBackend(Backend):
 
             await self._call(f"create directory {directory!r}", create_directory)
         return created
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._client is None and self._token_credential is None:
-            return
-
-        async def close() -> None:
-            if self._client is not None:
-                await self._client.close()
-            if self._token_credential is not None:
-                await self._token_credential.close()
-
-        try:
-            await self.bridge.run(close)
-        except Exception as exc:  # closing is best effort; never fail a detach on it
-            log.debug("closing file share client: %s", redact(repr(exc), self._secrets))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "account": self.account,
-            "share": self.share,
-            "prefix": self.prefix,
-            "endpoint": self.endpoint,
-            "auth": self.credential.kind,
-            **({"client_id": self.credential.client_id} if self.credential.client_id else {}),
-        }
