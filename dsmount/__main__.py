@@ -1,3 +1,3 @@
-from dsmount.cli import main
+from dsmount.cli.main import main
 
 main()

@@ -125,6 +125,18 @@ def to_errno(exc: BaseException) -> int:
     return errno.EIO
 
 
+def from_oserror(e: OSError, what: str) -> DsmountError:
+    """THE mapping of a local OSError (local datastores, the disk cache) to a dsmount error,
+    with a message naming `what` and nothing of the caller's internals."""
+    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return NotFound(f"{what}: no such file or directory")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(f"{what}: permission denied")
+    if e.errno == errno.EEXIST:
+        return AlreadyExists(f"{what}: already exists")
+    return BackendError(f"{what}: {e.strerror}")
+
+
 ERROR_CODES: dict[str, type[DsmountError]] = {
     cls.code: cls
     for cls in (

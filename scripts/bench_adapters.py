@@ -11,7 +11,7 @@ Starts its own in-memory Azurite on 127.0.0.1 (tests/support/azurite.py), upload
             `download_blob(offset, length).readall()`
   aio-raw   the same asyncio client, but one plain ranged GET sent through the SDK's pipeline
             (auth and signing stay the SDK's), skipping its downloader machinery - what
-            dsmount.backends.blob does
+            dsmount.storage.azure.blob does
   backend   dsmount's BlobBackend.read (aio-raw plus retry, error mapping, length checks)
 
 Prints MB/s (10^6 bytes/s) per method: the median of --runs runs, and the client's CPU
@@ -19,7 +19,7 @@ seconds per GiB (steadier than wall time on a shared machine).
 
 With --list-blobs N it also uploads N small blobs into one flat directory and lists it, page
 size 5000, both with the SDK's `walk_blobs` (asyncio client, iterated on its own loop: its best
-case) and with `BlobBackend.list` (same REST calls, parsed by dsmount.backends.blob_listing).
+case) and with `BlobBackend.list` (same REST calls, parsed by dsmount.storage.azure.blob_listing).
 
 Usage:
 
@@ -43,7 +43,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsmount.backends.aio_bridge import AsyncioThread  # noqa: E402
+from dsmount.storage.azure.bridge import AsyncioThread  # noqa: E402
 from tests.support.azurite import Azurite  # noqa: E402
 
 MiB = 1024 * 1024
@@ -164,8 +164,8 @@ async def bench_aio(
 
 
 async def bench_backend(az: Azurite, size: int, block: int, inflight: int) -> tuple[float, float]:
-    from dsmount.backends.blob import BlobBackend
-    from dsmount.credentials import Credential, Secret
+    from dsmount.shared.credentials import Credential, Secret
+    from dsmount.storage.azure.blob import BlobBackend
 
     backend = BlobBackend(
         container=CONTAINER,
@@ -232,8 +232,8 @@ async def list_sdk(az: Azurite) -> tuple[float, float, int]:
 
 
 async def list_backend(az: Azurite) -> tuple[float, float, int]:
-    from dsmount.backends.blob import BlobBackend
-    from dsmount.credentials import Credential, Secret
+    from dsmount.shared.credentials import Credential, Secret
+    from dsmount.storage.azure.blob import BlobBackend
 
     backend = BlobBackend(
         container=CONTAINER,

@@ -9,9 +9,9 @@ import os
 import socket
 from typing import Any
 
-from dsmount.config import DEFAULT_SOCKET
 from dsmount.control.protocol import MAX_LINE, Request, parse_response
 from dsmount.errors import DsmountError, PermissionDenied
+from dsmount.node.config import DEFAULT_SOCKET
 
 _ids = itertools.count(1)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsmount.errors import ERROR_CODES, DsmountError, InvalidRequest, UnsupportedVersion
+from dsmount.storage.spec import DatastoreSpec
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # a request larger than this is refused and the connection closed
@@ -164,3 +165,46 @@ def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequest(f"argument {key!r} must be true or false")
     return value
+
+
+ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl"})
+
+
+@dataclass(frozen=True)
+class AttachRequest:
+    """An `attach` request: where the datastore appears (name, version), how it is cached, and
+    where it lives (`storage`, validated by `DatastoreSpec`). The wire form is one flat object,
+    as the state file of a restarted daemon also keeps it."""
+
+    name: str
+    storage: DatastoreSpec
+    version: str | None = None
+    immutable: bool = False
+    ttl: float | None = None  # None: the daemon's [metadata] ttl
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> AttachRequest:
+        version = get_version(args)
+        ttl = args.get("ttl")
+        return cls(
+            name=get_str(args, "name") or "",
+            storage=DatastoreSpec.from_dict(
+                {k: v for k, v in args.items() if k not in ATTACH_FIELDS}
+            ),
+            version=version,
+            immutable=get_bool(args, "immutable", version is not None),
+            ttl=None if ttl is None else get_number(args, "ttl", 0.0),
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}" if self.version is not None else self.name
+
+    def to_dict(self, *, secrets: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, **self.storage.to_dict(secrets=secrets)}
+        if self.version is not None:
+            out["version"] = self.version
+        out["immutable"] = self.immutable
+        if self.ttl is not None:
+            out["ttl"] = self.ttl
+        return out

@@ -16,19 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsmount.backends.base import Backend, RetryPolicy
-from dsmount.backends.factory import is_dir, make_backend, redacted_spec
 from dsmount.control.protocol import (
+    AttachRequest,
     Request,
     Response,
     get_bool,
-    get_number,
     get_str,
     get_version,
 )
-from dsmount.errors import DsmountError, InvalidRequest, NotFound, PermissionDenied
-from dsmount.fs.core import FileSystem
-from dsmount.fs.datastore import Datastore
+from dsmount.errors import AlreadyExists, DsmountError, InvalidRequest, NotFound, PermissionDenied
+from dsmount.node.fs.core import FileSystem
+from dsmount.node.fs.datastore import Datastore
+from dsmount.storage.base import Backend
+from dsmount.storage.factory import is_dir, local_root, make_backend
+from dsmount.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -119,28 +120,22 @@ class ControlService:
     async def op_ping(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"pong": True, "pid": os.getpid()}
 
-    async def attach_spec(self, spec: dict[str, Any], peer: Peer | None = None) -> Datastore:
-        name = get_str(spec, "name") or ""
-        version = get_version(spec)
-        ttl = get_number(spec, "ttl", self.ttl)
-        self.core.check_name(name)
-        if version is not None:
-            self.core.check_name(version, "version")
-        immutable = get_bool(spec, "immutable", version is not None)
-        kind = get_str(spec, "kind")
-        if kind == "local" and peer is not None:
-            path = Path(get_str(spec, "path") or "")
-            if path.is_absolute() and is_dir(path) and not peer_can_read_dir(path, peer):
+    async def attach_spec(self, args: dict[str, Any], peer: Peer | None = None) -> Datastore:
+        """Attach what an attach request (or a saved one, `peer` None) describes."""
+        request = AttachRequest.from_args(args)
+        self.core.check_name(request.name)
+        if request.version is not None:
+            self.core.check_name(request.version, "version")
+        spec = request.storage
+        if spec.kind == "local" and peer is not None:
+            path = Path(local_root(spec))
+            if is_dir(path) and not peer_can_read_dir(path, peer):
                 raise PermissionDenied(f"you (uid {peer.uid}) cannot read {path}")
         # Refuse a clash before building a backend (which may dial the network).
-        try:
-            self.core.find(name, version)
-        except NotFound:
-            pass
-        else:
-            what = f"{name!r} version {version}" if version else repr(name)
-            from dsmount.errors import AlreadyExists
-
+        if self._attached(request.name, request.version):
+            what = repr(request.name)
+            if request.version is not None:
+                what += f" version {request.version}"
             raise AlreadyExists(f"a datastore {what} is already attached")
         backend = self.backend_factory(spec, retry=self.retry)
         try:
@@ -149,13 +144,13 @@ class ControlService:
             await backend.aclose()
             raise
         ds = Datastore(
-            name=name,
+            name=request.name,
             backend=backend,
-            version=version,
-            immutable=immutable,
-            ttl=ttl,
+            version=request.version,
+            immutable=request.immutable,
+            ttl=self.ttl if request.ttl is None else request.ttl,
             negative_ttl=self.negative_ttl,
-            options=redacted_spec(spec),
+            options=request.to_dict(secrets=False),
         )
         try:
             self.core.attach(ds)
@@ -163,7 +158,7 @@ class ControlService:
             await backend.aclose()
             raise
         self.failed.pop(ds.key, None)
-        self.specs[ds.key] = dict(spec)
+        self.specs[ds.key] = request.to_dict(secrets=True)
         return ds
 
     async def restore(self, specs: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""The Python API (dsmount.api) on a local directory and on a blob container in Azurite:
+"""The Python API (dsmount.workspace.api) on a local directory and on a blob container in Azurite:
 the Azure ML verbs, reading helpers, data references. Only 127.0.0.1 is contacted."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import ContainerClient
 
-from dsmount.api import DataReference, Datastore, Workspace
 from dsmount.errors import AlreadyExists, InvalidRequest, NotFound
+from dsmount.workspace.api import DataReference, Datastore, Workspace
 from tests.support.azurite import Azurite
 from tests.support.trees import make_tree
 

@@ -31,19 +31,19 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 
-from dsmount.backends.base import Entry, RetryPolicy
-from dsmount.backends.blob import BlobBackend
-from dsmount.backends.blob_listing import (
+from dsmount.errors import AuthFailed, Changed, NotFound, TimedOut, Transient
+from dsmount.shared.credentials import Credential, Secret
+from dsmount.storage.azure.blob import BlobBackend
+from dsmount.storage.azure.blob_listing import (
     DirectoryPages,
     ListPage,
     RawBlob,
-    name_problem,
     parse_http_date,
     parse_list_page,
-    strip_etag,
 )
-from dsmount.credentials import Credential, Secret
-from dsmount.errors import AuthFailed, Changed, NotFound, TimedOut, Transient
+from dsmount.storage.base import Entry
+from dsmount.storage.names import name_problem, strip_etag
+from dsmount.storage.retry import RetryPolicy
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
 from tests.support.listing import collect
@@ -314,7 +314,7 @@ async def test_names_that_cannot_be_posix_are_skipped_and_logged_once(
         put_raw(azurite, blob_container, name)
     backend = make_backend(blob_container.container_name)
 
-    with caplog.at_level(logging.WARNING, logger="dsmount.backends.blob"):
+    with caplog.at_level(logging.WARNING, logger="dsmount.storage.azure.blob"):
         for _ in range(2):  # the second listing logs nothing new
             assert set(await collect(backend, "ok")) == {"fine", "x" * 255}
             assert await collect(backend, "a") == {}  # exists (holds a//b) but shows nothing
@@ -346,7 +346,7 @@ async def test_blob_and_prefix_of_the_same_name_show_one_directory(
     for name in ("x", "x-1", "x.txt", "x/y", "z"):
         put(blob_container, name, b"data")
     backend = make_backend(blob_container.container_name, page_size=2)
-    with caplog.at_level(logging.WARNING, logger="dsmount.backends.blob"):
+    with caplog.at_level(logging.WARNING, logger="dsmount.storage.azure.blob"):
         for _ in range(2):
             root = await collect(backend, "")
             assert {n: e.is_dir for n, e in root.items()} == {

@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 import trio
 
-from dsmount.backends.base import Backend, RetryPolicy
-from dsmount.backends.factory import make_backend
-from dsmount.backends.memory import MemoryBackend
-from dsmount.cache.blocks import BlockCache
 from dsmount.control.protocol import Request, Response
 from dsmount.control.service import ControlService, Peer
 from dsmount.errors import NotFound
-from dsmount.fs.core import FileSystem, FsSettings
+from dsmount.node.cache.blocks import BlockCache
+from dsmount.node.fs.core import FileSystem, FsSettings
+from dsmount.storage.base import Backend
+from dsmount.storage.factory import make_backend
+from dsmount.storage.memory import MemoryBackend
+from dsmount.storage.retry import RetryPolicy
 
 SECRET = "TOPSECRET-account-key-c2VjcmV0"
 ROOT = Peer(pid=os.getpid(), uid=0, gid=0)

@@ -24,17 +24,6 @@ from azure.storage.fileshare import (
     generate_share_sas,
 )
 
-from dsmount.backends.base import Entry, RetryPolicy
-from dsmount.backends.fileshare import FileShareBackend
-from dsmount.backends.fileshare_listing import (
-    DirectoryEntries,
-    ListPage,
-    RawEntry,
-    entry_from_headers,
-    parse_list_page,
-    parse_smb_time,
-)
-from dsmount.credentials import Credential, Secret
 from dsmount.errors import (
     AuthFailed,
     BackendError,
@@ -44,6 +33,18 @@ from dsmount.errors import (
     TimedOut,
     Transient,
 )
+from dsmount.shared.credentials import Credential, Secret
+from dsmount.storage.azure.fileshare import FileShareBackend
+from dsmount.storage.azure.fileshare_listing import (
+    DirectoryEntries,
+    ListPage,
+    RawEntry,
+    entry_from_headers,
+    parse_list_page,
+    parse_smb_time,
+)
+from dsmount.storage.base import Entry
+from dsmount.storage.retry import RetryPolicy
 from tests.support.azurefiles import AzureFilesEmulator
 from tests.support.azurefiles_fixture import TokenServer, seed_files, smb_time, unique_share
 from tests.support.listing import collect
@@ -371,7 +372,7 @@ async def test_special_names_round_trip(
     put(file_share, f"odd/{too_long}", b"x")
     backend = make_backend(file_share.share_name)
 
-    with caplog.at_level(logging.WARNING, logger="dsmount.backends.fileshare"):
+    with caplog.at_level(logging.WARNING, logger="dsmount.storage.azure.fileshare"):
         listed = await collect(backend, "odd")
         await collect(backend, "odd")  # a second listing does not log again
     assert set(listed) == set(names)

@@ -1,4 +1,4 @@
-"""The filesystem core (dsmount/fs/core.py) driven directly, without FUSE.
+"""The filesystem core (dsmount/node/fs/core.py) driven directly, without FUSE.
 
 Each test runs a real BlockCache in its own nursery (`running_fs`) over a MemoryBackend with
 fault injection (one test uses a LocalBackend on a temp dir), with an injected clock for TTLs.
@@ -21,9 +21,6 @@ from typing import Any
 import pytest
 import trio
 
-from dsmount.backends.local import LocalBackend
-from dsmount.backends.memory import MemoryBackend
-from dsmount.cache.blocks import BlockCache
 from dsmount.errors import (
     AlreadyExists,
     AuthFailed,
@@ -35,9 +32,12 @@ from dsmount.errors import (
     TimedOut,
     Transient,
 )
-from dsmount.fs.core import Attributes, FileSystem, FsSettings
-from dsmount.fs.datastore import Datastore
-from dsmount.fs.inodes import ROOT_INODE
+from dsmount.node.cache.blocks import BlockCache
+from dsmount.node.fs.core import Attributes, FileSystem, FsSettings
+from dsmount.node.fs.datastore import Datastore
+from dsmount.node.fs.inodes import ROOT_INODE
+from dsmount.storage.local import LocalBackend
+from dsmount.storage.memory import MemoryBackend
 
 BS = 64 * 1024  # small blocks, so modest files cross many of them
 MTIME = 1_700_000_000_000_000_000  # MemoryBackend's default mtime

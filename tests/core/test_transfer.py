@@ -1,6 +1,6 @@
-"""Uploads and downloads (dsmount.transfer) on every kind of store: a local directory, a blob
-container in a real Azurite, and a file share in the Azure Files emulator. Plus the
-registry's operations that talk to storage (register, versions) against Azurite. Fixtures:
+"""Uploads and downloads (dsmount.workspace.transfer) on every kind of store: a local
+directory, a blob container in a real Azurite, and a file share in the Azure Files emulator.
+Plus the registry's operations that talk to storage (register, versions) against Azurite. Fixtures:
 `azurite`/`blob_container` and `azurefiles`/`file_share` from tests/support.
 
 Nothing talks to anything but 127.0.0.1.
@@ -23,17 +23,18 @@ import pytest
 from azure.storage.blob import ContainerClient, ContainerSasPermissions, generate_container_sas
 from azure.storage.fileshare import ShareClient
 
-from dsmount import registry as reg
-from dsmount import transfer
-from dsmount.config import format_size
-from dsmount.credentials import Credential, Secret
 from dsmount.errors import AlreadyExists, AuthFailed, IntegrityError, NotFound
-from dsmount.registry import CredentialRef, DatastoreInfo, Registry
-from dsmount.stores import RemoteFile, Store
-from dsmount.stores.blob import BlobStore
-from dsmount.stores.fileshare import FileShareStore
-from dsmount.stores.local import LocalStore
-from dsmount.transfer import Conflict, ProgressBar, TransferSummary
+from dsmount.shared.credentials import Credential, Secret
+from dsmount.shared.sizes import format_size
+from dsmount.storage.azure.blob_store import BlobStore
+from dsmount.storage.azure.fileshare_store import FileShareStore
+from dsmount.storage.local_store import LocalStore
+from dsmount.storage.retry import RetryPolicy
+from dsmount.storage.store import RemoteFile, Store
+from dsmount.workspace import registry as reg
+from dsmount.workspace import transfer
+from dsmount.workspace.registry import CredentialRef, DatastoreInfo, Registry
+from dsmount.workspace.transfer import Conflict, ProgressBar, TransferSummary
 from tests.support.azurefiles import AzureFilesEmulator
 from tests.support.azurite import Azurite
 from tests.support.trees import MiB, make_tree, sha256_file
@@ -306,10 +307,11 @@ def test_big_files_move_in_parallel_chunks(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks written out of order by parallel workers: the result is still byte-exact."""
-    import dsmount.stores.blob
-    import dsmount.stores.fileshare
+    import dsmount.storage.azure.blob_store
+    import dsmount.storage.azure.fileshare_store
 
-    module = dsmount.stores.blob if kind == "blob" else dsmount.stores.fileshare
+    azure = dsmount.storage.azure
+    module = azure.blob_store if kind == "blob" else azure.fileshare_store
     monkeypatch.setattr(module, "BIG_FILE", 1)  # every file in parallel chunks
     store: BlobStore | FileShareStore
     if kind == "blob":
@@ -430,7 +432,7 @@ def test_sas_credential_and_errors_without_secrets(
         container=blob_container.container_name,
         endpoint=azurite.blob_endpoint,
         account=Azurite.ACCOUNT,
-        retries=0,
+        retry=RetryPolicy(max_attempts=1),
         credential=Credential("account_key", Secret(bad_key)),
     ) as store:
         with pytest.raises(AuthFailed) as info:

@@ -20,7 +20,7 @@ import pytest
 from azure.storage.blob import ContainerClient, ContentSettings
 from azure.storage.fileshare import ShareClient
 
-from dsmount.cache.blocks import FAILURE_TTL
+from dsmount.node.cache.blocks import FAILURE_TTL
 from tests.faults.conftest import MiB, attach_blob, fault_config, status_of
 from tests.faults.content import pattern_bytes
 from tests.support.azurefiles import AzureFilesEmulator

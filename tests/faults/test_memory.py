@@ -28,7 +28,7 @@ FILES_PER_DATASTORE = 200
 FILE_SIZE = 4 * MiB  # sparse: 10,000 of them cost no disk
 BUDGET = 64 * MiB
 # Python, pyfuse3, trio, 10,000 handles with their read-ahead state, 10,000 inodes, blocks
-# on their way to the kernel. Measured growth: budget + 10-15 MiB with dsmount.malloc's fixed
+# on their way to the kernel. Measured growth: budget + 10-15 MiB with dsmount.node.malloc's fixed
 # mmap threshold, budget + 55-60 MiB without it (freed blocks kept in per-thread arenas).
 MARGIN = 40 * MiB
 

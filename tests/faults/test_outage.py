@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import ContainerClient, ContainerSasPermissions, generate_container_sas
 
-from dsmount.cache.blocks import FAILURE_TTL
+from dsmount.node.cache.blocks import FAILURE_TTL
 from tests.faults.conftest import (
     MiB,
     attach_blob,

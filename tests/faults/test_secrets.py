@@ -29,8 +29,8 @@ from azure.storage.blob import (
     generate_account_sas,
 )
 
-from dsmount.config import load_config
 from dsmount.errors import ConfigError
+from dsmount.node.config import load_config
 from tests.faults.conftest import fault_config, unique
 from tests.support.azurite import Azurite
 from tests.support.daemon import REPO_ROOT, DsmountDaemon, clean_env

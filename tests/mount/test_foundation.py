@@ -729,7 +729,7 @@ def stat_errno(path: Path) -> int | None:
 def test_stale_mount_is_seen_dead_right_after_kill9(
     make_daemon: Callable[..., DsmountDaemon],
 ) -> None:
-    from dsmount.mountpoint import is_dead
+    from dsmount.node.mountpoint import is_dead
 
     d = make_daemon()
     os.stat(d.mountpoint)  # the kernel now caches the root's attributes (for 1 s)

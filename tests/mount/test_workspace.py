@@ -412,7 +412,7 @@ def test_clear_errors_leave_nothing_half_created(
 def test_python_api_run_shares_the_implementation(
     dsmount_daemon: DsmountDaemon, registry_dir: Path, tmp_path: Path
 ) -> None:
-    from dsmount.api import Datastore, Workspace
+    from dsmount.workspace.api import Datastore, Workspace
 
     ws = Workspace(registry_dir, socket=str(dsmount_daemon.socket))
     data = make_tree(tmp_path / "data", {"in/a.txt": b"api input\n"})

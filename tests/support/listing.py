@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsmount.backends.base import Backend, Entry
+from dsmount.storage.base import Backend, Entry
 
 
 async def collect(backend: Backend, path: str) -> dict[str, Entry]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from dsmount.backends.aio_bridge import AsyncioThread, BridgeClosed, shared_loop
+from dsmount.storage.azure.bridge import AsyncioThread, BridgeClosed, shared_loop
 
 
 @pytest.fixture

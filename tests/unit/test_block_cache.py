@@ -1,4 +1,4 @@
-"""Tests of the daemon-wide block cache (dsmount/cache/blocks.py) under trio.
+"""Tests of the daemon-wide block cache (dsmount/node/cache/blocks.py) under trio.
 
 Fetch functions are fakes that check the cache's budget invariant at each of their await
 points and can be held on an event, so the tests see exactly which GETs start, when, and how
@@ -13,8 +13,8 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsmount.cache.blocks import BlockCache, BlockKey, ReadCounters
 from dsmount.errors import BackendError
+from dsmount.node.cache.blocks import BlockCache, BlockKey, ReadCounters
 
 B = 1000  # a block's size in the deterministic tests
 

@@ -1,4 +1,4 @@
-"""Tests of the typed daemon configuration (dsmount/config.py).
+"""Tests of the typed daemon configuration (dsmount/node/config.py).
 
 Sizes parse and format consistently; a valid TOML file loads into typed sections; every kind
 of mistake (unknown section or key, wrong type, bad size, a budget smaller than four blocks,
@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dsmount import config as config_mod
-from dsmount.config import format_size, load_config, parse_size
 from dsmount.errors import ConfigError
+from dsmount.node import config as config_mod
+from dsmount.node.config import load_config
+from dsmount.shared.sizes import format_size, parse_size
 
 KIB = 1024
 UNITS = {

@@ -10,14 +10,14 @@ from urllib.parse import quote
 
 import pytest
 
-from dsmount.credentials import (
+from dsmount.errors import InvalidRequest
+from dsmount.shared.credentials import (
     REDACTED,
     Credential,
     Secret,
     parse_connection_string,
     redact,
 )
-from dsmount.errors import InvalidRequest
 
 # Made-up values in the shapes Azure uses; none is a real secret.
 KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY3ODkwYWJjZGVmZ2hpams+/w=="

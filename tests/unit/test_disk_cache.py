@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dsmount.cache.disk import DiskCache
+from dsmount.node.cache.disk import DiskCache
 
 
 async def test_round_trip_and_survives_restart(tmp_path):

@@ -1,4 +1,4 @@
-"""~/datastores links: dsmount.homelink and the docker-stacks before-notebook hook."""
+"""~/datastores links: dsmount.node.homelink and the docker-stacks before-notebook hook."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dsmount.errors import AlreadyExists, NotFound
-from dsmount.homelink import LinkOutcome, _chown_link, home_of, link_home
+from dsmount.node.homelink import LinkOutcome, _chown_link, home_of, link_home
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK = REPO / "scripts/jupyter/before-notebook.d/10-dsmount-link.sh"

@@ -1,4 +1,4 @@
-"""Tests of the MD5 checks of ranged reads (dsmount/backends/integrity.py), on plain data.
+"""Tests of the MD5 checks of ranged reads (dsmount/storage/integrity.py), on plain data.
 
 The end-to-end cases (a body corrupted in transit, a wrong stored MD5, through a real mount)
 are in tests/faults/test_integrity.py.
@@ -12,8 +12,8 @@ import hashlib
 
 import pytest
 
-from dsmount.backends.integrity import RANGE_MD5_MAX, range_md5_headers, verify_md5
 from dsmount.errors import IntegrityError
+from dsmount.storage.integrity import RANGE_MD5_MAX, range_md5_headers, verify_md5
 
 BODY = bytes(range(256)) * 2048  # 512 KiB: hashed in a worker thread
 OTHER = b"other bytes"

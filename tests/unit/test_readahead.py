@@ -1,4 +1,4 @@
-"""Property tests of the read-ahead policy (dsmount/cache/readahead.py).
+"""Property tests of the read-ahead policy (dsmount/node/cache/readahead.py).
 
 The policy is pure logic, so every property is checked against arbitrary configurations and
 read streams: the window stays within [0, maximum], a first or non-sequential read prefetches
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dsmount.cache.readahead import (
+from dsmount.node.cache.readahead import (
     ReadaheadConfig,
     ReadaheadState,
     blocks_for_read,

@@ -13,10 +13,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from dsmount import registry as reg
-from dsmount.cli_workspace import COMMANDS
+from dsmount.cli.workspace import COMMANDS
 from dsmount.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound
-from dsmount.registry import (
+from dsmount.workspace import registry as reg
+from dsmount.workspace.registry import (
     DATASTORES_FILE,
     SECRETS_FILE,
     CredentialRef,

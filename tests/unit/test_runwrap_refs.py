@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dsmount.errors import InvalidRequest
-from dsmount.registry import NAME_RE
-from dsmount.runwrap import (
+from dsmount.workspace.registry import NAME_RE
+from dsmount.workspace.runwrap import (
     ENV_PREFIX,
     Reference,
     check_unique,

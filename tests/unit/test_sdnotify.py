@@ -1,4 +1,4 @@
-"""dsmount.sdnotify against a real AF_UNIX datagram socket playing the part of systemd."""
+"""dsmount.node.sdnotify against a real AF_UNIX datagram socket playing the part of systemd."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dsmount.sdnotify import Notifier, watchdog_loop
+from dsmount.node.sdnotify import Notifier, watchdog_loop
 
 
 class FakeSystemd:

@@ -1,4 +1,4 @@
-"""Tests of secret references (dsmount/secretref.py): {"env": VAR} and {"file": PATH}.
+"""Tests of secret references (dsmount/shared/secretref.py): {"env": VAR} and {"file": PATH}.
 
 A secret file others can read is refused with ConfigError (as ssh refuses such keys); a
 missing or empty file, an unset variable or a reference naming neither is InvalidRequest.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dsmount.errors import ConfigError, InvalidRequest
-from dsmount.secretref import read_secret_env, read_secret_file, resolve
+from dsmount.shared.secretref import read_secret_env, read_secret_file, resolve
 
 VALUE = "sv=2024-01-01&sig=abc%2Fdef"
 

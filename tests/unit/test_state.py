@@ -1,4 +1,4 @@
-"""Tests of the persisted attached-datastore state (dsmount/state.py).
+"""Tests of the persisted attached-datastore state (dsmount/node/state.py).
 
 Specs survive a save/load round trip; secrets live only in secrets.json (0600) inside a 0700
 directory, never in attached.json; a corrupt file loads as an empty state with an error
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dsmount import state as state_mod
-from dsmount.state import SECRETS_FILE, STATE_FILE, StateStore
+from dsmount.node import state as state_mod
+from dsmount.node.state import SECRETS_FILE, STATE_FILE, StateStore
 
 SECRET = "AccountKey=c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1sZWFr"
 
@@ -83,7 +83,7 @@ def test_corrupt_file_loads_empty_and_logs(
     store = StateStore(tmp_path)
     store.save(SPECS)
     (tmp_path / name).write_text('[{"name": "data", "kin')
-    with caplog.at_level(logging.ERROR, logger="dsmount.state"):
+    with caplog.at_level(logging.ERROR, logger="dsmount.node.state"):
         assert store.load() == []
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and "starting empty" in errors[0] and str(tmp_path) in errors[0]
@@ -114,7 +114,7 @@ def test_failed_write_keeps_the_old_state_and_no_temporary_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(state_mod.os, "fsync", broken_fsync)
-    with caplog.at_level(logging.ERROR, logger="dsmount.state"):
+    with caplog.at_level(logging.ERROR, logger="dsmount.node.state"):
         store.save({"other": {"name": "other", "kind": "local", "path": "/y"}})
     assert any("No space left" in r.getMessage() for r in caplog.records)
     assert (tmp_path / STATE_FILE).read_bytes() == before

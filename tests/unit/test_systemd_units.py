@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dsmount.config import DEFAULT_SOCKET, Config, DaemonSection, parse_config
+from dsmount.node.config import DEFAULT_SOCKET, Config, DaemonSection, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd/dsmount.service"

@@ -1,1 +1,0 @@
-"""Caching layer: the bytes-bounded block cache and the pure read-ahead policy."""

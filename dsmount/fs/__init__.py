@@ -1,1 +1,0 @@
-"""The FUSE-free filesystem core: namespace of attached datastores, inodes, handles, reads."""

@@ -1,0 +1,136 @@
+"""Optional on-disk block cache: survives a daemon restart, bounded by its own byte budget.
+
+Each block is one file named by a hash of its key, where the key names the datastore's
+storage location (not the per-attachment id), the object path, its ETag, the block index and
+the block size — so a block is only ever found again for the very same bytes. A file holds a
+header (magic, key digest, length, BLAKE2b checksum of the payload) then the payload; it is
+written to a temp name and renamed (atomic), and verified on every read: a corrupt or foreign
+file is deleted and reported as a miss, never served.
+
+Blocking file I/O runs in worker threads. The index (name -> size, LRU order) is rebuilt by
+scanning the directory at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import struct
+from collections import OrderedDict
+from pathlib import Path
+
+import trio
+
+from dsmount.shared.fileutil import atomic_write
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"DSMB1\n"
+_HEADER = struct.Struct(f"{len(_MAGIC)}s32sQ32s")  # magic, key digest, length, checksum
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=32).digest()
+
+
+class DiskCache:
+    def __init__(self, directory: str | Path, budget: int) -> None:
+        self.dir = Path(directory)
+        self.budget = budget
+        self._index: OrderedDict[str, int] = OrderedDict()  # file name -> size, LRU first
+        self._limiter = trio.CapacityLimiter(4)
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        entries = []
+        for p in self.dir.glob("*.blk"):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            entries.append((st.st_mtime, p.name, st.st_size))
+        for _, name, size in sorted(entries):
+            self._index[name] = size
+        for tmp in self.dir.glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(self._index.values())
+
+    def _name(self, key: str) -> str:
+        return _digest(key).hex() + ".blk"
+
+    async def get(self, key: str) -> bytes | None:
+        name = self._name(key)
+        if name not in self._index:
+            self.misses += 1
+            return None
+        path = self.dir / name
+        digest = _digest(key)
+
+        def read() -> bytes | None:
+            with open(path, "rb") as f:
+                raw = f.read()
+            if len(raw) < _HEADER.size:
+                return None
+            magic, kd, length, checksum = _HEADER.unpack_from(raw)
+            payload = raw[_HEADER.size :]
+            if magic != _MAGIC or kd != digest or length != len(payload):
+                return None
+            if hashlib.blake2b(payload, digest_size=32).digest() != checksum:
+                return None
+            os.utime(path)
+            return payload
+
+        try:
+            data = await trio.to_thread.run_sync(read, limiter=self._limiter)
+        except OSError:
+            data = None
+        if data is None:
+            self.corrupt += 1
+            log.warning("disk cache: discarding corrupt block file %s", name)
+            self._discard(name)
+            self.misses += 1
+            return None
+        self._index.move_to_end(name)
+        self.hits += 1
+        return data
+
+    def _discard(self, name: str) -> None:
+        self._index.pop(name, None)
+        with contextlib.suppress(OSError):
+            (self.dir / name).unlink()
+
+    async def put(self, key: str, data: bytes) -> None:
+        size = _HEADER.size + len(data)
+        if size > self.budget:
+            return
+        name = self._name(key)
+        while self._index and self.used_bytes + size > self.budget:
+            oldest = next(iter(self._index))
+            self._discard(oldest)
+        header = _HEADER.pack(_MAGIC, _digest(key), len(data),
+                              hashlib.blake2b(data, digest_size=32).digest())
+        path = self.dir / name
+
+        def write() -> None:
+            # ".tmp-" names are what a restart sweeps away (see __init__).
+            atomic_write(path, (header, data), 0o600, durable=False, prefix=f".tmp-{name}-")
+
+        try:
+            await trio.to_thread.run_sync(write, limiter=self._limiter)
+        except OSError as e:
+            log.warning("disk cache: cannot write block: %s", e)
+            return
+        self._index[name] = size
+        self._index.move_to_end(name)
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {"dir": str(self.dir), "budget_bytes": self.budget, "used_bytes": self.used_bytes,
+                "hits": self.hits, "misses": self.misses, "corrupt_discarded": self.corrupt}

@@ -1,0 +1,212 @@
+"""Typed daemon configuration: TOML file, then environment, then command-line flags.
+
+Every field has a default that works on a compute node; `load_config` validates types and
+ranges and raises ConfigError naming the file and key, so a bad config never starts a
+half-configured daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dsmount.errors import ConfigError
+from dsmount.shared.secretref import check_private
+from dsmount.shared.sizes import format_size, parse_size
+
+DEFAULT_CONFIG_PATH = Path("/etc/dsmount/dsmount.toml")
+DEFAULT_SOCKET = "/run/dsmount/control.sock"
+
+@dataclass(frozen=True)
+class DaemonSection:
+    mountpoint: str = "/datastores"
+    socket: str = DEFAULT_SOCKET
+    socket_group: str = ""  # members may use the control socket besides root and the daemon user
+    state_dir: str = "/var/lib/dsmount"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class FsSection:
+    uid: int = 0
+    gid: int = 0
+    file_mode: int = 0o444
+    dir_mode: int = 0o555
+
+
+@dataclass(frozen=True)
+class CacheSection:
+    memory_budget: int = 1024**3  # one budget for every cached and in-flight block
+    block_size: int = 8 * 1024**2  # big enough that a GET's latency is amortised
+    disk_dir: str = ""
+    disk_budget: int = 10 * 1024**3
+    max_concurrent_gets: int = 16  # saturates Azurite/Blob on 2 cores without thrashing
+    readahead_max: int = 128 * 1024**2
+
+
+@dataclass(frozen=True)
+class MetadataSection:
+    ttl: float = 60.0
+    negative_ttl: float = 5.0
+
+
+@dataclass(frozen=True)
+class RetrySection:
+    request_deadline: float = 60.0
+    attempt_timeout: float = 30.0
+    max_attempts: int = 6
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    fs: FsSection = field(default_factory=FsSection)
+    cache: CacheSection = field(default_factory=CacheSection)
+    metadata: MetadataSection = field(default_factory=MetadataSection)
+    retry: RetrySection = field(default_factory=RetrySection)
+    datastores: tuple[dict[str, Any], ...] = ()
+    source: str | None = None  # the file it came from, for messages
+
+
+_SECTIONS: dict[str, type] = {
+    "daemon": DaemonSection,
+    "fs": FsSection,
+    "cache": CacheSection,
+    "metadata": MetadataSection,
+    "retry": RetrySection,
+}
+_SIZE_KEYS = {"memory_budget", "block_size", "disk_budget", "readahead_max"}
+_MODE_KEYS = {"file_mode", "dir_mode"}
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    where = f"[{section}] {key}"
+    try:
+        if key in _SIZE_KEYS:
+            return parse_size(value)
+        if key in _MODE_KEYS:
+            mode = int(value, 8) if isinstance(value, str) else int(value)
+            if not 0 <= mode <= 0o7777:
+                raise ValueError("mode out of range")
+            return mode
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError("expected an integer")
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError("expected a number")
+            if value < 0:
+                raise ValueError("must not be negative")
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e} (got {value!r})") from None
+    return value
+
+
+def _section(name: str, raw: Any) -> Any:
+    cls = _SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown key(s) {', '.join(unknown)}")
+    defaults = cls()
+    values = {k: _coerce(name, k, v, getattr(defaults, k)) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _validate(cfg: Config) -> Config:
+    c = cfg.cache
+    if c.block_size < 64 * 1024 or c.block_size > 256 * 1024**2:
+        raise ConfigError("[cache] block_size must be between 64KiB and 256MiB")
+    if c.memory_budget < 4 * c.block_size:
+        raise ConfigError(
+            "[cache] memory_budget must hold at least 4 blocks "
+            f"({format_size(4 * c.block_size)} with block_size {format_size(c.block_size)})"
+        )
+    if c.max_concurrent_gets < 1:
+        raise ConfigError("[cache] max_concurrent_gets must be at least 1")
+    if cfg.daemon.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("[daemon] log_level must be debug, info, warning or error")
+    if cfg.retry.max_attempts < 1:
+        raise ConfigError("[retry] max_attempts must be at least 1")
+    return cfg
+
+
+def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
+    """A Config from already-parsed TOML data."""
+    unknown = sorted(set(data) - set(_SECTIONS) - {"datastore"})
+    if unknown:
+        raise ConfigError(f"unknown section(s): {', '.join(unknown)}")
+    sections = {name: _section(name, data[name]) for name in _SECTIONS if name in data}
+    stores = data.get("datastore", [])
+    if not isinstance(stores, list) or not all(isinstance(d, dict) for d in stores):
+        raise ConfigError("[[datastore]] entries must be tables")
+    for d in stores:
+        if "name" not in d or "kind" not in d:
+            raise ConfigError("every [[datastore]] needs a name and a kind")
+    return _validate(Config(**sections, datastores=tuple(stores), source=source))
+
+
+_INLINE_SECRET_KEYS = ("secret", "key", "account_key", "sas_token", "connection_string")
+
+
+def _inline_secrets(datastores: tuple[dict[str, Any], ...]) -> bool:
+    """Whether any [[datastore]] carries a secret in the file itself (not an env/file ref)."""
+    for entry in datastores:
+        for table in (entry, entry.get("auth")):
+            if isinstance(table, dict) and any(table.get(k) for k in _INLINE_SECRET_KEYS):
+                return True
+    return False
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
+                ) -> Config:
+    """Load the config: the file (explicit path, else $DSMOUNT_CONFIG, else the default path if
+    it exists), then `overrides` ({section: {key: value}}) from command-line flags."""
+    explicit = path or os.environ.get("DSMOUNT_CONFIG")
+    file = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    source = None
+    if file.exists():
+        try:
+            with file.open("rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{file}: not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
+        source = str(file)
+    elif explicit:
+        raise ConfigError(f"{file}: config file not found")
+    try:
+        cfg = parse_config(data, source)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+    if source is not None and _inline_secrets(cfg.datastores):
+        # Like ssh with a private key: a file holding a secret others can read is refused.
+        check_private(source)
+    for section, values in (overrides or {}).items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if not values:
+            continue
+        current = getattr(cfg, section)
+        defaults = type(current)()
+        coerced = {k: _coerce(section, k, v, getattr(defaults, k)) for k, v in values.items()}
+        cfg = replace(cfg, **{section: replace(current, **coerced)})
+    return _validate(cfg)

@@ -1,0 +1,302 @@
+"""The daemon: one trio nursery running the FUSE loop, the control server and the cache.
+
+Start-up order matters for readiness: clean a stale mount, mount, start the FUSE loop, restore
+saved datastores, bind the control socket, and only then report READY (sd_notify) or release
+a parent waiting in `dsmount daemon` without --foreground. SIGTERM/SIGINT: stop serving,
+unmount, remove the socket, exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+import trio
+
+from dsmount.control.server import ControlServer
+from dsmount.control.service import ControlService
+from dsmount.errors import DsmountError
+from dsmount.node import mountpoint as mp
+from dsmount.node.cache.blocks import BlockCache
+from dsmount.node.cache.disk import DiskCache
+from dsmount.node.config import Config
+from dsmount.node.fs.core import FileSystem, FsSettings
+from dsmount.node.fuse_adapter import FuseOperations
+from dsmount.node.malloc import pin_mmap_threshold
+from dsmount.node.sdnotify import Notifier, watchdog_loop
+from dsmount.node.state import StateStore
+from dsmount.shared.secretref import resolve
+from dsmount.shared.sizes import format_size
+from dsmount.storage.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+def mount_options() -> set[str]:
+    return {
+        f"fsname={mp.FSNAME}",
+        f"subtype={mp.FSNAME}",
+        "allow_other",  # a Jupyter user must read a mount owned by root
+        "default_permissions",  # the kernel enforces the modes we report
+        "ro",
+        "noatime",
+    }
+
+
+def _config_spec(entry: dict[str, Any]) -> dict[str, Any]:
+    """A [[datastore]] config entry as an attach spec: secret references resolved."""
+    spec = dict(entry)
+    auth = spec.get("auth")
+    if isinstance(auth, dict) and ("env" in auth or "file" in auth):
+        auth = dict(auth)
+        auth["secret"] = resolve({k: auth.pop(k) for k in ("env", "file") if k in auth})
+        spec["auth"] = auth
+    return spec
+
+
+@dataclass
+class Daemon:
+    config: Config
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.mountpoint = os.path.abspath(c.daemon.mountpoint)
+        self.retry = RetryPolicy(
+            max_attempts=c.retry.max_attempts,
+            attempt_timeout=c.retry.attempt_timeout,
+            deadline=c.retry.request_deadline,
+        )
+        self.cache = BlockCache(c.cache.memory_budget,
+                                max_concurrent_gets=c.cache.max_concurrent_gets)
+        self.core = FileSystem(
+            self.cache,
+            FsSettings(
+                uid=c.fs.uid, gid=c.fs.gid, file_mode=c.fs.file_mode, dir_mode=c.fs.dir_mode,
+                block_size=c.cache.block_size, readahead_max=c.cache.readahead_max,
+                request_deadline=c.retry.request_deadline,
+            ),
+            invalidate_entry=self._invalidate_entry,
+            invalidate_inode=self._invalidate_inode,
+            disk=DiskCache(c.cache.disk_dir, c.cache.disk_budget) if c.cache.disk_dir else None,
+        )
+        self.state = StateStore(c.daemon.state_dir)
+        self.service = ControlService(
+            self.core, retry=self.retry, ttl=c.metadata.ttl, negative_ttl=c.metadata.negative_ttl,
+            on_change=self._changed, status_extra=self._status_extra,
+        )
+        self.server = ControlServer(self.service, c.daemon.socket, group=c.daemon.socket_group)
+        self.notifier = Notifier()
+        self._mounted = False
+        self._restoring = False
+        self._nursery: trio.Nursery | None = None
+        self._inval_limiter = trio.CapacityLimiter(2)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _invalidate_entry(self, parent_ino: int, name: str) -> None:
+        if self._mounted:
+            try:
+                pyfuse3.invalidate_entry_async(parent_ino, os.fsencode(name))
+            except Exception as e:  # the kernel may already have forgotten it
+                log.debug("invalidate %s: %s", name, e)
+
+    def _invalidate_inode(self, ino: int) -> None:
+        if self._mounted and self._nursery is not None:
+            self._nursery.start_soon(self._invalidate_inode_now, ino)
+
+    async def _invalidate_inode_now(self, ino: int) -> None:
+        # From a worker thread: the kernel may wait for a request this loop is serving.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False,
+                                          limiter=self._inval_limiter)
+        except Exception as e:  # the kernel may already have forgotten it
+            log.debug("invalidate inode %d: %s", ino, e)
+
+    def _changed(self) -> None:
+        if not self._restoring:
+            self.state.save(self.service.specs)
+        self.notifier.status(self.summary())
+
+    def _status_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"mountpoint": self.mountpoint,
+                                 "socket": self.config.daemon.socket,
+                                 "config": self.config.source}
+        if self.core.disk is not None:
+            extra["disk_cache"] = self.core.disk.as_dict()
+        return extra
+
+    def summary(self) -> str:
+        n = len(self.core.datastores())
+        failed = len(self.service.failed)
+        text = (f"{n} datastore(s) attached, cache {format_size(self.cache.used_bytes)} of "
+                f"{format_size(self.cache.budget)}")
+        return text + (f", {failed} failed" if failed else "")
+
+    # -- running --------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        mp.prepare(self.mountpoint)
+        ops = FuseOperations(self.core)
+        pyfuse3.init(ops, self.mountpoint, mount_options())
+        self._mounted = True
+        log.info("mounted %s", self.mountpoint)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.cache.run)
+                nursery.start_soon(self._fuse_main, nursery)
+                await self._tune_after_init()
+                await self._attach_initial()
+                await nursery.start(self.server.serve)
+                nursery.start_soon(self._signals, nursery)
+                nursery.start_soon(watchdog_loop, self.notifier)
+                self.notifier.ready(self.summary())
+                log.info("ready: %s; control socket %s", self.summary(),
+                         self.config.daemon.socket)
+                task_status.started()
+        finally:
+            self.notifier.stopping()
+            self._mounted = False
+            with trio.CancelScope(shield=True):
+                for ds in self.core.datastores():
+                    try:
+                        await ds.backend.aclose()
+                    except Exception as e:
+                        log.debug("[%s] close: %s", ds.key, e)
+            try:
+                pyfuse3.close(unmount=True)
+            except Exception as e:
+                log.warning("unmount: %s", e)
+            if mp.find_mount(self.mountpoint) is not None:
+                try:
+                    mp.lazy_unmount(self.mountpoint)
+                except DsmountError as e:
+                    log.error("%s", e)
+            log.info("unmounted %s", self.mountpoint)
+
+    async def _tune_after_init(self) -> None:
+        # The kernel sets the mount's read-ahead from the FUSE INIT reply, so tune it only once
+        # a stat through the mount proves INIT is done (from a thread: our loop answers it).
+        with trio.move_on_after(10):
+            await trio.to_thread.run_sync(os.stat, self.mountpoint, abandon_on_cancel=True)
+            if not mp.tune_readahead(self.mountpoint):
+                log.info("could not raise the kernel read-ahead of %s (not root?)",
+                         self.mountpoint)
+
+    async def _fuse_main(self, nursery: trio.Nursery) -> None:
+        try:
+            await pyfuse3.main()
+        finally:
+            # The FUSE session ended (terminated, or unmounted from outside): stop everything.
+            nursery.cancel_scope.cancel()
+
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: %s", self.summary())
+                    continue
+                log.info("%s received: shutting down", signal.Signals(signum).name)
+                self.notifier.stopping()
+                pyfuse3.terminate()
+                nursery.cancel_scope.cancel()
+                return
+
+    async def _attach_initial(self) -> None:
+        self._restoring = True
+        try:
+            saved = self.state.load()
+            saved_keys = {
+                f"{s.get('name')}/{s['version']}" if s.get("version") is not None
+                else str(s.get("name")) for s in saved
+            }
+            from_config = []
+            for entry in self.config.datastores:
+                key = (f"{entry['name']}/{entry['version']}" if entry.get("version") is not None
+                       else str(entry["name"]))
+                if key in saved_keys:
+                    continue
+                try:
+                    from_config.append(_config_spec(entry))
+                except DsmountError as e:
+                    log.error("[%s] config entry: %s", key, e)
+                    self.service.failed[key] = {"name": entry["name"], "path": key,
+                                                "state": "failed", "error": str(e)}
+            await self.service.restore(saved + from_config)
+        finally:
+            self._restoring = False
+        self.state.save(self.service.specs)
+
+
+def run_daemon(config: Config, ready_fd: int | None = None) -> int:
+    """Run until signalled. Returns the process exit code."""
+    pin_mmap_threshold()  # freed cache blocks go back to the system: RSS tracks the budget
+    # Relative paths in the config were resolved by Daemon; "/" so we never pin a directory
+    # (and fusermount never resolves our fsname against the cwd).
+    daemon = Daemon(config)
+    os.chdir("/")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            if ready_fd is not None:
+                os.write(ready_fd, b"ok\n")
+                os.close(ready_fd)
+
+    try:
+        trio.run(main)
+    except BaseException as e:
+        error = _startup_error(e)
+        if error is None:
+            raise
+        log.error("%s", error)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error: {error}\n".encode())
+        return 1
+    return 0
+
+
+def _startup_error(exc: BaseException) -> str | None:
+    """A one-line message for an expected start-up failure (possibly inside an exception
+    group), or None for anything else."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            message = _startup_error(inner)
+            if message is not None:
+                return message
+        return None
+    if isinstance(exc, DsmountError):
+        return str(exc)
+    if isinstance(exc, RuntimeError | OSError):  # pyfuse3.init: /dev/fuse missing, mount refused
+        return f"cannot mount: {exc}"
+    return None
+
+
+def daemonize_and_run(config: Config, log_file: str | None) -> int:
+    """Fork; the child runs the daemon detached, the parent returns once it is ready."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if log_file \
+            else devnull
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        code = run_daemon(config, ready_fd=w)
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        message = f.read().decode(errors="replace").strip()
+    if message == "ok":
+        print(f"dsmount daemon running (pid {pid}), serving {config.daemon.mountpoint}")
+        return 0
+    print(f"dsmount: daemon failed to start: {message or 'see its log'}", file=sys.stderr)
+    return 1

@@ -1,0 +1,86 @@
+"""Cached directory listings and negative lookups, with per-datastore TTLs.
+
+A listing is cached only once complete, so a lookup answered from it is authoritative
+(a name missing from a fresh, complete listing does not exist). Memory is bounded by the total
+number of cached entries, not the number of directories, so one 100k-entry directory cannot
+hide behind a "number of listings" limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cachetools
+
+from dsmount.storage.base import Entry
+
+MAX_CACHED_ENTRIES = 2_000_000  # ~ a few hundred MB worst case; listings evicted LRU beyond it
+MAX_NEGATIVE = 100_000
+
+
+@dataclass(slots=True)
+class Listing:
+    entries: dict[str, Entry]
+    time: float
+
+
+def _listing_size(listing: Listing) -> int:
+    return len(listing.entries) + 1
+
+
+class MetadataCache:
+    def __init__(self) -> None:
+        self._listings: cachetools.LRUCache[tuple[int, str], Listing] = cachetools.LRUCache(
+            maxsize=MAX_CACHED_ENTRIES, getsizeof=_listing_size
+        )
+        self._negative: cachetools.LRUCache[tuple[int, str], float] = cachetools.LRUCache(
+            maxsize=MAX_NEGATIVE
+        )
+
+    def listing(self, ds_id: int, path: str, ttl: float, now: float) -> Listing | None:
+        listing = self._listings.get((ds_id, path))
+        if listing is None:
+            return None
+        if now - listing.time > ttl:
+            self._listings.pop((ds_id, path), None)
+            return None
+        return listing
+
+    def put_listing(self, ds_id: int, path: str, entries: dict[str, Entry], now: float) -> None:
+        if len(entries) + 1 <= MAX_CACHED_ENTRIES:
+            self._listings[(ds_id, path)] = Listing(entries, now)
+
+    def is_negative(self, ds_id: int, path: str, now: float) -> bool:
+        expiry = self._negative.get((ds_id, path))
+        if expiry is None:
+            return False
+        if now >= expiry:
+            self._negative.pop((ds_id, path), None)
+            return False
+        return True
+
+    def put_negative(self, ds_id: int, path: str, ttl: float, now: float) -> None:
+        if ttl > 0:
+            self._negative[(ds_id, path)] = now + ttl
+
+    def drop(self, ds_id: int, path: str | None = None) -> int:
+        """Forget listings and negative entries of a datastore, or of `path` and below."""
+
+        def doomed(key: tuple[int, str]) -> bool:
+            if key[0] != ds_id:
+                return False
+            if not path:
+                return True
+            return key[1] == path or key[1].startswith(path + "/")
+
+        n = 0
+        for cache in (self._listings, self._negative):
+            for key in [k for k in cache if doomed(k)]:
+                cache.pop(key, None)
+                n += 1
+        # The parent's listing names `path`; drop it too so a changed size is re-read.
+        if path:
+            parent = path.rsplit("/", 1)[0] if "/" in path else ""
+            if self._listings.pop((ds_id, parent), None) is not None:
+                n += 1
+        return n

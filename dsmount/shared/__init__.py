@@ -1,0 +1,2 @@
+"""Helpers both sides use: credentials and secret references, logging, atomic file writes.
+Imports only `dsmount.errors`."""

@@ -1,0 +1,171 @@
+"""THE retry policy: every storage call, the mount's and the transfers' alike, runs under it.
+
+Exponential backoff with full jitter on `Transient` failures (5xx, 408/429 honouring
+Retry-After, dropped connections, timeouts); any other error is raised at once. `with_retry`
+drives trio-async calls (the mount), `retry_blocking` plain blocking ones (transfers, the
+registry, the Python API) with the same policy object.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from dsmount.errors import Transient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class BackendStats:
+    """Counters a backend keeps for `dsmount status`."""
+
+    requests: int = 0
+    errors: int = 0
+    retries: int = 0
+    bytes_fetched: int = 0
+    last_error: str | None = None
+    last_error_time: float | None = None
+    degraded: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "retries": self.retries,
+            "bytes_fetched": self.bytes_fetched,
+            "last_error": self.last_error,
+            "degraded": self.degraded,
+        }
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient failures; permanent ones fail fast.
+
+    `deadline` bounds one logical operation (all attempts together), so a FUSE request is
+    always answered; `attempt_timeout` bounds a single try so a stalled connection is abandoned.
+    """
+
+    max_attempts: int = 6
+    base_delay: float = 0.1  # first backoff; small, because most blips are one dropped connection
+    max_delay: float = 5.0  # cap per sleep, so a long outage is probed every few seconds
+    attempt_timeout: float = 30.0  # a single GET of a 8 MiB block takes well under a second
+    deadline: float = 60.0  # default FUSE request deadline: after it the reader gets EIO
+    sleep: Callable[[float], Awaitable[None]] = field(default=trio.sleep, repr=False)
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_delay)
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    return float(value) if value is not None else None
+
+
+def _forget_frames(exc: BaseException) -> None:
+    """Drop what ties `exc` to the frames it passed through (its message stays)."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+
+
+async def with_retry(
+    policy: RetryPolicy,
+    operation: Callable[[], Awaitable[T]],
+    *,
+    stats: BackendStats | None = None,
+    what: str = "request",
+) -> T:
+    """Run `operation` under `policy`: retry Transient errors, raise others at once.
+
+    Raises TimedOut (a Transient) when the overall deadline passes.
+    """
+    from dsmount.errors import TimedOut
+
+    deadline = trio.current_time() + policy.deadline
+    attempt = 0
+    while True:
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            raise TimedOut(f"{what}: no answer within {policy.deadline:.0f}s")
+        try:
+            with trio.fail_after(min(policy.attempt_timeout, remaining)):
+                result = await operation()
+        except trio.TooSlowError:
+            exc: Exception = TimedOut(f"{what}: attempt timed out")
+        except Transient as e:
+            exc = e
+        except Exception as e:
+            if stats is not None:
+                stats.errors += 1
+                stats.last_error = f"{type(e).__name__}: {e}"
+                stats.last_error_time = trio.current_time()
+            raise
+        else:
+            if stats is not None:
+                stats.degraded = False
+            return result
+        attempt += 1
+        # A failed attempt's traceback and chained exceptions reach the frames of the HTTP
+        # stack, which hold the partly read body (up to a block); and a traceback makes a
+        # reference cycle that only the cyclic GC frees, which large bytes never trigger.
+        # Measured: ~150 MiB kept beyond the cache budget under dropped connections.
+        _forget_frames(exc)
+        if stats is not None:
+            stats.errors += 1
+            stats.last_error = f"{type(exc).__name__}: {exc}"
+            stats.last_error_time = trio.current_time()
+            stats.degraded = True
+        if attempt >= policy.max_attempts:
+            raise exc
+        delay = policy.backoff(attempt, retry_after_of(exc))
+        if trio.current_time() + delay >= deadline:
+            raise TimedOut(f"{what}: gave up before the deadline ({exc})") from exc
+        if stats is not None:
+            stats.retries += 1
+        log.debug("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
+        await policy.sleep(delay)
+
+
+def retry_blocking(
+    policy: RetryPolicy,
+    operation: Callable[[], T],
+    *,
+    what: str = "request",
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """`with_retry` for blocking callers (transfers, the registry, the Python API): the same
+    policy, the same notion of transient, attempts bounded by `max_attempts` and `deadline`.
+
+    A single attempt is not interrupted from outside (a blocking call cannot be cancelled);
+    the SDK's own socket timeouts, set from `attempt_timeout`, bound it instead.
+    """
+    from dsmount.errors import TimedOut
+
+    deadline = time.monotonic() + policy.deadline
+    attempt = 0
+    while True:
+        try:
+            return operation()
+        except Transient as e:
+            exc = e
+        attempt += 1
+        _forget_frames(exc)
+        if attempt >= policy.max_attempts:
+            raise exc
+        delay = policy.backoff(attempt, retry_after_of(exc))
+        if time.monotonic() + delay >= deadline:
+            raise TimedOut(f"{what}: gave up before the deadline ({exc})") from exc
+        log.debug("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
+        sleep(delay)

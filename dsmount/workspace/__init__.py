@@ -1,0 +1,3 @@
+"""The workspace side: the registry of named datastores with versions, upload/download, the
+`dsmount run` wrapper and the Python API. Reaches storage through `dsmount.storage` and a
+daemon only through `dsmount.control.client`; never imports `dsmount.node`."""
