@@ -182,7 +182,7 @@ def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshar
 
     def build() -> None:
         if not kinds:
-            from dsmount.workspace.registry import attach_spec_for  # registered datastore by name
+            from dsmount.workspace.versions import attach_spec_for
 
             spec.update(attach_spec_for(name, version))
         elif local_path:

@@ -27,6 +27,7 @@ from dsmount.errors import DsmountError, InvalidRequest
 from dsmount.shared.secretref import read_secret_env, read_secret_file
 from dsmount.workspace import registry as reg
 from dsmount.workspace import runwrap, transfer
+from dsmount.workspace import versions as ver
 from dsmount.workspace.registry import CredentialRef, DatastoreInfo, Registry
 
 
@@ -347,7 +348,7 @@ def remove(name: str) -> None:
 @_guarded()
 def create(name: str, src_dir: str, quiet: bool) -> None:
     """Upload the contents of SRC_DIR as the next immutable version of NAME."""
-    number, summary = reg.create_version(name, src_dir, quiet=quiet)
+    number, summary = ver.create_version(name, src_dir, quiet=quiet)
     click.echo(f"created version {number} of {name!r}: {summary}")
     click.echo(f"attach it with: dsmount attach {name} --version {number}")
 
@@ -358,7 +359,7 @@ def create(name: str, src_dir: str, quiet: bool) -> None:
 @_guarded()
 def versions(name: str, as_json: bool) -> None:
     """The versions of datastore NAME."""
-    found = reg.versions(name)
+    found = ver.versions(name)
     if as_json:
         click.echo(json.dumps(found))
     elif not found:

@@ -9,9 +9,8 @@ import os
 import socket
 from typing import Any
 
-from dsmount.control.protocol import MAX_LINE, Request, parse_response
+from dsmount.control.protocol import DEFAULT_SOCKET, MAX_LINE, Request, parse_response
 from dsmount.errors import DsmountError, PermissionDenied
-from dsmount.node.config import DEFAULT_SOCKET
 
 _ids = itertools.count(1)
 

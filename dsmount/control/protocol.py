@@ -16,6 +16,9 @@ from typing import Any
 from dsmount.errors import ERROR_CODES, DsmountError, InvalidRequest, UnsupportedVersion
 from dsmount.storage.spec import DatastoreSpec
 
+# Where the daemon listens unless told otherwise ([daemon] socket, --socket, DSMOUNT_SOCKET).
+DEFAULT_SOCKET = "/run/dsmount/control.sock"
+
 PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # a request larger than this is refused and the connection closed
 MAX_MESSAGE = 1000  # characters of an error message in a reply

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dsmount.control.protocol import DEFAULT_SOCKET
 from dsmount.errors import ConfigError
 from dsmount.shared.secretref import check_private
 from dsmount.shared.sizes import format_size, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/dsmount/dsmount.toml")
-DEFAULT_SOCKET = "/run/dsmount/control.sock"
 
 @dataclass(frozen=True)
 class DaemonSection:

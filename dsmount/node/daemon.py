@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import pyfuse3
 import trio
 
 from dsmount.control.server import ControlServer
@@ -27,7 +26,7 @@ from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
 from dsmount.node.config import Config
 from dsmount.node.fs.core import FileSystem, FsSettings
-from dsmount.node.fuse_adapter import FuseOperations
+from dsmount.node.fuse_adapter import FuseSession
 from dsmount.node.malloc import pin_mmap_threshold
 from dsmount.node.sdnotify import Notifier, watchdog_loop
 from dsmount.node.state import StateStore
@@ -101,7 +100,7 @@ class Daemon:
     def _invalidate_entry(self, parent_ino: int, name: str) -> None:
         if self._mounted:
             try:
-                pyfuse3.invalidate_entry_async(parent_ino, os.fsencode(name))
+                FuseSession.invalidate_entry(parent_ino, name)
             except Exception as e:  # the kernel may already have forgotten it
                 log.debug("invalidate %s: %s", name, e)
 
@@ -112,7 +111,7 @@ class Daemon:
     async def _invalidate_inode_now(self, ino: int) -> None:
         # From a worker thread: the kernel may wait for a request this loop is serving.
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False,
+            await trio.to_thread.run_sync(FuseSession.invalidate_inode, ino,
                                           limiter=self._inval_limiter)
         except Exception as e:  # the kernel may already have forgotten it
             log.debug("invalidate inode %d: %s", ino, e)
@@ -140,8 +139,8 @@ class Daemon:
     # -- running --------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         mp.prepare(self.mountpoint)
-        ops = FuseOperations(self.core)
-        pyfuse3.init(ops, self.mountpoint, mount_options())
+        session = self.session = FuseSession(self.core)
+        session.mount(self.mountpoint, mount_options())
         self._mounted = True
         log.info("mounted %s", self.mountpoint)
         try:
@@ -168,7 +167,7 @@ class Daemon:
                     except Exception as e:
                         log.debug("[%s] close: %s", ds.key, e)
             try:
-                pyfuse3.close(unmount=True)
+                session.close()
             except Exception as e:
                 log.warning("unmount: %s", e)
             if mp.find_mount(self.mountpoint) is not None:
@@ -189,7 +188,7 @@ class Daemon:
 
     async def _fuse_main(self, nursery: trio.Nursery) -> None:
         try:
-            await pyfuse3.main()
+            await self.session.serve()
         finally:
             # The FUSE session ended (terminated, or unmounted from outside): stop everything.
             nursery.cancel_scope.cancel()
@@ -202,7 +201,7 @@ class Daemon:
                     continue
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 self.notifier.stopping()
-                pyfuse3.terminate()
+                self.session.terminate()
                 nursery.cancel_scope.cancel()
                 return
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyfuse3
 
-from dsmount.errors import DsmountError, to_errno
+from dsmount.errors import DsmountError, ReadOnly, to_errno
 from dsmount.node.fs.core import Attributes, FileSystem
 
 log = logging.getLogger(__name__)
@@ -198,16 +198,48 @@ class FuseOperations(pyfuse3.Operations):
 
     # -- everything that would change the tree: read-only -------------------------------------
     async def _erofs(self, *args: Any, **kwargs: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        raise pyfuse3.FUSEError(to_errno(ReadOnly("dsmount is read-only")))
 
     create = mkdir = mknod = symlink = link = unlink = rmdir = rename = _erofs
     write = setxattr = removexattr = fsync = fsyncdir = _erofs
 
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        raise pyfuse3.FUSEError(to_errno(ReadOnly("dsmount is read-only")))
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         return []
+
+
+class FuseSession:
+    """The one FUSE session of this process (pyfuse3 keeps it in module globals): mount, serve,
+    notify the kernel, unmount. The daemon drives the session only through this class."""
+
+    def __init__(self, core: FileSystem) -> None:
+        self.operations = FuseOperations(core)
+
+    def mount(self, mountpoint: str, options: set[str]) -> None:
+        pyfuse3.init(self.operations, mountpoint, options)
+
+    async def serve(self) -> None:
+        """Answer FUSE requests until the session is terminated or unmounted."""
+        await pyfuse3.main()
+
+    def terminate(self) -> None:
+        pyfuse3.terminate()
+
+    def close(self) -> None:
+        pyfuse3.close(unmount=True)
+
+    @staticmethod
+    def invalidate_entry(parent_ino: int, name: str) -> None:
+        """Ask the kernel to forget `name` in `parent_ino` (does not block: queued)."""
+        pyfuse3.invalidate_entry_async(parent_ino, os.fsencode(name))
+
+    @staticmethod
+    def invalidate_inode(ino: int) -> None:
+        """Ask the kernel to drop the attributes and pages of `ino`. Blocks until the kernel
+        answers, which may need a request this process serves: call it from a thread."""
+        pyfuse3.invalidate_inode(ino, False)

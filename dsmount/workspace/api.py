@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +31,9 @@ from dsmount.storage.names import clean_path
 from dsmount.storage.store import Store
 from dsmount.workspace import registry as _registry
 from dsmount.workspace import runwrap, transfer
+from dsmount.workspace import versions as _versions
+from dsmount.workspace.range_reader import RangeReader
+from dsmount.workspace.references import DataReference
 from dsmount.workspace.registry import CredentialRef, DatastoreInfo, Registry
 
 __all__ = ["DataReference", "Datastore", "Workspace"]
@@ -372,13 +374,13 @@ class Datastore:
 
     def create_version(self, src_dir: str | Path, show_progress: bool = True) -> int:
         """Upload the contents of `src_dir` as the next immutable version; its number."""
-        number, _ = _registry.create_version(
+        number, _ = _versions.create_version(
             self.name, src_dir, registry=self.workspace.registry, quiet=not show_progress
         )
         return number
 
     def versions(self) -> list[int]:
-        return _registry.versions(self.name, registry=self.workspace.registry)
+        return _versions.versions(self.name, registry=self.workspace.registry)
 
     # -- references -----------------------------------------------------------------------------
     def path(
@@ -412,7 +414,7 @@ class Datastore:
         except BaseException:
             store.close()
             raise
-        raw = _RangeReader(store, f.path, f.size)
+        raw = RangeReader(store, f.path, f.size)
         binary = io.BufferedReader(raw, buffer_size=_READ_BUFFER)
         if mode == "rb":
             return binary
@@ -452,114 +454,3 @@ class Datastore:
             if kind == "tsv":
                 kwargs.setdefault("sep", "\t")
             return pd.read_csv(f, **kwargs)
-
-
-class _RangeReader(io.RawIOBase):
-    """A seekable raw stream over one remote file: each read is one ranged request. Owns
-    (and closes) the store."""
-
-    def __init__(self, store: Store, path: str, size: int) -> None:
-        super().__init__()
-        self._store = store
-        self._path = path
-        self._size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), self._size - self._pos)
-        if n <= 0:
-            return 0
-        data = self._store.read_range(self._path, self._pos, n)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def close(self) -> None:
-        if not self.closed:
-            self._store.close()
-        super().close()
-
-
-@dataclass(frozen=True)
-class DataReference:
-    """A path in a datastore and how a run gets it: mounted, downloaded, or uploaded after."""
-
-    datastore: Datastore
-    path_on_datastore: str = ""
-    data_reference_name: str = ""
-    mode: str = "mount"  # mount | download | upload
-    path_on_compute: str | None = None
-    overwrite: bool = False
-    version: str | None = None
-
-    def as_mount(self, version: str | int | None = None) -> DataReference:
-        return replace(
-            self,
-            mode="mount",
-            version=None if version is None else str(version),
-            path_on_compute=None,
-        )
-
-    def as_download(
-        self, path_on_compute: str | None = None, overwrite: bool = False
-    ) -> DataReference:
-        return replace(self, mode="download", path_on_compute=path_on_compute, overwrite=overwrite)
-
-    def as_upload(
-        self, path_on_compute: str | None = None, overwrite: bool = False
-    ) -> DataReference:
-        if self.version is not None:
-            raise InvalidRequest("versions are immutable: upload to the datastore itself")
-        return replace(
-            self,
-            mode="upload",
-            path_on_compute=path_on_compute or self.data_reference_name,
-            overwrite=overwrite,
-        )
-
-    def to_reference(self) -> runwrap.Reference:
-        return runwrap.Reference(
-            self.mode,
-            self.datastore.name,
-            self.path_on_datastore,
-            self.version,
-            self.path_on_compute,
-            ref=self.data_reference_name,
-            overwrite=self.overwrite,
-        )
-
-    def run_options(self) -> list[str]:
-        """The `dsmount run` options that declare this reference."""
-        r = self.to_reference()
-        value = f"{r.ref}@{r.datastore}" if r.ref != r.datastore else r.datastore
-        if r.version is not None:
-            value += f":{r.version}"
-        if r.path:
-            value += f"/{r.path}"
-        if r.local is not None:
-            value += f"={r.local}"
-        return [f"--{r.mode}", value]
-
-    @property
-    def env_name(self) -> str:
-        return runwrap.env_name(self.data_reference_name)
-
-    def __str__(self) -> str:
-        # As in Azure ML: the variable that holds the path on the compute node.
-        return f"${self.env_name}"

@@ -48,13 +48,8 @@ from typing import Any
 
 from dsmount.errors import Busy, DsmountError, InvalidRequest, NotFound
 from dsmount.storage.names import clean_path, join
-from dsmount.workspace.registry import (
-    NAME_RE,
-    VERSIONS_DIR,
-    Registry,
-    attach_spec_for,
-    parse_version,
-)
+from dsmount.workspace.registry import NAME_RE, Registry, parse_version
+from dsmount.workspace.versions import VERSIONS_DIR, attach_spec_for
 
 ENV_PREFIX = "DSMOUNT_DATAREFERENCE_"
 EXIT_DSMOUNT_FAILED = 125

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -42,8 +41,10 @@ from typing import Any, TypeVar
 
 from dsmount.errors import AlreadyExists, DsmountError, IntegrityError, InvalidRequest, NotFound
 from dsmount.shared.fileutil import commit, temp_beside
+from dsmount.shared.sizes import format_size
 from dsmount.storage.names import clean_path, join
 from dsmount.storage.store import RemoteFile, Store, file_md5
+from dsmount.workspace.progress import ProgressBar, progress_enabled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class TransferSummary:
     def __str__(self) -> str:
         verb = "uploaded" if self.direction == "upload" else "downloaded"
         text = (
-            f"{verb} {self.files_transferred} file(s), {_size(self.bytes_transferred)}; "
+            f"{verb} {self.files_transferred} file(s), {format_size(self.bytes_transferred)}; "
             f"{self.files_skipped} unchanged file(s) skipped"
         )
         if self.invalid:
@@ -90,75 +91,6 @@ class TransferSummary:
         return text
 
 
-def _size(n: int) -> str:
-    from dsmount.shared.sizes import format_size
-
-    return format_size(n)
-
-
-# -- progress ---------------------------------------------------------------------------------
-class ProgressBar:
-    """A thread-safe tqdm bar in bytes with a "files done/total" postfix (or nothing)."""
-
-    def __init__(self, desc: str, total_bytes: int, total_files: int, enabled: bool) -> None:
-        self.lock = threading.Lock()
-        self.total_files = total_files
-        self.files = 0
-        self.bar: Any = None
-        if enabled and total_files:
-            tqdm = _tqdm_class()
-            self.bar = tqdm(
-                total=total_bytes,
-                desc=desc,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                dynamic_ncols=True,
-                smoothing=0.1,
-                postfix=f"0/{total_files} files",
-            )
-
-    def add(self, n: int) -> None:
-        if self.bar is not None:
-            with self.lock:
-                self.bar.update(n)
-
-    def file_done(self) -> None:
-        if self.bar is not None:
-            with self.lock:
-                self.files += 1
-                self.bar.set_postfix_str(f"{self.files}/{self.total_files} files", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _in_notebook() -> bool:
-    return "ipykernel" in sys.modules
-
-
-def _tqdm_class() -> Any:
-    if _in_notebook():
-        from tqdm.auto import tqdm as auto_tqdm
-
-        return auto_tqdm
-    from tqdm import tqdm
-
-    return tqdm
-
-
-def progress_enabled(quiet: bool) -> bool:
-    """Bars only for a person watching: both streams are terminals (or in Jupyter)."""
-    if quiet:
-        return False
-    if _in_notebook():
-        return True
-    return sys.stdout.isatty() and sys.stderr.isatty()
-
-
-# -- running work in parallel -----------------------------------------------------------------
 def _run_parallel(
     items: Sequence[Any], fn: Callable[[Any], None], workers: int, cancel: threading.Event
 ) -> None:

@@ -26,10 +26,12 @@ from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.core import FileSystem, FsSettings
 from dsmount.storage.base import Backend
 from dsmount.storage.factory import make_backend
+from dsmount.storage.local import LocalBackend
 from dsmount.storage.memory import MemoryBackend
 from dsmount.storage.retry import RetryPolicy
 
-SECRET = "TOPSECRET-account-key-c2VjcmV0"
+# A well-formed (base64, 64 bytes) account key that is no real account's.
+ACCOUNT_KEY = "VE9QU0VDUkVULWFjY291bnQta2V5LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3ODlhYmNkZWY="
 ROOT = Peer(pid=os.getpid(), uid=0, gid=0)
 # pid 0 has no /proc entry, so the peer's groups are exactly its gid.
 NOBODY = Peer(pid=0, uid=65534, gid=65534)
@@ -105,21 +107,38 @@ def local(name: str, path: Path, **extra: Any) -> dict[str, Any]:
 
 
 async def test_attach_local(service: Harness, data_dir: Path) -> None:
-    auth = {"kind": "key", "secret": SECRET}
-    response = await service.call("attach", **local("data", data_dir, auth=auth))
+    response = await service.call("attach", **local("data", data_dir))
     assert response.ok, response.message
     described = response.result
     assert described["name"] == "data" and described["path"] == "data"
     assert described["kind"] == "local" and described["version"] is None
     assert described["backend"] == {"kind": "local", "path": str(data_dir)}
     assert service.changes == 1
+
+
+async def test_attach_keeps_the_secret_out_of_sight(core: FileSystem, data_dir: Path) -> None:
+    # A blob spec with an account key, served by a local backend (no network needed).
+    harness = Harness(core, lambda spec, *, retry: LocalBackend(data_dir))
+    auth = {"kind": "account_key", "secret": ACCOUNT_KEY}
+    response = await harness.call(
+        "attach", name="data", kind="blob", container="c", account="acct", auth=auth
+    )
+    assert response.ok, response.message
     # Nothing a client can see carries the secret...
-    for shown in (response, await service.call("list"), await service.call("status")):
-        assert SECRET not in shown.encode().decode()
+    for shown in (response, await harness.call("list"), await harness.call("status")):
+        assert ACCOUNT_KEY not in shown.encode().decode()
     # ...but the daemon keeps the full spec (memory only) for its state store.
-    assert service.service.specs["data"]["auth"]["secret"] == SECRET
-    ds = service.service.core.find("data")
-    assert ds.options["auth"] == {"kind": "key"}
+    assert harness.service.specs["data"]["auth"]["secret"] == ACCOUNT_KEY
+    ds = harness.service.core.find("data")
+    assert ds.options["auth"] == {"kind": "account_key"}
+
+
+async def test_a_local_datastore_takes_no_credential(service: Harness, data_dir: Path) -> None:
+    auth = {"kind": "account_key", "secret": ACCOUNT_KEY}
+    response = await service.call("attach", **local("data", data_dir, auth=auth))
+    assert (response.ok, response.code) == (False, "invalid_request")
+    assert ACCOUNT_KEY not in response.encode().decode()
+    assert service.service.core.datastores() == []
 
 
 async def test_attach_version_is_immutable_by_default(service: Harness, data_dir: Path) -> None:
@@ -282,7 +301,7 @@ async def test_failed_check_closes_the_backend(core: FileSystem) -> None:
             Unreachable.closed += 1
 
     harness = Harness(core, lambda spec, *, retry: Unreachable())
-    response = await harness.call("attach", name="x", kind="memory")
+    response = await harness.call("attach", name="x", kind="blob", container="c", account="a")
     assert (response.ok, response.code) == (False, "not_found")
     assert Unreachable.closed == 1
     assert core.datastores() == []

@@ -33,6 +33,7 @@ from dsmount.storage.retry import RetryPolicy
 from dsmount.storage.store import RemoteFile, Store
 from dsmount.workspace import registry as reg
 from dsmount.workspace import transfer
+from dsmount.workspace import versions as ver
 from dsmount.workspace.registry import CredentialRef, DatastoreInfo, Registry
 from dsmount.workspace.transfer import Conflict, ProgressBar, TransferSummary
 from tests.support.azurefiles import AzureFilesEmulator
@@ -502,12 +503,12 @@ def test_register_validates_creates_and_versions_on_blob(azurite: Azurite, tmp_p
     try:
         for n in (1, 2):
             src = make_tree(tmp_path / f"v{n}", {"train/x.txt": f"version {n}\n".encode()})
-            assert reg.create_version("cats", src, registry=registry)[0] == n
-        assert reg.versions("cats", registry=registry) == [1, 2]
+            assert ver.create_version("cats", src, registry=registry)[0] == n
+        assert ver.versions("cats", registry=registry) == [1, 2]
         c = service.get_container_client(container)
         names = sorted(b.name for b in c.list_blobs())
         assert "sets/_versions/2/train/x.txt" in names and "sets/_versions/1.json" in names
-        spec = reg.attach_spec_for("cats", "1", registry=registry)
+        spec = ver.attach_spec_for("cats", "1", registry=registry)
         assert spec["prefix"] == "sets/_versions/1" and spec["immutable"] is True
         assert spec["auth"] == {"kind": "account_key", "secret": Azurite.KEY}
     finally:
@@ -547,9 +548,9 @@ def test_file_share_datastore_versions(
     assert reg.register(info, registry=registry, create_if_not_exists=True).created is False
     for n in (1, 2):
         src = make_tree(tmp_path / f"v{n}", {"train/x.txt": f"v{n}".encode()})
-        assert reg.create_version("share", src, registry=registry)[0] == n
-    assert reg.versions("share", registry=registry) == [1, 2]
-    spec = reg.attach_spec_for("share", "2", registry=registry)
+        assert ver.create_version("share", src, registry=registry)[0] == n
+    assert ver.versions("share", registry=registry) == [1, 2]
+    spec = ver.attach_spec_for("share", "2", registry=registry)
     assert spec["kind"] == "fileshare" and spec["prefix"] == "sets/_versions/2"
     assert spec["share"] == file_share.share_name
     with registry.store("share") as store:

@@ -16,14 +16,15 @@ from click.testing import CliRunner
 from dsmount.cli.workspace import COMMANDS
 from dsmount.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound
 from dsmount.workspace import registry as reg
+from dsmount.workspace import versions as ver
 from dsmount.workspace.registry import (
     DATASTORES_FILE,
     SECRETS_FILE,
     CredentialRef,
     DatastoreInfo,
     Registry,
-    attach_spec_for,
 )
+from dsmount.workspace.versions import attach_spec_for
 
 # Made-up values in the shapes Azure uses; none is a real secret.
 KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY3ODkwYWJjZGVmZ2hpams+/w=="
@@ -241,14 +242,14 @@ def test_versions_of_a_local_datastore(registry: Registry, tmp_path: Path) -> No
     root = tmp_path / "store"
     root.mkdir()
     reg.register(local("imgs", root), registry=registry)
-    assert reg.versions("imgs", registry=registry) == []
+    assert ver.versions("imgs", registry=registry) == []
     for n, text in ((1, "first"), (2, "second")):
         src = tmp_path / f"src{n}"
         (src / "train").mkdir(parents=True)
         (src / "train" / "a.txt").write_text(text)
-        number, summary = reg.create_version("imgs", src, registry=registry)
+        number, summary = ver.create_version("imgs", src, registry=registry)
         assert number == n and summary.files_transferred == 1
-    assert reg.versions("imgs", registry=registry) == [1, 2]
+    assert ver.versions("imgs", registry=registry) == [1, 2]
     # The contents of SRC_DIR are the version's root.
     assert (root / "_versions/1/train/a.txt").read_text() == "first"
     spec = attach_spec_for("imgs", "2", registry=registry)
@@ -271,17 +272,17 @@ def test_a_failed_version_number_is_not_reused(registry: Registry, tmp_path: Pat
     (root / "_versions/1").mkdir(parents=True)  # left by an attempt that never committed
     (root / "_versions/1/partial.txt").write_text("partial")
     reg.register(local("imgs", root), registry=registry)
-    assert reg.versions("imgs", registry=registry) == []
+    assert ver.versions("imgs", registry=registry) == []
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("x")
-    assert reg.create_version("imgs", src, registry=registry)[0] == 2
-    assert reg.versions("imgs", registry=registry) == [2]
+    assert ver.create_version("imgs", src, registry=registry)[0] == 2
+    assert ver.versions("imgs", registry=registry) == [2]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InvalidRequest, match="holds no files"):
-        reg.create_version("imgs", empty, registry=registry)
-    assert reg.versions("imgs", registry=registry) == [2]
+        ver.create_version("imgs", empty, registry=registry)
+    assert ver.versions("imgs", registry=registry) == [2]
 
 
 def test_register_validates_local_paths(registry: Registry, tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dsmount.node.config import DEFAULT_SOCKET, Config, DaemonSection, parse_config
+from dsmount.control.protocol import DEFAULT_SOCKET
+from dsmount.node.config import Config, DaemonSection, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd/dsmount.service"

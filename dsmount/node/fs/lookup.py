@@ -1,0 +1,193 @@
+"""Lookups: resolving a name in a directory to a node, and what is known about it.
+
+A name inside a datastore is answered, cheapest first, from: a fresh node; a negative entry; a
+fresh cached listing of its directory; for object stores, one listing of the directory (one
+LIST per directory instead of one HEAD per file, shared by concurrent lookups); else one stat.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import cachetools
+import trio
+
+from dsmount.errors import DsmountError, NotFound, TimedOut
+from dsmount.node.fs.attributes import FsSettings, is_fresh
+from dsmount.node.fs.datastore import Datastore
+from dsmount.node.fs.inodes import ROOT_INODE, InodeTable, Node
+from dsmount.node.fs.metadata import Listing, MetadataCache
+from dsmount.node.fs.namespace import NAME_MAX, Namespace
+from dsmount.storage.base import Entry
+
+log = logging.getLogger(__name__)
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+async def close_listing(pages: object) -> None:
+    """Close an async listing generator, shielded: it may hold a connection."""
+    aclose = getattr(pages, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True):
+            try:
+                await aclose()
+            except Exception as e:
+                log.debug("closing a listing: %s", e)
+
+
+class Lookups:
+    def __init__(
+        self,
+        namespace: Namespace,
+        inodes: InodeTable,
+        metadata: MetadataCache,
+        settings: FsSettings,
+        clock: Callable[[], float],
+        started_ns: int,
+    ) -> None:
+        self.namespace = namespace
+        self.inodes = inodes
+        self.metadata = metadata
+        self.settings = settings
+        self.clock = clock
+        self.started_ns = started_ns
+        self._listing_for_lookup: dict[tuple[int, str], trio.Event] = {}
+        self._big_dirs: cachetools.LRUCache[tuple[int, str], float] = cachetools.LRUCache(4096)
+
+    def node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise NotFound(f"inode {ino} is unknown")
+        return node
+
+    # -- the virtual top of the tree ----------------------------------------------------------
+    def _virtual_node(self, path: str, mtime_ns: int) -> Node:
+        return self.inodes.ensure(None, path, Entry(path.rsplit("/", 1)[-1], True, 0, mtime_ns),
+                                  self.clock())
+
+    def datastore_root(self, ds: Datastore) -> Node:
+        node = self.inodes.find(ds, "")
+        if node is None:
+            entry = Entry(ds.version or ds.name, True, 0, int(ds.attached_at * 1e9))
+            node = self.inodes.ensure(ds, "", entry, math.inf)
+        return node
+
+    def lookup_virtual(self, parent: Node, name: str) -> Node:
+        if parent.ino == ROOT_INODE:
+            item = self.namespace.item(name)
+            if item is None:
+                raise NotFound(f"no datastore {name!r} is attached")
+            if isinstance(item, dict):
+                return self._virtual_node(name, self.started_ns)
+            return self.datastore_root(item)
+        item = self.namespace.item(parent.path)
+        if not isinstance(item, dict) or name not in item:
+            raise NotFound(f"{parent.path}/{name} is not attached")
+        return self.datastore_root(item[name])
+
+    # -- names inside datastores -------------------------------------------------------------------
+    async def lookup(self, parent_ino: int, name: str) -> Node:
+        parent = self.node(parent_ino)
+        if not parent.is_dir:
+            raise NotFound("not a directory")
+        if name in (".", ".."):
+            raise NotFound(name)  # the kernel resolves these itself
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise NotFound("name too long")
+        ds = parent.datastore
+        if ds is None:
+            return self.lookup_virtual(parent, name)
+        if ds.detached:
+            raise NotFound(f"datastore {ds.key!r} was detached")
+        path = join(parent.path, name)
+        existing = self.inodes.find(ds, path)
+        if existing is not None and is_fresh(existing, self.clock):
+            return existing
+        entry = await self.stat(ds, path)
+        return self.inodes.ensure(ds, path, entry, self.clock())
+
+    async def revalidate(self, node: Node) -> None:
+        """Refresh a stale node's entry from storage (a type change keeps the old entry: the
+        kernel meets the new object under a new inode at its next lookup)."""
+        ds = node.datastore
+        if ds is not None and node.path and not is_fresh(node, self.clock) and not ds.detached:
+            entry = await self.stat(ds, node.path)
+            if entry.is_dir == node.entry.is_dir:
+                node.entry = entry
+                node.entry_time = self.clock()
+
+    async def stat(self, ds: Datastore, path: str) -> Entry:
+        now = self.clock()
+        if self.metadata.is_negative(ds.id, path, now):
+            raise NotFound(f"{ds.key}/{path}: no such file or directory")
+        parent, _, name = path.rpartition("/")
+        listing = self.metadata.listing(ds.id, parent, ds.metadata_ttl, now)
+        if listing is not None:
+            entry = listing.entries.get(name)
+            if entry is None:
+                raise NotFound(f"{ds.key}/{path}: no such file or directory")
+            return entry
+        if ds.backend.list_on_lookup:
+            listing = await self._list_for_lookup(ds, parent)
+            if listing is not None:
+                entry = listing.entries.get(name)
+                if entry is None:
+                    raise NotFound(f"{ds.key}/{path}: no such file or directory")
+                return entry
+        deadline = self.settings.request_deadline
+        try:
+            with trio.move_on_after(deadline):
+                return await ds.backend.stat(path)
+            raise TimedOut(f"{ds.key}/{path}: no answer within {deadline:.0f}s")
+        except NotFound:
+            self.metadata.put_negative(ds.id, path, ds.negative_ttl, self.clock())
+            raise
+
+    async def _list_for_lookup(self, ds: Datastore, parent: str) -> Listing | None:
+        """List `parent` to answer a lookup in it, if it fits in one page of the backend.
+
+        A reader that opens files by name in a directory nobody listed (the usual data loader)
+        then costs one LIST per directory instead of one HEAD per file. Concurrent lookups in
+        the same directory share the one LIST. A directory longer than a page is remembered
+        as such for a while and its lookups use stat.
+        """
+        key = (ds.id, parent)
+        now = self.clock()
+        if self._big_dirs.get(key, -math.inf) > now:
+            return None
+        pending = self._listing_for_lookup.get(key)
+        if pending is not None:
+            await pending.wait()
+            return self.metadata.listing(ds.id, parent, ds.metadata_ttl, self.clock())
+        done = trio.Event()
+        self._listing_for_lookup[key] = done
+        pages = ds.backend.list(parent)
+        try:
+            with trio.move_on_after(self.settings.request_deadline):
+                try:
+                    first = await pages.__anext__()
+                except StopAsyncIteration:
+                    first = []
+                else:
+                    try:
+                        await pages.__anext__()
+                    except StopAsyncIteration:
+                        pass
+                    else:
+                        self._big_dirs[key] = now + min(ds.metadata_ttl, 300.0)
+                        return None
+                self.metadata.put_listing(ds.id, parent, {e.name: e for e in first},
+                                          self.clock())
+                return self.metadata.listing(ds.id, parent, ds.metadata_ttl, self.clock())
+            return None
+        except DsmountError:
+            return None  # stat answers with the precise error
+        finally:
+            self._listing_for_lookup.pop(key, None)
+            done.set()
+            await close_listing(pages)
