@@ -22,41 +22,76 @@ DEFAULT_CONFIG_PATH = Path("/etc/dsmount/dsmount.toml")
 
 @dataclass(frozen=True)
 class DaemonSection:
+    #: Where the tree appears. `/datastores` is the path Grid and Azure ML users know; the
+    #: Jupyter link (`~/datastores`) and the unit's ExecStopPost= point at it.
     mountpoint: str = "/datastores"
+    #: The control socket. Under /run/dsmount, which the unit creates (RuntimeDirectory=) and the
+    #: kernel empties at boot, so a stale socket never outlives a reboot.
     socket: str = DEFAULT_SOCKET
-    socket_group: str = ""  # members may use the control socket besides root and the daemon user
+    #: A group whose members may use the socket besides root and the daemon's user. Empty by
+    #: default: attaching makes the (root) daemon read on someone's behalf, so it is opt-in.
+    socket_group: str = ""
+    #: Where attached datastores are persisted for a restart; /var/lib/dsmount is the unit's
+    #: StateDirectory= (kept across reboots, 0700).
     state_dir: str = "/var/lib/dsmount"
+    #: info logs attach/detach and failures once each (rate-limited): quiet enough for a journal
+    #: on every node, enough to see an outage. debug logs every retry.
     log_level: str = "info"
 
 
 @dataclass(frozen=True)
 class FsSection:
+    #: Owner shown for every file of a shared datastore: root, so no user may chmod or delete
+    #: (the tree is read-only anyway) and the modes below decide who reads.
     uid: int = 0
     gid: int = 0
+    #: World-readable, never writable: shared training data, read by every job on the node.
     file_mode: int = 0o444
     dir_mode: int = 0o555
 
 
 @dataclass(frozen=True)
 class CacheSection:
-    memory_budget: int = 1024**3  # one budget for every cached and in-flight block
-    block_size: int = 8 * 1024**2  # big enough that a GET's latency is amortised
+    #: ONE budget for every cached and in-flight block across all datastores. 1 GiB holds the
+    #: read-ahead of 8 concurrent sequential readers (128 MiB each) and leaves a training job's
+    #: node memory alone.
+    memory_budget: int = 1024**3
+    #: The unit of a sequential GET and of caching. 8 MiB amortises a GET's latency (5-30 ms on
+    #: Blob storage) over enough bytes to reach full bandwidth, and is Azure's sweet spot for
+    #: ranged reads; small files are fetched whole, not padded to it.
+    block_size: int = 8 * 1024**2
+    #: A second-level cache on local disk, off by default: not every node has a disk to spare.
     disk_dir: str = ""
+    #: Bytes the disk cache may hold: 10 GiB fits a typical fine-tuning set on a node's SSD.
     disk_budget: int = 10 * 1024**3
-    max_concurrent_gets: int = 16  # saturates Azurite/Blob on 2 cores without thrashing
+    #: GETs in flight across all readers: 16 saturated Azurite and Blob storage from a 2-core
+    #: node (measured); more only adds contention and memory held in flight.
+    max_concurrent_gets: int = 16
+    #: A sequential reader's read-ahead window cap: 16 blocks of 8 MiB, what one stream needs to
+    #: reach the storage's bandwidth (measured: doubling beyond it gained nothing).
     readahead_max: int = 128 * 1024**2
 
 
 @dataclass(frozen=True)
 class MetadataSection:
+    #: Seconds attributes and listings are trusted: 60 s makes an epoch's lookups free while a
+    #: file replaced by another tool shows within a minute (`dsmount refresh` at once).
     ttl: float = 60.0
+    #: Seconds a "does not exist" is trusted: short, because a job waiting for a file to
+    #: appear (a marker, a checkpoint) should see it soon.
     negative_ttl: float = 5.0
 
 
 @dataclass(frozen=True)
 class RetrySection:
+    #: After this a FUSE request gets EIO: long enough to ride out a storage blip or throttling,
+    #: short enough that a reader is never stuck (the kernel has no timeout of its own).
     request_deadline: float = 60.0
+    #: One attempt: an 8 MiB GET takes well under a second; 30 s only trips on a stalled
+    #: connection, which is then abandoned and retried.
     attempt_timeout: float = 30.0
+    #: Attempts for transient failures, with jittered exponential backoff from 0.1 s: six cover
+    #: a few seconds of outage, and the deadline bounds the total anyway.
     max_attempts: int = 6
 
 
