@@ -28,7 +28,8 @@ from dsmount.shared.secretref import read_secret_env, read_secret_file
 from dsmount.workspace import registry as reg
 from dsmount.workspace import runwrap, transfer
 from dsmount.workspace import versions as ver
-from dsmount.workspace.registry import CredentialRef, DatastoreInfo, Registry
+from dsmount.workspace.entries import CredentialRef, DatastoreInfo
+from dsmount.workspace.registry import Registry
 
 
 def _guarded(exit_code: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

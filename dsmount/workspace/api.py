@@ -32,9 +32,10 @@ from dsmount.storage.store import Store
 from dsmount.workspace import registry as _registry
 from dsmount.workspace import runwrap, transfer
 from dsmount.workspace import versions as _versions
+from dsmount.workspace.entries import CredentialRef, DatastoreInfo
 from dsmount.workspace.range_reader import RangeReader
 from dsmount.workspace.references import DataReference
-from dsmount.workspace.registry import CredentialRef, DatastoreInfo, Registry
+from dsmount.workspace.registry import Registry
 
 __all__ = ["DataReference", "Datastore", "Workspace"]
 

@@ -48,7 +48,8 @@ from typing import Any
 
 from dsmount.errors import Busy, DsmountError, InvalidRequest, NotFound
 from dsmount.storage.names import clean_path, join
-from dsmount.workspace.registry import NAME_RE, Registry, parse_version
+from dsmount.workspace.entries import NAME_RE, parse_version
+from dsmount.workspace.registry import Registry
 from dsmount.workspace.versions import VERSIONS_DIR, attach_spec_for
 
 ENV_PREFIX = "DSMOUNT_DATAREFERENCE_"

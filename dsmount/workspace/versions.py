@@ -19,7 +19,8 @@ from typing import Any
 
 from dsmount.errors import BackendError, InvalidRequest, NotFound
 from dsmount.storage.store import Store
-from dsmount.workspace.registry import Registry, parse_version
+from dsmount.workspace.entries import parse_version
+from dsmount.workspace.registry import Registry
 
 VERSIONS_DIR = "_versions"
 _VERSION_FILE = re.compile(r"([1-9][0-9]{0,8})\.(json|claim)")

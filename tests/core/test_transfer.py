@@ -34,7 +34,8 @@ from dsmount.storage.store import RemoteFile, Store
 from dsmount.workspace import registry as reg
 from dsmount.workspace import transfer
 from dsmount.workspace import versions as ver
-from dsmount.workspace.registry import CredentialRef, DatastoreInfo, Registry
+from dsmount.workspace.entries import CredentialRef, DatastoreInfo
+from dsmount.workspace.registry import Registry
 from dsmount.workspace.transfer import Conflict, ProgressBar, TransferSummary
 from tests.support.azurefiles import AzureFilesEmulator
 from tests.support.azurite import Azurite

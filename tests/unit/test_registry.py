@@ -17,13 +17,8 @@ from dsmount.cli.workspace import COMMANDS
 from dsmount.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound
 from dsmount.workspace import registry as reg
 from dsmount.workspace import versions as ver
-from dsmount.workspace.registry import (
-    DATASTORES_FILE,
-    SECRETS_FILE,
-    CredentialRef,
-    DatastoreInfo,
-    Registry,
-)
+from dsmount.workspace.entries import CredentialRef, DatastoreInfo
+from dsmount.workspace.registry import DATASTORES_FILE, SECRETS_FILE, Registry
 from dsmount.workspace.versions import attach_spec_for
 
 # Made-up values in the shapes Azure uses; none is a real secret.

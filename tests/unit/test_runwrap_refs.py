@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dsmount.errors import InvalidRequest
-from dsmount.workspace.registry import NAME_RE
+from dsmount.workspace.entries import NAME_RE
 from dsmount.workspace.runwrap import (
     ENV_PREFIX,
     Reference,
