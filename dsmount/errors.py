@@ -128,7 +128,7 @@ def to_errno(exc: BaseException) -> int:
 def from_oserror(e: OSError, what: str) -> DsmountError:
     """THE mapping of a local OSError (local datastores, the disk cache) to a dsmount error,
     with a message naming `what` and nothing of the caller's internals."""
-    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
         return NotFound(f"{what}: no such file or directory")
     if e.errno in (errno.EACCES, errno.EPERM):
         return PermissionDenied(f"{what}: permission denied")
