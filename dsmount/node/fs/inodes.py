@@ -35,6 +35,10 @@ class Node:
     def is_dir(self) -> bool:
         return self.entry.is_dir
 
+    @property
+    def is_symlink(self) -> bool:
+        return self.entry.symlink is not None
+
 
 class InodeTable:
     def __init__(self) -> None:
@@ -61,8 +65,9 @@ class InodeTable:
         ino = self._by_key.get(key)
         if ino is not None:
             node = self._by_ino[ino]
-            if node.entry.is_dir != entry.is_dir:
-                # A file became a directory (or back): a new inode, so the kernel never mixes them.
+            if node.entry.kind != entry.kind:
+                # A file became a directory or a symlink (or back): a new inode, so the kernel
+                # never mixes them.
                 self._by_key.pop(key)
             else:
                 node.entry = entry
