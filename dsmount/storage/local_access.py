@@ -2,9 +2,10 @@
 
 Two uses, both about a daemon running as root that must not read on anyone's behalf more than
 they could read themselves:
-- `may` answers whether a user (uid + groups) may search/read a directory, exactly as the
-  kernel would (owner, named users, owning and named groups under the mask, others), so an
-  attach request can be checked against its requester;
+- `may` answers whether a user (uid + groups) may search/read a file, exactly as the kernel
+  would (owner, named users, owning and named groups under the mask, others); `check_listable`
+  walks a path with it as that user, so an attach request is checked against its requester,
+  race-free (one descriptor per step) and naming the directory checked by device and inode;
 - `presented_bits` turns a file's ACL into the nine mode bits the mount shows. A FUSE mount with
   `default_permissions` checks only those bits, so an ACL's named entries cannot be expressed:
   the bits shown for the owning group and for others are never more than any named entry

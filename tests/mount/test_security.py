@@ -12,7 +12,7 @@ entry needed). Covered:
   a symlink after it was listed does not escape; devices, FIFOs and sockets are not served;
 - datastores attached by a group member are private to them (hidden from others' listings and
   lookups, unreadable, not detachable by others), `--shared` opens them, `list` shows owners,
-  and the owner survives a daemon restart.
+  and the owner survives a daemon restart; a user's blob datastore is theirs (0400/0500).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from azure.storage.blob import ContainerClient
 
+from tests.support.azurite import Azurite
 from tests.support.daemon import (
     NOBODY,
     DsmountDaemon,
@@ -334,6 +336,32 @@ def test_users_cannot_override_owners_or_share_what_others_cannot_reach(
         os.chmod(top, 0o755)
     refused = _attach_as(daemon, USER, unique("x"), src / "closed", check=False)
     assert refused.returncode != 0 and "cannot read" in refused.stderr
+
+
+@pytest.mark.azurite
+def test_a_users_blob_datastore_is_theirs(daemon: DsmountDaemon, azurite: Azurite,
+                                          blob_container: ContainerClient) -> None:
+    blob_container.upload_blob("dir/b.txt", b"blob\n")
+    name = unique("cloud")
+    daemon.cli("attach", name, "--blob", "--container", blob_container.container_name,
+               "--connection-string-env", "AZ_CONN", user=USER,
+               env={"AZ_CONN": azurite.connection_string})
+    root = daemon.mountpoint / name
+    for rel, mode in (("", 0o500), ("dir", 0o500), ("dir/b.txt", 0o400)):
+        st = os.stat(root / rel)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (mode, USER[0]), rel
+    assert readable_by(USER, root / "dir" / "b.txt") == "blob\n"
+    assert readable_by(OTHER, root / "dir" / "b.txt") is None
+    assert name not in listing_of(OTHER, daemon.mountpoint)
+    daemon.cli("detach", name, user=USER)
+    shared = unique("cloud")
+    daemon.cli("attach", shared, "--blob", "--container", blob_container.container_name,
+               "--connection-string-env", "AZ_CONN", "--shared", user=USER,
+               env={"AZ_CONN": azurite.connection_string})
+    st = os.stat(daemon.mountpoint / shared / "dir" / "b.txt")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o444, USER[0])  # [fs] modes, theirs
+    assert readable_by(OTHER, daemon.mountpoint / shared / "dir" / "b.txt") == "blob\n"
+    daemon.cli("detach", shared, user=USER)
 
 
 def test_the_owner_survives_a_restart(make_daemon: Callable[..., DsmountDaemon],
