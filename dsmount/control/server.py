@@ -25,12 +25,20 @@ from dsmount.errors import ConfigError, DsmountError
 log = logging.getLogger(__name__)
 
 _PEERCRED = struct.Struct("3i")
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; not in every Python
 
 
 def peer_of(sock: trio.socket.SocketType) -> Peer:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     pid, uid, gid = _PEERCRED.unpack(raw)
-    return Peer(pid, uid, gid)
+    groups: frozenset[int] | None
+    try:
+        # The groups as of connect(): unlike /proc/PID they cannot belong to a later process.
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)  # up to 256 groups
+        groups = frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+    except OSError:  # ERANGE (more groups) or an old kernel: /proc, checked, instead
+        groups = None
+    return Peer(pid, uid, gid, groups)
 
 
 class ControlServer:

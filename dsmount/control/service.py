@@ -57,6 +57,9 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    # The supplementary groups the kernel recorded at connect (SO_PEERGROUPS); None: unknown,
+    # read from /proc/PID instead.
+    groups: frozenset[int] | None = None
 
     @property
     def privileged(self) -> bool:
@@ -65,15 +68,24 @@ class Peer:
 
 
 def _groups_of(peer: Peer) -> set[int]:
+    """The peer's gid and supplementary groups: as the kernel recorded them at connect, else
+    from /proc/PID - but only while that process still runs as the peer's uid (a pid can be
+    reused by another user's process once the client exits)."""
     groups = {peer.gid}
+    if peer.groups is not None:
+        return groups | peer.groups
+    extra: set[int] = set()
+    uid_ok = False
     try:
         with open(f"/proc/{peer.pid}/status") as f:
             for line in f:
-                if line.startswith("Groups:"):
-                    groups.update(int(g) for g in line.split()[1:])
-    except OSError:
+                if line.startswith("Uid:"):
+                    uid_ok = all(int(u) == peer.uid for u in line.split()[1:3])
+                elif line.startswith("Groups:"):
+                    extra.update(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
         pass
-    return groups
+    return groups | extra if uid_ok else groups
 
 
 def reader_of(peer: Peer) -> Reader:

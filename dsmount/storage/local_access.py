@@ -83,6 +83,10 @@ def read_acl(path: str, *, follow: bool) -> Acl | None | bool:
     understood (callers then assume the worst). `follow` must be True for "/proc/self/fd/N"
     (the magic link names the object) and False for a name inside a directory fd."""
     try:
+        # Listing the names first: most files have no ACL, and a missing attribute costs an
+        # exception (twice the time of this call) on every entry of a big listing.
+        if ACL_XATTR not in os.listxattr(path, follow_symlinks=follow):
+            return None
         raw = os.getxattr(path, ACL_XATTR, follow_symlinks=follow)
     except OSError as e:
         if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from dsmount.control.protocol import Request, Response
-from dsmount.control.service import ControlService, Peer
+from dsmount.control.service import ControlService, Peer, _groups_of
 from dsmount.errors import NotFound
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.core import FileSystem, FsSettings
@@ -452,3 +452,12 @@ async def test_restore_keeps_owners_and_checks_them_again(service: Harness,
     response = await service.call("detach", OTHER, name="lost")
     assert (response.ok, response.code) == (False, "not_found")
     assert (await service.call("detach", NOBODY, name="lost")).ok
+
+
+def test_peer_groups_come_from_the_connection_or_a_process_still_theirs() -> None:
+    me = os.getpid()
+    assert _groups_of(Peer(pid=me, uid=0, gid=5, groups=frozenset({7, 8}))) == {5, 7, 8}
+    proc = _groups_of(Peer(pid=me, uid=0, gid=5))
+    assert proc == {5, *os.getgroups()}
+    # A pid now running as someone else (reused after the client exited) tells nothing.
+    assert _groups_of(Peer(pid=me, uid=12345, gid=5)) == {5}

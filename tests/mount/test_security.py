@@ -26,6 +26,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,8 +38,10 @@ from azure.storage.blob import ContainerClient
 from tests.support.azurite import Azurite
 from tests.support.daemon import (
     NOBODY,
+    REPO_ROOT,
     DsmountDaemon,
     as_user,
+    clean_env,
     require_fuse,
     running_daemon,
     wait_until,
@@ -362,6 +365,20 @@ def test_a_users_blob_datastore_is_theirs(daemon: DsmountDaemon, azurite: Azurit
     assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o444, USER[0])  # [fs] modes, theirs
     assert readable_by(OTHER, daemon.mountpoint / shared / "dir" / "b.txt") == "blob\n"
     daemon.cli("detach", shared, user=USER)
+
+
+def test_a_member_by_supplementary_group_is_let_in(daemon: DsmountDaemon, top: Path) -> None:
+    # Primary group 65532, nogroup only as a supplementary group: the daemon learns it from the
+    # connection itself (SO_PEERGROUPS).
+    src, _ = make_source(top)
+    name = unique("supp")
+    cmd = ["setpriv", "--reuid=65532", "--regid=65532", "--groups=65534", sys.executable, "-m",
+           "dsmount", "--socket", str(daemon.socket), "attach", name, "--local", str(src)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+                         env=clean_env())
+    assert out.returncode == 0, out.stderr
+    assert _listed(daemon)[name]["owner"] == 65532
+    daemon.cli("detach", name)
 
 
 def test_the_owner_survives_a_restart(make_daemon: Callable[..., DsmountDaemon],
