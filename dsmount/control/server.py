@@ -1,7 +1,8 @@
 """The control socket server: a thin adapter from a Unix socket to `ControlService`.
 
-Per connection: the peer's credentials are checked first (SO_PEERCRED: root, the daemon's own
-user, or a member of the configured group); lines longer than MAX_LINE are refused; a
+Per connection: the peer's credentials are checked first (SO_PEERCRED, and SO_PEERGROUPS for
+its groups, both as of connect: root, the daemon's own user, or a member of the configured
+group); lines longer than MAX_LINE are refused; a
 connection idle for `idle_timeout` is closed; at most `max_connections` are served at once and
 the rest get a "busy" reply. None of this can stop the daemon: every failure ends only the
 connection it happened on.
