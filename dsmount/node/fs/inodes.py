@@ -65,7 +65,9 @@ class InodeTable:
         ino = self._by_key.get(key)
         if ino is not None:
             node = self._by_ino[ino]
-            if node.entry.kind != entry.kind:
+            old = node.entry
+            # (Entry.kind, spelled out: this runs for every entry of every warm listing.)
+            if old.is_dir != entry.is_dir or (old.symlink is None) != (entry.symlink is None):
                 # A file became a directory or a symlink (or back): a new inode, so the kernel
                 # never mixes them.
                 self._by_key.pop(key)
