@@ -87,7 +87,8 @@ class Daemon:
         self.state = StateStore(c.daemon.state_dir)
         self.service = ControlService(
             self.core, retry=self.retry, ttl=c.metadata.ttl, negative_ttl=c.metadata.negative_ttl,
-            on_change=self._changed, status_extra=self._status_extra,
+            allow_shared=c.daemon.allow_shared, on_change=self._changed,
+            status_extra=self._status_extra,
         )
         self.server = ControlServer(self.service, c.daemon.socket, group=c.daemon.socket_group)
         self.notifier = Notifier()
