@@ -170,7 +170,7 @@ def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:
     return value
 
 
-ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl"})
+ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl", "manifest"})
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,9 @@ class AttachRequest:
     version: str | None = None
     immutable: bool = False
     ttl: float | None = None  # None: the daemon's [metadata] ttl
+    # A version's manifest object (relative to the datastore root): namespace from it, no
+    # LIST or HEAD; None: the datastore's own listings.
+    manifest: str | None = None
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> AttachRequest:
@@ -197,6 +200,7 @@ class AttachRequest:
             version=version,
             immutable=get_bool(args, "immutable", version is not None),
             ttl=None if ttl is None else get_number(args, "ttl", 0.0),
+            manifest=get_str(args, "manifest", required=False) or None,
         )
 
     @property
@@ -210,4 +214,6 @@ class AttachRequest:
         out["immutable"] = self.immutable
         if self.ttl is not None:
             out["ttl"] = self.ttl
+        if self.manifest is not None:
+            out["manifest"] = self.manifest
         return out
