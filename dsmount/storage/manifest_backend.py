@@ -29,10 +29,11 @@ FETCH_CHUNK = 8 * 1024 * 1024
 def _entry(name: str, row: Row, location: Location | None) -> Entry:
     if row.is_dir:
         return Entry(name, True, 0, row.mtime_ns)
-    # The cache identity of this file's bytes: unique per file version even inside one pack.
-    tag = row.md5.hex() if row.md5 else f"{row.size:x}-{row.mtime_ns:x}"
+    # The cache identity of this file's bytes (with its path, in the block cache's keys):
+    # short, because a million-entry version holds a million of them in the daemon.
+    tag = row.md5.hex()[:16] if row.md5 else f"{row.size:x}-{row.mtime_ns:x}"
     if location is not None and location.etag:
-        tag = f"{location.etag}:{location.offset:x}:{tag}"
+        tag = f"{location.etag[-8:]}{location.offset:x}:{tag}"
     return Entry(name, False, row.size, row.mtime_ns, tag)
 
 
