@@ -171,7 +171,7 @@ def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:
 
 
 ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl", "owner", "shared", "uid",
-                           "gid", "file_mode", "dir_mode"})
+                           "gid", "file_mode", "dir_mode", "manifest"})
 OVERRIDES = ("uid", "gid", "file_mode", "dir_mode")  # root-only presentation overrides
 MAX_ID = 2**32 - 2  # the largest uid/gid (2**32 - 1 is the kernel's "no id")
 
@@ -230,6 +230,9 @@ class AttachRequest:
     gid: int | None = None
     file_mode: int | None = None
     dir_mode: int | None = None
+    # A version's manifest object (relative to the datastore root): namespace from it, no
+    # LIST or HEAD; None: the datastore's own listings.
+    manifest: str | None = None
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> AttachRequest:
@@ -249,6 +252,7 @@ class AttachRequest:
             gid=get_id(args, "gid"),
             file_mode=get_mode(args, "file_mode"),
             dir_mode=get_mode(args, "dir_mode"),
+            manifest=get_str(args, "manifest", required=False) or None,
         )
 
     @property
@@ -281,4 +285,6 @@ class AttachRequest:
             out["shared"] = self.shared
         for key, value in self.overrides.items():
             out[key] = f"{value:04o}" if key.endswith("_mode") else value
+        if self.manifest is not None:
+            out["manifest"] = self.manifest
         return out

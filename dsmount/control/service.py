@@ -21,10 +21,14 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
+
+import trio
 
 from dsmount.control.protocol import (
     AttachRequest,
@@ -34,7 +38,14 @@ from dsmount.control.protocol import (
     get_str,
     get_version,
 )
-from dsmount.errors import AlreadyExists, DsmountError, InvalidRequest, NotFound, PermissionDenied
+from dsmount.errors import (
+    AlreadyExists,
+    DsmountError,
+    IntegrityError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
 from dsmount.node.fs.core import FileSystem
 from dsmount.node.fs.datastore import (
     PRIVATE_DIR_MODE,
@@ -47,7 +58,10 @@ from dsmount.storage.base import Backend
 from dsmount.storage.factory import local_root, make_backend
 from dsmount.storage.local import LocalBackend
 from dsmount.storage.local_access import DirAccess, Reader, check_listable
+from dsmount.storage.manifest import Manifest
+from dsmount.storage.manifest_backend import ManifestBackend, fetch_manifest, manifest_cache_path
 from dsmount.storage.retry import RetryPolicy
+from dsmount.storage.spec import DatastoreSpec
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +129,9 @@ class ControlService:
         backend_factory: Callable[..., Backend] = make_backend,
         on_change: Callable[[], None] | None = None,
         status_extra: Callable[[], dict[str, Any]] | None = None,
+        manifest_dir: Path | None = None,
     ) -> None:
+        self.manifest_dir = manifest_dir
         self.core = core
         self.retry = retry
         self.ttl = ttl
@@ -221,6 +237,8 @@ class ControlService:
                 # Swapped between the check and the open: what was checked is not served.
                 raise PermissionDenied(
                     f"{local_root(request.storage)} changed while being attached; try again")
+            if request.manifest is not None:
+                backend = await self._with_manifest(backend, request.storage, request.manifest)
             await backend.check()
         except BaseException:
             await backend.aclose()
@@ -245,6 +263,21 @@ class ControlService:
         self.failed.pop(ds.key, None)
         self.specs[ds.key] = request.to_dict(secrets=True)
         return ds
+
+    async def _with_manifest(self, inner: Backend, spec: DatastoreSpec, name: str) -> Backend:
+        """`inner` behind the manifest `name` (fetched once into the manifest directory; a
+        restart finds it there)."""
+        if self.manifest_dir is None:
+            self.manifest_dir = Path(tempfile.mkdtemp(prefix="dsmount-manifests-"))
+        path = manifest_cache_path(self.manifest_dir, spec.location, name)
+        with trio.fail_after(self.retry.deadline * 4):  # bounded: 4 deadlines for a big one
+            await fetch_manifest(inner, name, path)
+        try:
+            manifest = Manifest(path)
+        except IntegrityError:
+            path.unlink(missing_ok=True)  # a damaged copy is fetched again next time
+            raise
+        return ManifestBackend(inner, manifest, name=name)
 
     async def restore(self, specs: list[dict[str, Any]]) -> None:
         """Re-attach saved datastores; one that fails is reported, the others still come up."""

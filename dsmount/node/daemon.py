@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -89,6 +90,7 @@ class Daemon:
             self.core, retry=self.retry, ttl=c.metadata.ttl, negative_ttl=c.metadata.negative_ttl,
             allow_shared=c.daemon.allow_shared, on_change=self._changed,
             status_extra=self._status_extra,
+            manifest_dir=Path(c.daemon.state_dir) / "manifests",
         )
         self.server = ControlServer(self.service, c.daemon.socket, group=c.daemon.socket_group)
         self.notifier = Notifier()

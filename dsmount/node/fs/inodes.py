@@ -17,7 +17,7 @@ from dsmount.storage.base import Entry
 ROOT_INODE = 1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a million-entry version means a million nodes
 class Node:
     ino: int
     datastore: Datastore | None  # None: the root or a virtual directory (NAME of versions)
