@@ -56,6 +56,12 @@ Invariants:
 - Cold measurements drop the kernel page cache first (when allowed; the run notes it if not);
   the warm re-read never does, so dsmount's warm figure may come from the page cache.
 - MB/s means 10**6 bytes per second (as `dd` prints it); sizes in MiB/GiB are powers of two.
+- Uploads (the dataset, the versions) always go straight to the servers; with --latency every
+  client (and every daemon's registry entry) points at the proxy, so its delay and its request
+  counts apply to every system alike. The proxy is its own process: its CPU is no client's.
+- A cold epoch (rows 7 and 8) finds nothing cached in any system: the page cache is dropped,
+  dsmount reads datastores no earlier row has read, and rclone-full (whose disk cache holds
+  the files since row 3) does not run row 7.
 
 rclone 1.60 (Debian 12) treats `endpoint` as a DNS suffix (https://<account>.<endpoint>) and
 `use_emulator` as the fixed address 127.0.0.1:10000, so neither reaches an Azurite on a free
