@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from dsmount.errors import (
     AlreadyExists,
@@ -725,3 +726,52 @@ async def test_random_reads_fetch_their_pages_sequential_reads_whole_blocks() ->
         assert max(n for _, _, n in fresh.faults.reads) == block
         sequential_gets = len(backend.faults.reads) - len(random_gets)
         assert sequential_gets <= len(fresh.faults.reads) + len(random_gets)
+
+
+async def test_a_file_that_fits_in_a_block_is_one_get_started_at_open(env: Env) -> None:
+    files = {f"d/{i}.jpg": random_bytes(BS // 2 + i, i) for i in range(5)}
+    backend = MemoryBackend(files)
+    ds = env.attach("ds", backend)
+    for rel, data in files.items():
+        attrs = await env.resolve(f"ds/{rel}")
+        fh, _ = await env.fs.open(attrs.ino, os.O_RDONLY)
+        await trio.testing.wait_all_tasks_blocked()
+        # The GET was started by open, before any read: the whole file, once.
+        assert [(p, o, n) for p, o, n in backend.faults.reads if p == rel] == [(rel, 0, len(data))]
+        got = b""
+        while part := await env.fs.read(fh, len(got), 4096):  # small reads, as `tar` does
+            got += bytes(part)
+        assert got == data
+        await env.fs.release(fh)
+    assert len(backend.faults.reads) == len(files)
+    c = ds.counters
+    assert c.blocks_fetched == len(files) and c.bytes_fetched == sum(map(len, files.values()))
+    assert c.readahead_started == len(files) and c.readahead_hits == len(files)
+    # Opened again (same version: the kernel may still hold its pages) nothing is fetched
+    # until a read asks, and then from the cache.
+    attrs = await env.resolve("ds/d/0.jpg")
+    fh, keep_cache = await env.fs.open(attrs.ino, os.O_RDONLY)
+    assert keep_cache
+    assert await env.fs.read(fh, 0, BS) == files["d/0.jpg"]
+    await env.fs.release(fh)
+    assert len(backend.faults.reads) == len(files)
+
+
+async def test_a_one_block_file_is_fetched_whole_by_its_first_read_if_open_could_not() -> None:
+    async with running_fs(budget=2 * BS) as env:
+        data = random_bytes(BS, 1)
+        backend = MemoryBackend({"f": data, "g": random_bytes(2 * BS, 2)})
+        ds = env.attach("ds", backend)
+        g = await env.resolve("ds/g")
+        f = await env.resolve("ds/f")
+        gh, _ = await env.fs.open(g.ino, os.O_RDONLY)
+        backend.faults.delay = 0.3
+        async with trio.open_nursery() as nursery:  # the whole budget in flight for g
+            nursery.start_soon(env.fs.read, gh, 0, 2 * BS)
+            await trio.testing.wait_all_tasks_blocked()
+            fh, _ = await env.fs.open(f.ino, os.O_RDONLY)  # no room: read-ahead skipped
+            assert ds.counters.readahead_skipped == 1
+            assert await env.fs.read(fh, 100, 10) == data[100:110]
+        assert [(o, n) for p, o, n in backend.faults.reads if p == "f"] == [(0, BS)]
+        await env.fs.release(fh)
+        await env.fs.release(gh)

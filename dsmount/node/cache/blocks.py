@@ -278,7 +278,9 @@ class BlockCache:
                     # Most recent now: the room our GETs (or the read-ahead `then` starts)
                     # need must not come from the bytes this read is made of.
                     self._lru.move_to_end(p)
-        started = bool(holes) and self._start_all(src, holes, counters, prefetch=False)[1] > 0
+        mine: list[_Extent] = []  # what this read started: its bytes even if not kept
+        if holes:
+            self._start_all(src, holes, counters, prefetch=False, started=mine)
         if then is not None:
             then()
         # ...then take the bytes in order, holding each part once had, so progress is monotone
@@ -289,15 +291,20 @@ class BlockCache:
         while pos < end:
             index = self._objects.get(src.key)
             p = index.find(pos) if index is not None else None
+            if p is None:
+                p = next((x for x in mine if x.start <= pos < x.end and x.error is None), None)
             if p is None:  # never started (no room), or evicted since: fetch it now
                 failed = self._recent_failure(src.key)
                 if failed is not None:
                     raise failed
-                hole = (pos, wend) if index is None else index.cover(pos, wend)[0]
-                assert isinstance(hole, tuple)
-                room, n = self._start_all(src, [hole], counters, prefetch=False)
-                started = started or n > 0
-                if not n and not room:
+                hole = (wstart, wend) if index is None else next(
+                    g for g in index.gaps(wstart, wend) if g[0] <= pos < g[1]
+                )
+                # From the piece holding `pos` on: what lies before it is not needed.
+                hole = (max(hole[0], pos - pos % src.unit), hole[1])
+                n = len(mine)
+                room = self._start_all(src, [hole], counters, prefetch=False, started=mine)
+                if len(mine) == n and not room:
                     await self._room.wait()
                 continue
             p.used(counters)
@@ -310,7 +317,7 @@ class BlockCache:
             stop = min(end, p.end)
             parts.append(memoryview(p.data)[pos - p.start : stop - p.start])
             pos = stop
-        if started:
+        if mine:
             counters.cache_misses += 1
         elif not waited:
             counters.cache_hits += 1
@@ -329,31 +336,31 @@ class BlockCache:
         holes = [(start, end)] if index is None else index.gaps(start, end)
         if not holes:
             return True
-        if self._nursery is None or not self._start_all(src, holes, counters, prefetch=True)[0]:
+        if self._nursery is None or not self._start_all(src, holes, counters, prefetch=True):
             counters.readahead_skipped += 1
             return False
         return True
 
     def _start_all(self, src: Source, holes: list[tuple[int, int]], counters: ReadCounters,
-                   *, prefetch: bool) -> tuple[bool, int]:
-        """Start a fetch per piece of `holes` (cut at `src.unit`) while there is room. Returns
-        (False at the first piece there was no room for, else True; pieces started)."""
-        n = 0
+                   *, prefetch: bool, started: list[_Extent] | None = None) -> bool:
+        """Start a fetch per piece of `holes` (cut at `src.unit`) while there is room (adding
+        each to `started`); False at the first piece there was no room for."""
         for hole_start, hole_end in holes:
             for start, end in split(hole_start, hole_end, src.unit):
                 size = min(end - start, self.budget)
                 if self._nursery is None:
                     raise RuntimeError("BlockCache.run() is not running")
                 if not self._evict_for(size):
-                    return False, n
-                self._start(src, start, end, size, counters, prefetch)
-                n += 1
+                    return False
+                extent = self._start(src, start, end, size, counters, prefetch)
+                if started is not None:
+                    started.append(extent)
                 if prefetch:
                     counters.readahead_started += 1
-        return True, n
+        return True
 
     def _start(self, src: Source, start: int, end: int, size: int, counters: ReadCounters,
-               prefetch: bool) -> None:
+               prefetch: bool) -> _Extent:
         assert self._nursery is not None
         index = self._objects.get(src.key)
         if index is None:
@@ -363,6 +370,7 @@ class BlockCache:
         self._reserved += size
         self._note_peak()
         self._nursery.start_soon(self._fetch, src, extent)
+        return extent
 
     async def _fetch(self, src: Source, extent: _Extent) -> None:
         stored = False
