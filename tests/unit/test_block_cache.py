@@ -10,15 +10,29 @@ twice while it is cached.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsmount.errors import BackendError, IntegrityError
-from dsmount.node.cache.blocks import BlockCache, ReadCounters, Source
+from dsmount.node.cache.blocks import BlockCache, ObjectKey, ReadCounters, Source
 
 B = 1000  # an object's size in the deterministic tests
+
+
+class FakeSource(Source):
+    __slots__ = ("_fetch",)
+
+    def __init__(self, key: ObjectKey, size: int, unit: int,
+                 fetch: Callable[[int, int], Awaitable[bytes]]) -> None:
+        super().__init__(key, size, unit)
+        self._fetch = fetch
+
+    async def fetch(self, start: int, end: int) -> bytes:
+        return await self._fetch(start, end)
 
 
 def content(name: str, size: int) -> bytes:
@@ -59,7 +73,7 @@ class Fetches:
                 raise self.fail[name]
             return content(name, size)[start:end] + b"+" * self.extra.get(name, 0)
 
-        return Source((ds, name, "e"), size, unit or size, fetch)
+        return FakeSource((ds, name, "e"), size, unit or size, fetch)
 
 
 async def started_cache(nursery: trio.Nursery, budget: int, **kwargs: int) -> BlockCache:
@@ -440,7 +454,7 @@ def test_budget_never_exceeded_under_concurrency(
                 active.discard(name)
                 return content(name, size)[start:end]
 
-            return Source((1, name, "e"), size, size, fetch)
+            return FakeSource((1, name, "e"), size, size, fetch)
 
         async def reader(plan: list[tuple[int, bool, int]]) -> None:
             for index, is_prefetch, delay in plan:
@@ -522,7 +536,7 @@ def test_ranges_of_one_object_are_exact_and_never_fetched_twice_while_cached(
             assert cache.used_bytes <= cache.budget
             return whole[start:end]
 
-        src = Source((1, "obj", "e"), size, unit, fetch)
+        src = FakeSource((1, "obj", "e"), size, unit, fetch)
 
         async def one(op: tuple[bool, int, int, int, int, int]) -> None:
             is_prefetch, offset, length, before, after, ms = op

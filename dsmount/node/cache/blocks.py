@@ -83,15 +83,24 @@ class ReadCounters:
         }
 
 
-@dataclass(eq=False, slots=True)
 class Source:
-    """One object version and how to fetch byte ranges of it (built by the fetcher)."""
+    """One object version and how to fetch byte ranges of it (the fetcher's subclass does).
 
-    key: ObjectKey
-    size: int
-    unit: int  # no fetch crosses a multiple of it: the block size
-    fetch: Callable[[int, int], Awaitable[bytes]]  # exactly the bytes [start, end)
-    stored: Callable[[int, int], None] | None = None  # told when [start, end) got cached
+    One per open file handle, so it is small: three slots and methods, no closures."""
+
+    __slots__ = ("key", "size", "unit")
+
+    def __init__(self, key: ObjectKey, size: int, unit: int) -> None:
+        self.key = key
+        self.size = size
+        self.unit = unit  # no fetch crosses a multiple of it: the block size
+
+    async def fetch(self, start: int, end: int) -> bytes:
+        """Exactly the bytes [start, end)."""
+        raise NotImplementedError
+
+    def stored(self, start: int, end: int) -> None:
+        """Told when the extent [start, end) got cached (e.g. to write a disk block)."""
 
 
 class _Extent:
@@ -418,8 +427,11 @@ class BlockCache:
                 self._forget(extent, src.key, cached=False)
             self._note_peak()
             extent.done.set()
-        if stored and src.stored is not None:
-            src.stored(extent.start, extent.end)
+        if stored:
+            try:
+                src.stored(extent.start, extent.end)
+            except Exception:  # a disk-cache hiccup must not fail the read that fetched it
+                log.exception("after caching %s %d-%d", src.key[1], extent.start, extent.end)
 
     # -- invalidation --------------------------------------------------------------------------
     def drop(self, datastore_id: int, path: str | None = None) -> int:

@@ -18,15 +18,12 @@ Invariants:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from dsmount.errors import Changed, IntegrityError
 from dsmount.node.cache.blocks import BlockCache, Source
 from dsmount.node.cache.disk import DiskCache
 from dsmount.storage.base import Backend
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,44 +45,56 @@ class Fetcher:
         self.cache = cache
         self.disk = disk
 
-    def source(self, obj: ObjectRef, block_size: int) -> Source:
-        key = (obj.datastore_id, obj.path, obj.etag or "")
-        backend, path, etag, size = obj.backend, obj.path, obj.etag, obj.size
-        disk = self.disk if etag and backend.kind != "local" else None
-        cache = self.cache
+    def source(self, obj: ObjectRef, block_size: int) -> PinnedSource:
+        disk = self.disk if obj.etag and obj.backend.kind != "local" else None
+        return PinnedSource(obj, block_size, self.cache, disk)
 
-        def disk_key(block: int) -> str:
-            return f"{obj.cache_identity}|{path}|{etag}|{block}|{block_size}"
 
-        def block_range(block: int) -> tuple[int, int]:
-            return block * block_size, min(size, (block + 1) * block_size)
+class PinnedSource(Source):
+    """The bytes of one pinned object version: disk cache, else a conditional ranged read."""
 
-        async def fetch(start: int, end: int) -> bytes:
-            if disk is not None:
-                block = start // block_size
-                first, last = block_range(block)
-                data = await disk.get(disk_key(block))
-                if data is not None and len(data) == last - first:
-                    whole = (start, end) == (first, last)
-                    return data if whole else data[start - first : end - first]
-            data = await backend.read(path, start, end - start, etag)
-            if len(data) != end - start:
-                if etag is None:
-                    raise Changed(f"{path}: size changed while open")
-                raise IntegrityError(
-                    f"{path}: range {start}-{end} has {len(data)} bytes, expected {end - start}"
-                )
-            return data
+    __slots__ = ("cache", "disk", "obj")
 
-        def stored(start: int, end: int) -> None:
-            assert disk is not None
-            block = start // block_size
-            name = disk_key(block)
-            if disk.has(name):
-                return
-            first, last = block_range(block)
-            data = cache.assemble(key, first, last)
-            if data is not None:
-                cache.spawn(disk.put, name, data)
+    def __init__(self, obj: ObjectRef, block_size: int, cache: BlockCache,
+                 disk: DiskCache | None) -> None:
+        super().__init__((obj.datastore_id, obj.path, obj.etag or ""), obj.size, block_size)
+        self.obj = obj
+        self.cache = cache
+        self.disk = disk
 
-        return Source(key, size, block_size, fetch, stored if disk is not None else None)
+    def _disk_key(self, block: int) -> str:
+        o = self.obj
+        return f"{o.cache_identity}|{o.path}|{o.etag}|{block}|{self.unit}"
+
+    def _block_range(self, block: int) -> tuple[int, int]:
+        return block * self.unit, min(self.size, (block + 1) * self.unit)
+
+    async def fetch(self, start: int, end: int) -> bytes:
+        obj = self.obj
+        if self.disk is not None:
+            block = start // self.unit
+            first, last = self._block_range(block)
+            data = await self.disk.get(self._disk_key(block))
+            if data is not None and len(data) == last - first:
+                return data if (start, end) == (first, last) else data[start - first : end - first]
+        data = await obj.backend.read(obj.path, start, end - start, obj.etag)
+        if len(data) != end - start:
+            if obj.etag is None:
+                raise Changed(f"{obj.path}: size changed while open")
+            raise IntegrityError(
+                f"{obj.path}: range {start}-{end} has {len(data)} bytes, expected {end - start}"
+            )
+        return data
+
+    def stored(self, start: int, end: int) -> None:
+        disk = self.disk
+        if disk is None:
+            return
+        block = start // self.unit
+        name = self._disk_key(block)
+        if disk.has(name):
+            return
+        first, last = self._block_range(block)
+        data = self.cache.assemble(self.key, first, last)
+        if data is not None:
+            self.cache.spawn(disk.put, name, data)
