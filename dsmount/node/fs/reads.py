@@ -87,8 +87,11 @@ class ReadPath:
     def opened(self, h: FileHandle, *, pages_kept: bool) -> None:
         """Start the one GET of a file that fits in one block, unless the kernel probably
         still holds its pages (`pages_kept`: this version was open before) - then a read may
-        never come. Read-ahead, so it gives way under memory pressure."""
-        if 0 < h.size <= self.settings.block_size and not pages_kept:
+        never come. Read-ahead, so it gives way under memory pressure. Not for local files:
+        a pread takes microseconds (nothing to overlap), and one replaced between open and
+        read must still fail the read (ESTALE) rather than serve the version opened."""
+        if (0 < h.size <= self.settings.block_size and not pages_kept
+                and h.obj.backend.kind != "local"):
             self.cache.prefetch(h.source, 0, h.size, h.datastore.counters)
             h.frontier = h.size
 
