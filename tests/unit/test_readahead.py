@@ -105,6 +105,20 @@ def test_non_sequential_read_collapses_window(
     assert state.observe(target + length, 1) == cfg.initial
 
 
+@given(cfg=configs(), n=st.integers(1, 512), gap=st.integers(1, 1 << 12),
+       backwards=st.booleans())
+def test_reads_more_than_two_reads_apart_are_not_a_stream(
+    cfg: ReadaheadConfig, n: int, gap: int, backwards: bool
+) -> None:
+    # Random reads of n bytes that land near each other, but not within the two requests a
+    # kernel reorder can displace a read by, stay random (even inside seek_tolerance).
+    state = ReadaheadState(cfg)
+    start = 10 * n + gap + 4096
+    state.observe(start, n)
+    target = start + n + 2 * n + gap if not backwards else start + n - 2 * n - gap
+    assert state.observe(target, n) == 0
+
+
 @settings(max_examples=150)
 @given(cfg=configs(), lengths=st.lists(st.integers(1, 600), min_size=1, max_size=30))
 def test_sequential_stream_grows_to_maximum(cfg: ReadaheadConfig, lengths: list[int]) -> None:

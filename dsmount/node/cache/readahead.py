@@ -3,7 +3,10 @@
 Design (after mountpoint-s3's prefetcher):
 - A file handle's reads are *sequential* while each read starts near where the previous one
   ended. The kernel splits one application read into several FUSE requests that may arrive
-  slightly out of order, so "near" means within `seek_tolerance` bytes either side.
+  slightly out of order, a request overtaking its neighbour, so "near" means within two
+  requests' length (the longer of this read and the last), at most `seek_tolerance` bytes,
+  either side. Scaled to the reads, so random 64 KiB reads of a file are taken for a stream
+  only when they really are within a read or two of each other.
 - A file that fits in one block is fetched whole, in one GET, whatever is read of it (the
   caller starts that GET at open, so it overlaps the FUSE round trips of open and read).
 - A read that is not sequential (the first one of a handle, or after a jump) fetches its own
@@ -51,12 +54,15 @@ class ReadaheadState:
     next_offset: int | None = None  # where a sequential reader reads next
     window: int = 0  # bytes to keep prefetched beyond the current read
     consumed: int = 0  # sequential bytes read since the window last grew
+    last_length: int = 0  # of the previous read
 
     def observe(self, offset: int, length: int) -> int:
         """Record a read of `length` bytes at `offset`; return the window (bytes ahead) to keep."""
         cfg = self.config
         end = offset + length
-        if self.next_offset is not None and abs(offset - self.next_offset) <= cfg.seek_tolerance:
+        tolerance = min(cfg.seek_tolerance, 2 * max(length, self.last_length))
+        self.last_length = length
+        if self.next_offset is not None and abs(offset - self.next_offset) <= tolerance:
             if self.window == 0:
                 self.window = cfg.initial
                 self.consumed = 0
