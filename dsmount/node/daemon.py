@@ -28,7 +28,7 @@ from dsmount.node.cache.disk import DiskCache
 from dsmount.node.config import Config
 from dsmount.node.fs.core import FileSystem, FsSettings
 from dsmount.node.fuse_adapter import FuseSession
-from dsmount.node.malloc import pin_mmap_threshold
+from dsmount.node.malloc import limit_arenas, pin_mmap_threshold
 from dsmount.node.sdnotify import Notifier, watchdog_loop
 from dsmount.node.state import StateStore
 from dsmount.shared.secretref import resolve
@@ -237,6 +237,7 @@ class Daemon:
 def run_daemon(config: Config, ready_fd: int | None = None) -> int:
     """Run until signalled. Returns the process exit code."""
     pin_mmap_threshold()  # freed cache blocks go back to the system: RSS tracks the budget
+    limit_arenas()  # and small extents freed in worker threads are reused, not kept per thread
     # Relative paths in the config were resolved by Daemon; "/" so we never pin a directory
     # (and fusermount never resolves our fsname against the cwd).
     daemon = Daemon(config)

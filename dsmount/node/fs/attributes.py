@@ -37,9 +37,9 @@ class FsSettings:
     file_mode: int = 0o444
     dir_mode: int = 0o555
     block_size: int = 8 * 1024**2
-    # Reads that are not part of a sequential stream fetch this much around themselves rather
-    # than a whole block: a random 64 KiB pread must not cost an 8 MiB GET.
-    random_block_size: int = 256 * 1024
+    # A read that is not part of a sequential stream fetches its own range rounded out to this
+    # (see node/cache/readahead.py): a random 64 KiB pread must not cost an 8 MiB GET.
+    read_align: int = 4096
     readahead_max: int = 128 * 1024**2
     request_deadline: float = 60.0
 

@@ -216,11 +216,13 @@ class FileSystem:
             node.entry_time = self.clock()
         etag = node.entry.etag
         # The kernel may keep pages it cached for this inode only if they are of this version.
-        keep_cache = ds.immutable or (etag is not None and etag == node.last_open_etag)
+        seen = etag is not None and etag == node.last_open_etag
+        keep_cache = ds.immutable or seen
         node.last_open_etag = etag
         fh = self._new_fh()
-        self._files[fh] = self.reads.handle(node, ds)
+        self._files[fh] = h = self.reads.handle(node, ds)
         ds.open_files += 1
+        self.reads.opened(h, pages_kept=seen)
         return fh, keep_cache
 
     def _handle(self, fh: int) -> FileHandle:
