@@ -8,6 +8,11 @@ Invariants:
   kernel probably still holds its pages), so it overlaps the FUSE round trips of open and read.
 - A read never waits longer than `request_deadline`; after it the reader gets TimedOut.
 - A read that falls inside one cached extent is answered with a zero-copy memoryview.
+- A packed file of a version (a byte range of a pack object, `ManifestBackend.locate`) is read
+  as that range of its pack: the cache keys the pack's bytes, so files sharing a pack share
+  what was fetched. While the whole version fits in half the cache budget a read fetches the
+  pack block (`block_size`) around it, so a shuffled epoch fetches each pack block about once;
+  otherwise only the file's own bytes, so bytes fetched per file stay within its size.
 """
 
 from __future__ import annotations
@@ -40,18 +45,17 @@ READAHEAD_INITIAL = 1024**2
 class FileHandle:
     node: Node
     datastore: Datastore
-    obj: ObjectRef
+    obj: ObjectRef  # the object holding the file's bytes (its own, or its pack)
     source: Source
     readahead: ReadaheadState
-    frontier: int = 0  # read-ahead has asked for the bytes up to here
+    size: int  # the file's
+    base: int = 0  # where the file starts in `obj` (a pack); 0 for a file of its own
+    spread: bool = False  # fetch whole blocks of the pack around a read
+    frontier: int = 0  # read-ahead has asked for the bytes up to here (file offsets)
 
     @property
     def etag(self) -> str | None:
         return self.obj.etag
-
-    @property
-    def size(self) -> int:
-        return self.obj.size
 
 
 class ReadPath:
@@ -79,10 +83,30 @@ class ReadPath:
 
     def handle(self, node: Node, ds: Datastore) -> FileHandle:
         """A handle pinned to the version `node.entry` describes now."""
+        state = ReadaheadState(self.readahead_config)
+        locate = getattr(ds.backend, "locate", None)
+        if locate is not None:  # a version served from its manifest
+            where = locate(node.path)
+            obj = ObjectRef(ds.id, ds.cache_identity, ds.backend.inner, where.object,
+                            where.etag, where.object_size)
+            source = self.fetcher.source(obj, self.settings.block_size)
+            packed = where.object_size > where.length
+            spread = packed and 2 * ds.backend.manifest.total_bytes <= self.cache.budget
+            return FileHandle(node, ds, obj, source, state, where.length, where.offset, spread)
         obj = ObjectRef(ds.id, ds.cache_identity, ds.backend, node.path, node.entry.etag,
                         node.entry.size)
         source = self.fetcher.source(obj, self.settings.block_size)
-        return FileHandle(node, ds, obj, source, ReadaheadState(self.readahead_config))
+        return FileHandle(node, ds, obj, source, state, node.entry.size)
+
+    def _in_object(self, h: FileHandle, start: int, end: int) -> tuple[int, int]:
+        """[start, end) of the file as a range of its object; widened to the pack blocks
+        around it when the handle spreads."""
+        start, end = start + h.base, end + h.base
+        if h.spread:
+            bs = self.settings.block_size
+            start = start - start % bs
+            end = min(h.obj.size, -(-end // bs) * bs)
+        return start, end
 
     def opened(self, h: FileHandle, *, pages_kept: bool) -> None:
         """Start the one GET of a file that fits in one block, unless the kernel probably
@@ -92,7 +116,7 @@ class ReadPath:
         read must still fail the read (ESTALE) rather than serve the version opened."""
         if (0 < h.size <= self.settings.block_size and not pages_kept
                 and h.obj.backend.kind != "local"):
-            self.cache.prefetch(h.source, 0, h.size, h.datastore.counters)
+            self.cache.prefetch(h.source, *self._in_object(h, 0, h.size), h.datastore.counters)
             h.frontier = h.size
 
     async def read(self, h: FileHandle, offset: int, length: int) -> bytes | memoryview:
@@ -106,14 +130,14 @@ class ReadPath:
             h.frontier = 0  # random access: the read-ahead window starts afresh next time
         # Fast path: the whole read lies in one cached extent (the common case for streaming
         # readers): no timeout scope, no copy (pyfuse3 takes any buffer).
-        view = self.cache.cached(h.source.key, offset, length, counters)
+        view = self.cache.cached(h.source.key, h.base + offset, length, counters)
         if view is not None:
             if window:
                 self._ahead(h, offset, length, window)
             counters.bytes_read += length
             return view
         cfg = self.readahead_config
-        want = fetch_range(offset, length, window, cfg, size)
+        want = self._in_object(h, *fetch_range(offset, length, window, cfg, size))
 
         def ahead() -> None:
             if window:
@@ -122,7 +146,8 @@ class ReadPath:
         deadline = self.settings.request_deadline
         with trio.move_on_after(deadline) as scope:
             try:
-                data = await self.cache.read(h.source, offset, length, want, counters, ahead)
+                data = await self.cache.read(h.source, h.base + offset, length, want, counters,
+                                             ahead)
             except (Changed, NotFound):
                 # The object was replaced or deleted: stop trusting what we know about it, and
                 # make the kernel drop its cached attributes too.
@@ -139,6 +164,7 @@ class ReadPath:
         """Start GETs for the read-ahead window not yet asked for."""
         for start, end in ranges_ahead(h.frontier, offset, length, window,
                                        self.readahead_config, h.size):
-            if not self.cache.prefetch(h.source, start, end, h.datastore.counters):
+            if not self.cache.prefetch(h.source, *self._in_object(h, start, end),
+                                       h.datastore.counters):
                 return  # no room: read-ahead is the first thing to give way
             h.frontier = end
