@@ -94,6 +94,12 @@ class NotSupported(DsmountError):
     code = "not_supported"
 
 
+class XattrNotSupported(NotSupported):
+    """Extended attributes are not stored."""
+
+    code = "xattr_not_supported"
+
+
 class CrossDevice(DsmountError):
     """A rename dsmount will not do in one step (across datastores, or a blob directory with
     more entries than the rename limit): `mv` then copies and deletes by itself."""
@@ -152,6 +158,7 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
     (NotEmpty, errno.ENOTEMPTY),
     (IsADirectory, errno.EISDIR),
     (NotADirectory, errno.ENOTDIR),
+    (XattrNotSupported, errno.ENOTSUP),
     # Linux's answer for link(2)/symlink(2)/mknod(2) on a filesystem that has no such thing.
     (NotSupported, errno.EPERM),
     (CrossDevice, errno.EXDEV),
@@ -199,7 +206,7 @@ ERROR_CODES: dict[str, type[DsmountError]] = {
     for cls in (
         NotFound, AlreadyExists, AuthFailed, PermissionDenied, Transient, TimedOut, Changed,
         IntegrityError, ReadOnly, NotEmpty, IsADirectory, NotADirectory, NotSupported,
-        CrossDevice, NoSpace, TooManyWriters, Busy, InvalidRequest, UnsupportedVersion, ConfigError,
-        BackendError, DsmountError,
+        XattrNotSupported, CrossDevice, NoSpace, TooManyWriters, Busy, InvalidRequest,
+        UnsupportedVersion, ConfigError, BackendError, DsmountError,
     )
 }

@@ -161,12 +161,15 @@ def auth_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--version", "version", default=None, help="Attach as NAME/VERSION.")
 @click.option("--immutable", is_flag=True, help="Data never changes: cache without expiry.")
 @click.option("--ttl", type=float, default=None, help="Metadata cache TTL in seconds.")
+@click.option("--read-write/--read-only", "read_write", default=None,
+              help="Allow writes (blob containers and file shares, not versions) [read-only, "
+                   "or the registered datastore's default].")
 @auth_options
 @click.pass_obj
 def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshare: bool,
            container: str | None, share: str | None, account: str | None,
            endpoint: str | None, prefix: str, version: str | None, immutable: bool,
-           ttl: float | None, **auth: Any) -> None:
+           ttl: float | None, read_write: bool | None, **auth: Any) -> None:
     """Attach a datastore at MOUNTPOINT/NAME (or NAME/VERSION)."""
     import os
 
@@ -195,6 +198,8 @@ def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshar
             spec.update(kind=kinds[0], account=account, endpoint=endpoint, prefix=prefix,
                         auth=blob_auth(**auth))
             spec.update({"container": container} if blob else {"share": share})
+        if read_write is not None:
+            spec["read_write"] = read_write
         result = obj.call("attach", **{k: v for k, v in spec.items() if v is not None})
         click.echo(f"attached {result['path']} ({result['kind']})")
 
@@ -229,13 +234,13 @@ def list_(obj: Context, as_json: bool) -> None:
             x for x in (b.get("account"), b.get("container") or b.get("share"), b.get("prefix"))
             if x)
         rows.append([d["path"], d["kind"], "yes" if d["immutable"] else "no",
-                     str(d["open_files"]), where])
+                     "rw" if d.get("read_write") else "ro", str(d["open_files"]), where])
     for f in result.get("failed", []):
-        rows.append([f["path"], f.get("kind") or "?", "-", "-", f"FAILED: {f['error']}"])
+        rows.append([f["path"], f.get("kind") or "?", "-", "-", "-", f"FAILED: {f['error']}"])
     if not rows:
         click.echo("no datastores attached")
         return
-    print_table(rows, ["NAME", "KIND", "IMMUTABLE", "OPEN", "SOURCE"])
+    print_table(rows, ["NAME", "KIND", "IMMUTABLE", "MODE", "OPEN", "SOURCE"])
 
 
 @cli.command()
@@ -253,6 +258,13 @@ def status(obj: Context, as_json: bool) -> None:
     click.echo(f"cache {format_size(c['cached_bytes'])} cached + "
                f"{format_size(c['in_flight_bytes'])} in flight of "
                f"{format_size(c['budget_bytes'])} (peak {format_size(c['peak_bytes'])})")
+    writers = sum(d.get("writers_open", 0) for d in result["datastores"])
+    written = sum(d.get("bytes_written", 0) for d in result["datastores"])
+    if any(d.get("read_write") for d in result["datastores"]):
+        commits = sum(d.get("commits", 0) for d in result["datastores"])
+        failed = sum(d.get("failed_commits", 0) for d in result["datastores"])
+        click.echo(f"writes {format_size(written)} written, {commits} commit(s), "
+                   f"{failed} failed, {writers} writer(s) open")
     rows = []
     for d in result["datastores"]:
         ratio = d["cache_hit_ratio"]

@@ -198,6 +198,8 @@ def _location_options(what: str, endpoint_help: str) -> Callable[..., Any]:
                 click.option("--account", help="Storage account name."),
                 click.option("--prefix", default="", help=f"Only this {what}."),
                 click.option("--endpoint", help=endpoint_help),
+                click.option("--read-write", is_flag=True,
+                             help="`dsmount attach NAME` attaches it read-write by default."),
             ]
         ):
             fn = opt(fn)
@@ -218,12 +220,14 @@ def _register_azure(
     create_if_not_exists: bool,
     skip_validation: bool,
     set_default: bool,
+    read_write: bool = False,
     **auth: Any,
 ) -> None:
     """What `register-blob` and `register-fileshare` do (`where`: container or share)."""
     ref, secret = _credential(**auth)
     info = DatastoreInfo.azure(
-        name, kind, where, account=account, endpoint=endpoint, prefix=prefix, auth=ref
+        name, kind, where, account=account, endpoint=endpoint, prefix=prefix, auth=ref,
+        read_write=read_write,
     )
     _register(info, secret, overwrite, create_if_not_exists, skip_validation, set_default)
 

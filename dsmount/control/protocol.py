@@ -170,20 +170,39 @@ def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:
     return value
 
 
-ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl"})
+ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl", "read_write"})
 
 
 @dataclass(frozen=True)
 class AttachRequest:
-    """An `attach` request: where the datastore appears (name, version), how it is cached, and
-    where it lives (`storage`, validated by `DatastoreSpec`). The wire form is one flat object,
-    as the state file of a restarted daemon also keeps it."""
+    """An `attach` request: where the datastore appears (name, version), how it is cached,
+    whether it may be written (`read_write`), and where it lives (`storage`, validated by
+    `DatastoreSpec`). The wire form is one flat object, as the state file of a restarted daemon
+    also keeps it, so a read-write attachment stays read-write across restarts.
+
+    Only a blob container or a file share, attached without a version and not immutable, can
+    be read-write: a version is an immutable snapshot, and the (root) daemon does not write
+    local directories on a caller's behalf."""
 
     name: str
     storage: DatastoreSpec
     version: str | None = None
     immutable: bool = False
     ttl: float | None = None  # None: the daemon's [metadata] ttl
+    read_write: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.read_write:
+            return
+        if self.version is not None:
+            raise InvalidRequest(
+                f"version {self.version} of {self.name!r} is immutable: attach the datastore "
+                "itself read-write to write into it"
+            )
+        if self.immutable:
+            raise InvalidRequest("a read-write datastore cannot be immutable")
+        if self.storage.kind == "local":
+            raise InvalidRequest("local datastores are attached read-only")
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> AttachRequest:
@@ -197,6 +216,7 @@ class AttachRequest:
             version=version,
             immutable=get_bool(args, "immutable", version is not None),
             ttl=None if ttl is None else get_number(args, "ttl", 0.0),
+            read_write=get_bool(args, "read_write"),
         )
 
     @property
@@ -210,4 +230,6 @@ class AttachRequest:
         out["immutable"] = self.immutable
         if self.ttl is not None:
             out["ttl"] = self.ttl
+        if self.read_write:
+            out["read_write"] = True
         return out

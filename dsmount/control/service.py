@@ -139,6 +139,8 @@ class ControlService:
             raise AlreadyExists(f"a datastore {what} is already attached")
         backend = self.backend_factory(spec, retry=self.retry)
         try:
+            if request.read_write and not backend.writable:
+                raise InvalidRequest(f"a {backend.kind} datastore cannot be attached read-write")
             await backend.check()
         except BaseException:
             await backend.aclose()
@@ -151,12 +153,17 @@ class ControlService:
             ttl=self.ttl if request.ttl is None else request.ttl,
             negative_ttl=self.negative_ttl,
             options=request.to_dict(secrets=False),
+            read_write=request.read_write,
         )
         try:
             self.core.attach(ds)
         except BaseException:
             await backend.aclose()
             raise
+        try:
+            await self.core.attached(ds)
+        except DsmountError as e:  # leftovers stay journaled; the next attach tries again
+            log.warning("[%s] cleaning up interrupted writes: %s", ds.key, e)
         self.failed.pop(ds.key, None)
         self.specs[ds.key] = request.to_dict(secrets=True)
         return ds

@@ -22,6 +22,7 @@ EXPECTED = {
     e.IsADirectory: errno.EISDIR,
     e.NotADirectory: errno.ENOTDIR,
     e.NotSupported: errno.EPERM,
+    e.XattrNotSupported: errno.ENOTSUP,
     e.CrossDevice: errno.EXDEV,
     e.NoSpace: errno.ENOSPC,
     e.TooManyWriters: errno.ENFILE,

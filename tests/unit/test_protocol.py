@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from dsmount.control.protocol import (
     OPERATIONS,
+    AttachRequest,
     PROTOCOL_VERSION,
     Request,
     Response,
@@ -170,3 +171,20 @@ def test_version_and_number_arguments() -> None:
     for bad in (-1, "10", True, None):
         with pytest.raises(InvalidRequest, match="ttl"):
             get_number({"ttl": bad}, "ttl", 60)
+
+
+def test_read_write_attach_requests() -> None:
+    blob = {"name": "out", "kind": "blob", "container": "c", "account": "a"}
+    request = AttachRequest.from_args({**blob, "read_write": True})
+    assert request.read_write and request.to_dict(secrets=False)["read_write"] is True
+    # What the state file keeps comes back read-write after a restart.
+    assert AttachRequest.from_args(request.to_dict(secrets=True)).read_write
+    assert "read_write" not in AttachRequest.from_args(blob).to_dict(secrets=False)
+    with pytest.raises(InvalidRequest, match="immutable: attach the datastore itself"):
+        AttachRequest.from_args({**blob, "read_write": True, "version": 2})
+    with pytest.raises(InvalidRequest, match="cannot be immutable"):
+        AttachRequest.from_args({**blob, "read_write": True, "immutable": True})
+    with pytest.raises(InvalidRequest, match="local datastores are attached read-only"):
+        AttachRequest.from_args({"name": "l", "kind": "local", "path": "/tmp", "read_write": True})
+    with pytest.raises(InvalidRequest, match="'read_write' must be true or false"):
+        AttachRequest.from_args({**blob, "read_write": "yes"})

@@ -65,11 +65,18 @@ def _compute(node: Node, s: FsSettings) -> Attributes:
         is_dir=e.is_dir,
         size=e.size,
         mtime_ns=e.mtime_ns,
-        mode=(stat.S_IFDIR | s.dir_mode) if e.is_dir else (stat.S_IFREG | s.file_mode),
+        mode=(stat.S_IFDIR | s.dir_mode | _owner_write(node)) if e.is_dir
+        else (stat.S_IFREG | s.file_mode | _owner_write(node)),
         uid=s.uid,
         gid=s.gid,
         timeout=timeout,
     )
+
+
+def _owner_write(node: Node) -> int:
+    """The owner's write bit on a read-write datastore (the kernel checks it)."""
+    ds = node.datastore
+    return stat.S_IWUSR if ds is not None and ds.read_write else 0
 
 
 def is_fresh(node: Node, clock: Callable[[], float]) -> bool:
