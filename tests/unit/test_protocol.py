@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from dsmount.control.protocol import (
     OPERATIONS,
-    AttachRequest,
     PROTOCOL_VERSION,
+    AttachRequest,
     Request,
     Response,
     UnsupportedVersion,
