@@ -414,7 +414,7 @@ def _refs(
     out = []
     for v in values:
         r = parse(v)
-        if overwrite and r.mode != "mount":
+        if overwrite and r.mode not in ("mount", "mount-rw"):
             r = runwrap.Reference(r.mode, r.datastore, r.path, r.version, r.local, r.ref, True)
         out.append(r)
     return out
@@ -429,6 +429,13 @@ def _refs(
     multiple=True,
     metavar="[REF@]NAME[:VERSION][/PATH]",
     help="Attach (if needed) and pass the path under the mountpoint.",
+)
+@click.option(
+    "--mount-rw",
+    "mounts_rw",
+    multiple=True,
+    metavar="[REF@]NAME[/PATH]",
+    help="Attach read-write; outputs written there reach the datastore as files close.",
 )
 @click.option(
     "--download",
@@ -453,6 +460,7 @@ def _refs(
 def run(
     ctx: click.Context,
     mounts: tuple[str, ...],
+    mounts_rw: tuple[str, ...],
     downloads: tuple[str, ...],
     uploads: tuple[str, ...],
     workdir: str | None,
@@ -465,9 +473,11 @@ def run(
 
     \b
     dsmount run --mount cats:1 --upload cats/out=./out -- python train.py {cats} ./out
+    dsmount run --mount cats:1 --mount-rw out@cats/runs/42 -- python train.py {cats} {out}
     """
     refs = (
         _refs(runwrap.parse_mount, mounts, False)
+        + _refs(runwrap.parse_mount_rw, mounts_rw, False)
         + _refs(runwrap.parse_download, downloads, overwrite)
         + _refs(runwrap.parse_upload, uploads, overwrite)
     )
