@@ -41,11 +41,12 @@ class DaemonSection:
 
 @dataclass(frozen=True)
 class FsSection:
-    #: Owner shown for every file of a shared datastore: root, so no user may chmod or delete
-    #: (the tree is read-only anyway) and the modes below decide who reads.
+    #: Owner shown for every file of a shared datastore: root, so only root writes into a
+    #: read-write datastore, and the modes below decide who reads.
     uid: int = 0
     gid: int = 0
-    #: World-readable, never writable: shared training data, read by every job on the node.
+    #: World-readable, not writable: shared training data, read by every job on the node. A
+    #: datastore attached --read-write adds the owner's write bit (the owner is uid/gid).
     file_mode: int = 0o444
     dir_mode: int = 0o555
 

@@ -10,7 +10,6 @@ target's directory (`writes.temp_name`), fsynced and renamed over the target at 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Sequence
@@ -34,7 +33,7 @@ class LocalUpload(Upload):
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         self.temp_path = f"{parent}/{temp.name}" if parent else temp.name
 
-    async def put(self, offset: int, data: bytes | memoryview) -> Part:
+    async def put(self, offset: int, data: bytes | bytearray | memoryview) -> Part:
         blob = bytes(data)
 
         def write() -> None:
@@ -67,9 +66,12 @@ class LocalUpload(Upload):
 
         return await self.backend._do(f"commit {self.path!r}", commit)  # type: ignore[no-any-return]
 
-    async def abort(self) -> None:
-        with contextlib.suppress(Exception):
+    async def abort(self) -> bool:
+        try:
             await self.backend._run(lambda: self.temp.unlink(missing_ok=True))
+        except OSError:
+            return False
+        return True
 
 
 class WritableLocalBackend(LocalBackend):

@@ -28,7 +28,7 @@ class MemoryUpload(Upload):
         self._staged: dict[str, bytes] = {}
         self._next = 0
 
-    async def put(self, offset: int, data: bytes | memoryview) -> Part:
+    async def put(self, offset: int, data: bytes | bytearray | memoryview) -> Part:
         blob = bytes(data)
 
         def do() -> Part:
@@ -65,8 +65,9 @@ class MemoryUpload(Upload):
         self._staged.clear()
         return entry
 
-    async def abort(self) -> None:
+    async def abort(self) -> bool:
         self._staged.clear()
+        return True
 
 
 class MemoryWrites:

@@ -19,7 +19,8 @@ Invariants of every Upload:
   is `kept` when `keep=True` and 0 otherwise; the committed object is `size` bytes: the kept
   prefix of the base version, then the parts. A part may be committed only once per commit.
 - `abort` makes a best effort to drop what was staged (a blob's uncommitted blocks expire by
-  themselves; a file share's temporary file is deleted) and never raises.
+  themselves; a file share's temporary file is deleted), never raises, and says whether it
+  left nothing behind.
 - Every failure is a `dsmount.errors` error; `Changed` means the base version was replaced
   meanwhile (an append or update would otherwise graft onto the wrong object).
 """
@@ -104,15 +105,18 @@ class Upload(abc.ABC):
     temp_path: str | None = None
 
     @abc.abstractmethod
-    async def put(self, offset: int, data: bytes | memoryview) -> Part:
-        """Stage `data` as the bytes at `offset` of the new version."""
+    async def put(self, offset: int, data: bytes | bytearray | memoryview) -> Part:
+        """Stage `data` as the bytes at `offset` of the new version. The caller does not
+        change `data` until this returns (an upload may send it without a copy)."""
 
     @abc.abstractmethod
     async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
         """Make the new version visible under `path`; its Entry (new ETag)."""
 
-    async def abort(self) -> None:  # noqa: B027 - most uploads have nothing to drop
-        """Drop what was staged; best effort, never raises."""
+    async def abort(self) -> bool:
+        """Drop what was staged; best effort, never raises. False if something staged under
+        a name (`temp_path`) may be left behind."""
+        return True
 
 
 def check_tiling(parts: Sequence[Part], start: int, size: int, what: str) -> None:

@@ -396,3 +396,22 @@ async def test_dropped_connections_during_block_uploads_are_retried_exactly(
         finally:
             await made.backend.aclose()
 
+
+
+async def test_a_pooled_part_buffer_is_sent_as_is_and_survives_retried_503s(
+    azurite: Azurite, blob_container: ContainerClient
+) -> None:
+    from dsmount.node.fs.write_handle import PartBuffer
+
+    with FaultProxy(azurite.host, azurite.blob_port) as proxy:
+        made = _blob_kit(blob_container, azurite, proxy)
+        try:
+            buf = PartBuffer(data(2 * MiB, 9))
+            upload = await made.backend.begin_upload("pooled.bin")
+            proxy.respond_503(2)  # failed attempts: the SDK's pipeline deep-copies the request
+            part = await upload.put(0, buf)
+            await upload.commit([part], len(buf))
+            assert proxy.stats["injected_503"] == 2
+            assert made.get("pooled.bin") == bytes(buf)
+        finally:
+            await made.backend.aclose()

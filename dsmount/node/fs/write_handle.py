@@ -3,9 +3,10 @@
 A `WriteHandle` is in one of three modes (node/fs/writes.py moves it between them):
 - CLEAN: its content is its base version (or, if `emptied`, nothing at all);
 - STREAM: a sequential writer: `[0, origin)` is the base kept server-side (an append) or
-  nothing, `[origin, frontier)` was handed to part uploads (`parts`, by offset), and `buf` holds
-  `[frontier, size)` in memory (reserved from the block cache's one budget). `staged`, if not
-  None, is a shadow copy on disk of `[origin, size)`, so a later seek back can still be served;
+  nothing, `[origin, frontier)` was handed to part uploads (`parts`, by offset), and `fill`
+  holds `[frontier, size)` in memory (a pooled buffer, reserved from the block cache's one
+  budget). `staged`, if not None, is a shadow copy on disk of `[origin, size)`, so a later
+  seek back can still be served;
 - STAGED: the staging file holds every part in `present`; a part not there still equals the
   base (all of it lies below `base_valid`). Parts are cut on a grid from `grid` (the kept
   prefix of an append, else 0): part i is `[grid + i*P, grid + (i+1)*P)` clipped to `size`.
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from dsmount.errors import NoSpace
+from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import Node
 from dsmount.node.fs.staging import StagedFile
@@ -25,6 +28,64 @@ from dsmount.storage.base import Entry
 from dsmount.storage.writes import Part, Upload
 
 CLEAN, STREAM, STAGED = "clean", "stream", "staged"
+
+
+class PartBuffer(bytearray):
+    """One part being filled by a sequential writer, then uploaded as it is (no copy: the
+    HTTP stack sends it directly). A bytearray whose deepcopy is itself: the SDK's pipeline
+    deep-copies a request for its history when an attempt fails, and the buffer must not be
+    duplicated (nor is it changed while an upload holds it)."""
+
+    def __deepcopy__(self, memo: dict[int, object]) -> PartBuffer:
+        return self
+
+
+class BufferPool:
+    """Part buffers, reused: a new 8 MiB buffer costs 2,048 page faults to fill (the daemon
+    gives big allocations straight back to the system, see node/malloc.py), a reused one
+    none. Every buffer, in use or idle, holds its bytes of the block cache's one budget; idle
+    ones beyond `keep` are freed, and all of them once no file is open for writing."""
+
+    def __init__(self, cache: BlockCache, size: int, keep: int, deadline: float) -> None:
+        self.cache = cache
+        self.size = size
+        self.keep = keep
+        self.deadline = deadline
+        self.idle: list[PartBuffer] = []
+        self.held = 0  # buffers reserved from the budget (idle or in use)
+        self.waiting = 0  # get() calls waiting for room in the budget
+
+    async def get(self) -> PartBuffer:
+        if self.idle:
+            return self.idle.pop()
+        self.waiting += 1
+        try:
+            with trio.move_on_after(self.deadline):
+                await self.cache.reserve(self.size)
+                self.held += 1
+                return PartBuffer(self.size)
+        finally:
+            self.waiting -= 1
+        raise NoSpace(
+            f"no room in the memory budget for a write buffer within {self.deadline:.0f}s: "
+            f"{self.held} buffers of files open for writing hold it"
+        )
+
+    def put(self, buf: PartBuffer) -> None:
+        # A writer waiting for room waits on the cache's budget: give the bytes back there.
+        if len(self.idle) < self.keep and not self.waiting:
+            self.idle.append(buf)
+        else:
+            self._free()
+
+    def _free(self) -> None:
+        self.held -= 1
+        self.cache.release(self.size)
+
+    def drain(self) -> None:
+        while self.idle:
+            self.idle.pop()
+            self._free()
 
 
 @dataclass(frozen=True)
@@ -70,8 +131,8 @@ class WriteHandle:
     # STREAM
     origin: int = 0
     frontier: int = 0
-    buf: bytearray = field(default_factory=bytearray)
-    buf_reserved: int = 0
+    fill: PartBuffer | None = None  # the part being filled: [frontier, frontier + filled)
+    filled: int = 0
     parts: dict[int, Part] = field(default_factory=dict)
     # STAGED (and the shadow of STREAM)
     staged: StagedFile | None = None

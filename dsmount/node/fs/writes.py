@@ -41,7 +41,15 @@ from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import Node
 from dsmount.node.fs.staging import Staging
-from dsmount.node.fs.write_handle import CLEAN, STAGED, STREAM, WriteHandle, WriteSettings
+from dsmount.node.fs.write_handle import (
+    CLEAN,
+    STAGED,
+    STREAM,
+    BufferPool,
+    PartBuffer,
+    WriteHandle,
+    WriteSettings,
+)
 from dsmount.node.fs.write_staged import StagedOps
 from dsmount.storage.base import Entry
 
@@ -61,6 +69,8 @@ class WritePath(StagedOps):
         self.by_node: dict[int, set[WriteHandle]] = {}
         self.open_count = 0
         self._puts = trio.CapacityLimiter(settings.max_concurrent_puts)
+        self.pool = BufferPool(cache, settings.part_size, 2 * settings.parts_in_flight,
+                               settings.deadline)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -139,8 +149,8 @@ class WritePath(StagedOps):
                 self._reset(h)
                 if h.upload is not None and h.upload.kept:
                     # It grafts onto the old content; the new content starts from nothing.
-                    await h.upload.abort()
-                    h.upload = None
+                    upload, h.upload = h.upload, None
+                    await upload.abort()
                 h.size, h.emptied, h.dirty, h.base_valid = 0, True, True, 0
                 return
             if size == h.size and h.mode != CLEAN:
@@ -200,9 +210,11 @@ class WritePath(StagedOps):
                         await self._commit_locked(h)
         finally:
             h.released = True
-            await self._drain(h)
+            await self._drain(h, cancel=h.error is not None or h.orphan)
             await self._discard(h)
             self.open_count -= 1
+            if self.open_count == 0:
+                self.pool.drain()  # no writer left: idle buffers give the budget back
             h.ds.writes.writers_open -= 1
             handles = self.by_node.get(h.node.ino)
             if handles is not None:
@@ -271,40 +283,43 @@ class WritePath(StagedOps):
             h.staged = await self.staging.create()
 
     async def _stream(self, h: WriteHandle, data: bytes) -> None:
-        await self.cache.reserve(len(data))
-        h.buf_reserved += len(data)
-        h.buf += data
         part = self.settings.part_size
-        while len(h.buf) >= part:
-            await self._cut(h, part)
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            if h.fill is None:
+                h.fill, h.filled = await self.pool.get(), 0  # may wait for room
+            n = min(part - h.filled, len(view) - pos)
+            h.fill[h.filled : h.filled + n] = view[pos : pos + n]
+            h.filled += n
+            pos += n
+            if h.filled == part:
+                await self._cut(h)
 
-    async def _cut(self, h: WriteHandle, n: int) -> None:
-        assert h.slots is not None
+    async def _cut(self, h: WriteHandle) -> None:
+        assert h.slots is not None and h.fill is not None
         await h.slots.acquire()  # back-pressure: at most parts_in_flight per file
         try:
             await self._ensure_upload(h)
         except BaseException:
             h.slots.release()
             raise
-        data, h.buf = h.buf, bytearray(h.buf[n:])
-        del data[n:]
-        h.buf_reserved -= n
-        offset, h.frontier = h.frontier, h.frontier + n
-        self._spawn(h, offset, data, n)
+        buf, h.fill = h.fill, None
+        offset, h.frontier = h.frontier, h.frontier + len(buf)
+        self._spawn(h, offset, buf)
 
-    def _spawn(self, h: WriteHandle, offset: int, data: bytearray | bytes, reserved: int) -> None:
+    def _spawn(self, h: WriteHandle, offset: int, buf: PartBuffer) -> None:
         if self._nursery is None:
-            self.cache.release(reserved)
+            self.pool.put(buf)
             assert h.slots is not None
             h.slots.release()
             raise RuntimeError("WritePath.run() is not running")
         if h.inflight == 0:
             h.idle = trio.Event()
         h.inflight += 1
-        self._nursery.start_soon(self._part_task, h, offset, data, reserved)
+        self._nursery.start_soon(self._part_task, h, offset, buf)
 
-    async def _part_task(self, h: WriteHandle, offset: int, data: bytearray | bytes,
-                         reserved: int) -> None:
+    async def _part_task(self, h: WriteHandle, offset: int, data: PartBuffer) -> None:
         scope = trio.CancelScope()
         h.scopes.add(scope)
         try:
@@ -334,7 +349,7 @@ class WritePath(StagedOps):
                 h.error = DsmountError(f"{h.node.path}: upload failed ({type(e).__name__})")
         finally:
             h.scopes.discard(scope)
-            self.cache.release(reserved)
+            self.pool.put(data)
             assert h.slots is not None
             h.slots.release()
             h.inflight -= 1
@@ -368,12 +383,11 @@ class WritePath(StagedOps):
                 f"{h.ds.key}/{h.node.path}: a write or read out of sequence, and no staging "
                 "copy of what was streamed (the [writes] staging budget was full)"
             )
-        if h.buf:
-            if not h.staged.account(len(h.buf)):
+        if h.fill is not None:
+            if not h.staged.account(h.filled):
                 raise NoSpace(f"{h.ds.key}/{h.node.path}: the [writes] staging budget is full")
-            await h.staged.pwrite(h.frontier, h.buf)
-        self.cache.release(h.buf_reserved)
-        h.buf, h.buf_reserved = bytearray(), 0
+            await h.staged.pwrite(h.frontier, memoryview(h.fill)[: h.filled])
+            self._drop_fill(h)
         part = self.settings.part_size
         h.mode, h.grid = STAGED, h.origin
         h.uploaded = {(off - h.grid) // part: p for off, p in h.parts.items()}
@@ -387,11 +401,12 @@ class WritePath(StagedOps):
             self._check(h)
             await self._ensure_upload(h)
             assert h.upload is not None
-            if h.buf:
-                tail = bytes(h.buf)
+            if h.fill is not None and h.filled:
+                tail = bytes(memoryview(h.fill)[: h.filled])
                 async with self._puts:
                     h.parts[h.frontier] = await h.upload.put(h.frontier, tail)
                 h.frontier += len(tail)
+            self._drop_fill(h)
             parts = [h.parts[o] for o in sorted(h.parts)]
             return await h.upload.commit(parts, h.size, keep=h.origin > 0)
         if h.mode == CLEAN:  # new, or emptied: an empty version
@@ -412,6 +427,11 @@ class WritePath(StagedOps):
             h.reported = True
             h.ds.writes.failed_commits += 1
 
+    def _drop_fill(self, h: WriteHandle) -> None:
+        if h.fill is not None:
+            self.pool.put(h.fill)
+            h.fill, h.filled = None, 0
+
     def _drop_shadow(self, h: WriteHandle) -> None:
         if h.staged is not None and h.mode == STREAM:
             h.staged.remove()
@@ -419,8 +439,7 @@ class WritePath(StagedOps):
 
     def _reset(self, h: WriteHandle) -> None:
         """Forget the content state: buffers, staging file, parts (not the upload)."""
-        self.cache.release(h.buf_reserved)
-        h.buf, h.buf_reserved = bytearray(), 0
+        self._drop_fill(h)
         if h.staged is not None:
             h.staged.remove()
             h.staged = None
@@ -431,9 +450,8 @@ class WritePath(StagedOps):
         """Drop everything `h` staged (release, or an orphan's commit)."""
         self._reset(h)
         upload, h.upload = h.upload, None
-        if upload is not None:
-            await upload.abort()
-        if h.journal_id is not None:
+        clean = True if upload is None else await upload.abort()
+        if h.journal_id is not None and clean:
             try:
                 await self.staging.forget(h.journal_id)
             except DsmountError as e:

@@ -191,7 +191,7 @@ class BlobBackend(BlobWrites, AzureBackend):
         url: str,
         headers: dict[str, str],
         params: Any = None,
-        content: bytes | memoryview | None = None,
+        content: bytes | bytearray | None = None,
     ) -> Any:
         from azure.core.rest import HttpRequest
 

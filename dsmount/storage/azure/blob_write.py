@@ -92,9 +92,10 @@ class BlobUpload(Upload):
         self.kept = sum(size for _, size in kept_blocks)
         self.ids = ids
 
-    async def put(self, offset: int, data: bytes | memoryview) -> Part:
+    async def put(self, offset: int, data: bytes | bytearray | memoryview) -> Part:
         block_id = self.ids.next()
-        body = bytes(data)
+        # Sent as it is: a (pooled) bytearray is not copied; a view is.
+        body = data if isinstance(data, bytes | bytearray) else bytes(data)
         await self.backend._put_block(self.path, self.name, block_id, body)
         return Part(offset, len(body), block_id)
 
@@ -146,14 +147,16 @@ class BlobWrites:
     # --- raw requests (on the asyncio loop) ----------------------------------------------------
     async def _request(
         self, method: str, name: str, headers: dict[str, str], params: Any = None,
-        content: bytes | None = None,
+        content: bytes | bytearray | None = None,
     ) -> tuple[int, Any, bytes]:
         client = self._container()
         if content is None and method == "PUT":
             headers["Content-Length"] = "0"
         elif content is not None:
-            # Signed by the SDK's policy: the transport must not add one of its own after.
+            # Both are signed by the SDK's policy: the transport must not add its own after
+            # (and azure-core sets Content-Length itself only for bytes).
             headers.setdefault("Content-Type", "application/octet-stream")
+            headers["Content-Length"] = str(len(content))
         response = await self._send(method, self._blob_url(client, name), headers, params,
                                     content)
         try:
@@ -162,7 +165,8 @@ class BlobWrites:
         finally:
             await response.close()
 
-    async def _put_block(self, path: str, name: str, block_id: str, data: bytes) -> None:
+    async def _put_block(self, path: str, name: str, block_id: str, data: bytes | bytearray
+                         ) -> None:
         async def put() -> None:
             status, response, body = await self._request(
                 # The pipeline does not encode query values, and a base64 id has "+" "/" "=".

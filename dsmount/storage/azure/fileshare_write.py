@@ -71,7 +71,7 @@ class FileShareUpload(Upload):
                 await self.backend._resize(self.target, size)
             self._size = size
 
-    async def put(self, offset: int, data: bytes | memoryview) -> Part:
+    async def put(self, offset: int, data: bytes | bytearray | memoryview) -> Part:
         view = memoryview(data)
         await self._ensure_size(offset + len(view))
         for start in range(0, len(view), MAX_RANGE):
@@ -97,11 +97,17 @@ class FileShareUpload(Upload):
         fields["Content-Length"] = str(size)
         return entry_from_headers(self.path.rsplit("/", 1)[-1], fields, is_dir=False)
 
-    async def abort(self) -> None:
+    async def abort(self) -> bool:
         if self.temp_path is None or self._size < 0:
-            return
-        with trio.CancelScope(shield=True), contextlib.suppress(DsmountError):
-            await self.backend.delete(self.temp_path)
+            return True
+        with trio.CancelScope(shield=True):
+            try:
+                await self.backend.delete(self.temp_path)
+            except NotFound:
+                return True
+            except DsmountError:
+                return False  # still journaled: the next attach deletes it
+        return True
 
 
 class FileShareWrites:
