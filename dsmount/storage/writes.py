@@ -113,6 +113,12 @@ class Upload(abc.ABC):
     async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
         """Make the new version visible under `path`; its Entry (new ETag)."""
 
+    async def commit_whole(self, data: bytes) -> Entry:
+        """The whole new version at once (`kept` ignored): a small file in one request where
+        the kind can (a blob's Put Blob)."""
+        parts = [await self.put(0, data)] if data else []
+        return await self.commit(parts, len(data), keep=False)
+
     async def abort(self) -> bool:
         """Drop what was staged; best effort, never raises. False if something staged under
         a name (`temp_path`) may be left behind."""

@@ -415,3 +415,14 @@ async def test_a_pooled_part_buffer_is_sent_as_is_and_survives_retried_503s(
             assert made.get("pooled.bin") == bytes(buf)
         finally:
             await made.backend.aclose()
+
+
+@every_kind
+async def test_a_small_file_is_committed_whole(kit: Kit) -> None:
+    upload = await kit.backend.begin_upload("small.txt")
+    requests = kit.backend.stats.requests
+    entry = await upload.commit_whole(b"tiny")
+    assert kit.get("small.txt") == b"tiny" and entry.size == 4
+    if kit.kind == "blob":
+        assert kit.backend.stats.requests - requests == 1  # one Put Blob
+    assert not any(is_temp_name(n) for n in kit.names(""))

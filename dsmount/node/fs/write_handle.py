@@ -5,8 +5,9 @@ A `WriteHandle` is in one of three modes (node/fs/writes.py moves it between the
 - STREAM: a sequential writer: `[0, origin)` is the base kept server-side (an append) or
   nothing, `[origin, frontier)` was handed to part uploads (`parts`, by offset), and `fill`
   holds `[frontier, size)` in memory (a pooled buffer, reserved from the block cache's one
-  budget). `staged`, if not None, is a shadow copy on disk of `[origin, size)`, so a later
-  seek back can still be served;
+  budget). `staged`, if not None, is a shadow copy on disk of `[origin, frontier)` (made when
+  the first part is cut, so a small file never touches the disk), so a later seek back can
+  still be served;
 - STAGED: the staging file holds every part in `present`; a part not there still equals the
   base (all of it lies below `base_valid`). Parts are cut on a grid from `grid` (the kept
   prefix of an append, else 0): part i is `[grid + i*P, grid + (i+1)*P)` clipped to `size`.
@@ -136,6 +137,7 @@ class WriteHandle:
     parts: dict[int, Part] = field(default_factory=dict)
     # STAGED (and the shadow of STREAM)
     staged: StagedFile | None = None
+    shadow_lost: bool = False  # STREAM: a shadow copy could not be kept (budget full)
     grid: int = 0
     present: set[int] = field(default_factory=set)
     changed: set[int] = field(default_factory=set)

@@ -279,8 +279,6 @@ class WritePath(StagedOps):
         h.emptied = h.emptied and origin == 0
         if origin == 0:
             h.base_valid = 0
-        if self.settings.shadow and self.staging.enabled:
-            h.staged = await self.staging.create()
 
     async def _stream(self, h: WriteHandle, data: bytes) -> None:
         part = self.settings.part_size
@@ -301,6 +299,13 @@ class WritePath(StagedOps):
         await h.slots.acquire()  # back-pressure: at most parts_in_flight per file
         try:
             await self._ensure_upload(h)
+            if (h.staged is None and not h.shadow_lost and self.settings.shadow
+                    and self.staging.enabled):
+                try:
+                    h.staged = await self.staging.create()
+                except DsmountError as e:
+                    log.info("[%s] %s: no shadow copy (%s)", h.ds.key, h.node.path, e)
+                    h.shadow_lost = True
         except BaseException:
             h.slots.release()
             raise
@@ -378,6 +383,8 @@ class WritePath(StagedOps):
         """A STREAM handle continues STAGED from its shadow copy."""
         await self._drain(h)
         self._check(h)
+        if h.staged is None and h.frontier == h.origin and self.staging.enabled:
+            h.staged = await self.staging.create()  # nothing was cut: all of it is in `fill`
         if h.staged is None:
             raise InvalidRequest(
                 f"{h.ds.key}/{h.node.path}: a write or read out of sequence, and no staging "
@@ -401,6 +408,12 @@ class WritePath(StagedOps):
             self._check(h)
             await self._ensure_upload(h)
             assert h.upload is not None
+            if not h.parts and h.origin == 0:
+                # Nothing uploaded yet (a small file): one request instead of two.
+                whole = bytes(memoryview(h.fill)[: h.filled]) if h.fill is not None else b""
+                self._drop_fill(h)
+                async with self._puts:
+                    return await h.upload.commit_whole(whole)
             if h.fill is not None and h.filled:
                 tail = bytes(memoryview(h.fill)[: h.filled])
                 async with self._puts:
@@ -412,7 +425,7 @@ class WritePath(StagedOps):
         if h.mode == CLEAN:  # new, or emptied: an empty version
             await self._ensure_upload(h)
             assert h.upload is not None
-            return await h.upload.commit([], 0, keep=False)
+            return await h.upload.commit_whole(b"")
         return await self._staged_commit(h)
 
     # -- ends -------------------------------------------------------------------------------------
@@ -436,6 +449,7 @@ class WritePath(StagedOps):
         if h.staged is not None and h.mode == STREAM:
             h.staged.remove()
             h.staged = None
+            h.shadow_lost = True
 
     def _reset(self, h: WriteHandle) -> None:
         """Forget the content state: buffers, staging file, parts (not the upload)."""
@@ -444,6 +458,7 @@ class WritePath(StagedOps):
             h.staged.remove()
             h.staged = None
         h.mode, h.origin, h.frontier, h.grid = CLEAN, 0, 0, 0
+        h.shadow_lost = False
         h.parts, h.uploaded, h.present, h.changed = {}, {}, set(), set()
 
     async def _discard(self, h: WriteHandle) -> None:

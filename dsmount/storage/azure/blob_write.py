@@ -2,8 +2,9 @@
 markers, server-side copies and renames. Mixed into `BlobBackend`; every request is a raw
 request through the same SDK pipeline as the reads (`_send`), each under `with_retry` (`_call`).
 
-- An upload is Put Block per part and one Put Block List at commit: until then nothing is
-  visible, and the commit changes the blob in one request (readers see the old version or the
+- An upload is Put Block per part and one Put Block List at commit (a file that fits in one
+  part: one Put Blob at commit): until then nothing is visible, and the commit changes the
+  blob in one request (readers see the old version or the
   whole new one). An append commits the blob's committed blocks plus the new ones, so only new
   bytes travel; the block list of a version this backend committed is remembered, so appending
   to it costs no Get Block List. A blob holds at most 50,000 committed blocks: past
@@ -114,6 +115,10 @@ class BlobUpload(Upload):
         return entry
 
 
+    async def commit_whole(self, data: bytes) -> Entry:
+        return await self.backend._put_blob(self.path, self.name, data)
+
+
 class BlobWrites:
     """Mixed into BlobBackend; see the module docstring."""
 
@@ -205,6 +210,23 @@ class BlobWrites:
             raise error
 
         return await self._call(f"commit {path!r}", commit)
+
+    async def _put_blob(self, path: str, name: str, data: bytes) -> Entry:
+        """A small file in one request (Put Blob; no block list, so a first append rewrites
+        it). Retried as it is: the same bytes again."""
+        headers = {"x-ms-blob-type": "BlockBlob", "x-ms-blob-content-type": content_type(path)}
+
+        async def put() -> Entry:
+            status, response, body = await self._request(
+                "PUT", name, dict(headers), None, data if data else None
+            )
+            if status != 201:
+                raise status_error(response, body)
+            return _entry_from(name, len(data), response.headers)
+
+        entry = await self._call(f"write {path!r}", put)
+        self.stats.bytes_uploaded += len(data)
+        return entry
 
     async def _get_block_list(self, name: str) -> tuple[list[tuple[str, int]], Any] | None:
         status, response, body = await self._request(

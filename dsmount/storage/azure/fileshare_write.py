@@ -97,6 +97,16 @@ class FileShareUpload(Upload):
         fields["Content-Length"] = str(size)
         return entry_from_headers(self.path.rsplit("/", 1)[-1], fields, is_dir=False)
 
+    async def commit_whole(self, data: bytes) -> Entry:
+        if self.in_place:
+            return await super().commit_whole(data)
+        async with self._grow:  # created at its exact size: no resize before the rename
+            if self._size < 0:
+                await self.backend._create_file(self.target, len(data))
+                self._size = len(data)
+        parts = [await self.put(0, data)] if data else []
+        return await self.commit(parts, len(data), keep=False)
+
     async def abort(self) -> bool:
         if self.temp_path is None or self._size < 0:
             return True
