@@ -249,6 +249,16 @@ def test_read_only_datastores_and_versions_refuse_writes(
     failed = attach(daemon, azurite, unique("v"), blob_container.container_name,
                     "--version", "1", "--read-write", check=False)
     assert failed.returncode != 0 and "immutable" in failed.stderr
+    version = unique("ver")
+    attach(daemon, azurite, version, blob_container.container_name, "--version", "1")
+    for attempt in (
+        lambda: open(daemon.mountpoint / version / "1" / "new.txt", "w"),  # noqa: SIM115
+        lambda: os.mkdir(daemon.mountpoint / version / "1" / "d"),
+        lambda: os.unlink(daemon.mountpoint / version / "1" / "keep.txt"),
+    ):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS
     assert blob_container.get_blob_client("keep.txt").download_blob().readall() == b"keep"
     listed = daemon.cli("list").stdout.splitlines()
     assert next(line.split() for line in listed if line.startswith(name))[3] == "ro"
@@ -262,3 +272,18 @@ def test_a_read_write_attachment_survives_a_restart(
     daemon.restart()
     (mnt / "after").write_bytes(b"2")
     assert blobs(blob_container) == {"before": sha(b"1"), "after": sha(b"2")}
+
+
+def test_a_config_entry_attaches_read_write(
+    make_daemon, azurite: Azurite, blob_container: ContainerClient
+) -> None:
+    config = CONFIG + (
+        '[[datastore]]\nname = "cfg"\nkind = "blob"\n'
+        f'container = "{blob_container.container_name}"\nread_write = true\n'
+        'auth = {kind = "connection_string", env = "AZ_CONN"}\n'
+    )
+    daemon = make_daemon(config_text=config, env={"AZ_CONN": azurite.connection_string})
+    (daemon.mountpoint / "cfg" / "from-config.txt").write_bytes(b"config")
+    assert blob_container.get_blob_client("from-config.txt").download_blob().readall() == (
+        b"config"
+    )
