@@ -46,12 +46,33 @@ def daemon_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def parallel(n: int, src: Path, size: int, daemon: DsmountDaemon, container,  # type: ignore[no-untyped-def]
+             want: str) -> int:
+    """N writers at once; every file checked; the daemon's peak RSS against its budget."""
+    started = time.monotonic()
+    procs = [subprocess.Popen(["dd", f"if={src}", f"of={daemon.mountpoint / 'out' / f'w{i}'}",
+                               "bs=1M", "status=none"]) for i in range(n)]
+    codes = [p.wait() for p in procs]
+    took = time.monotonic() - started
+    assert codes == [0] * n, codes
+    for i in range(n):
+        assert sha_of_blob(container, f"w{i}") == want, i
+    with open(f"/proc/{daemon.pid}/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) // 1024
+    budget = daemon.call("status")["cache"]["budget_bytes"] // MiB
+    print(f"{n} writers x {size // MiB} MiB in {took:.1f}s ({n * size / MiB / took:.0f} MB/s); "
+          f"every sha256 correct; daemon peak RSS {hwm} MiB, budget {budget} MiB")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-shadow", action="store_true", help="[writes] shadow = false")
     ap.add_argument("--config", default="", help="extra daemon config (TOML text)")
+    ap.add_argument("--parallel", type=int, default=0,
+                    help="instead: N writers of --size-mib each at once; peak RSS vs budget")
     args = ap.parse_args()
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="dsm-wbench-"))
@@ -73,6 +94,8 @@ def main() -> int:
             daemon.cli("attach", "out", "--blob", "--container", container.container_name,
                        "--connection-string-env", "AZ_CONN", "--read-write",
                        env={"AZ_CONN": azurite.connection_string})
+            if args.parallel:
+                return parallel(args.parallel, src, size, daemon, container, want)
             for r in range(args.rounds):
                 name = f"sdk-{r}.bin"
                 started = time.monotonic()

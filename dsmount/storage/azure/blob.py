@@ -191,7 +191,7 @@ class BlobBackend(BlobWrites, AzureBackend):
         url: str,
         headers: dict[str, str],
         params: Any = None,
-        content: bytes | bytearray | None = None,
+        content: Any = None,
     ) -> Any:
         from azure.core.rest import HttpRequest
 

@@ -37,7 +37,7 @@ from dsmount.errors import (
     TimedOut,
 )
 from dsmount.storage.azure.blob_listing import parse_http_date
-from dsmount.storage.azure.common import status_error
+from dsmount.storage.azure.common import StreamedBody, status_error
 from dsmount.storage.base import Entry
 from dsmount.storage.names import FOLDER_MARKER_KEY, is_folder_marker, strip_etag
 from dsmount.storage.store import content_type
@@ -155,6 +155,7 @@ class BlobWrites:
         content: bytes | bytearray | None = None,
     ) -> tuple[int, Any, bytes]:
         client = self._container()
+        body: Any = content
         if content is None and method == "PUT":
             headers["Content-Length"] = "0"
         elif content is not None:
@@ -162,8 +163,9 @@ class BlobWrites:
             # (and azure-core sets Content-Length itself only for bytes).
             headers.setdefault("Content-Type", "application/octet-stream")
             headers["Content-Length"] = str(len(content))
-        response = await self._send(method, self._blob_url(client, name), headers, params,
-                                    content)
+            if len(content) > StreamedBody.CHUNK:
+                body = StreamedBody(content)
+        response = await self._send(method, self._blob_url(client, name), headers, params, body)
         try:
             body = await response.read()
             return response.status_code, response, body

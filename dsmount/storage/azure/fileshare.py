@@ -186,7 +186,7 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         url: str,
         headers: dict[str, str],
         params: Any = None,
-        content: bytes | None = None,
+        content: Any = None,
     ) -> Any:
         from azure.core.rest import HttpRequest
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dsmount.errors import AlreadyExists, DsmountError, NotEmpty, NotFound, NotSupported
-from dsmount.storage.azure.common import status_error
+from dsmount.storage.azure.common import StreamedBody, status_error
 from dsmount.storage.azure.fileshare_listing import entry_from_headers
 from dsmount.storage.base import Entry
 from dsmount.storage.writes import Part, Upload, check_tiling, temp_name
@@ -75,8 +75,8 @@ class FileShareUpload(Upload):
         view = memoryview(data)
         await self._ensure_size(offset + len(view))
         for start in range(0, len(view), MAX_RANGE):
-            chunk = bytes(view[start : start + MAX_RANGE])
-            await self.backend._put_range(self.target, offset + start, chunk)
+            await self.backend._put_range(self.target, offset + start,
+                                          view[start : start + MAX_RANGE])
         return Part(offset, len(view))
 
     async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
@@ -138,16 +138,20 @@ class FileShareWrites:
 
     async def _request(
         self, method: str, path: str, headers: dict[str, str], params: Any = None,
-        content: bytes | None = None,
+        content: bytes | memoryview | None = None,
     ) -> tuple[int, Any, bytes]:
         client = self._share_client()
+        body: Any = content
         if content is None and method == "PUT":
             headers["Content-Length"] = "0"
         elif content is not None:
-            # Signed by the SDK's policy: the transport must not add one of its own after.
+            # Signed by the SDK's policy: the transport must not add its own after.
             headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(len(content))
+            if len(content) > StreamedBody.CHUNK:
+                body = StreamedBody(content)
         url = self._url(client, self._full(path))
-        response = await self._send(method, url, headers, params, content)
+        response = await self._send(method, url, headers, params, body)
         try:
             body = await response.read()
             return response.status_code, response, body
@@ -155,8 +159,8 @@ class FileShareWrites:
             await response.close()
 
     async def _expect(self, what: str, ok: tuple[int, ...], method: str, path: str,
-                      headers: dict[str, str], params: Any = None, content: bytes | None = None
-                      ) -> Any:
+                      headers: dict[str, str], params: Any = None,
+                      content: bytes | memoryview | None = None) -> Any:
         async def call() -> Any:
             status, response, body = await self._request(method, path, dict(headers), params,
                                                          content)
@@ -174,7 +178,7 @@ class FileShareWrites:
         await self._expect(f"write {path!r}", (200,), "PUT", path,
                            {"x-ms-content-length": str(size)}, {"comp": "properties"})
 
-    async def _put_range(self, path: str, offset: int, data: bytes) -> None:
+    async def _put_range(self, path: str, offset: int, data: bytes | memoryview) -> None:
         headers = {"x-ms-range": f"bytes={offset}-{offset + len(data) - 1}",
                    "x-ms-write": "update"}
         await self._expect(f"write {path!r}", (201,), "PUT", path, headers, {"comp": "range"},
