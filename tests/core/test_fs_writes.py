@@ -297,6 +297,9 @@ async def test_a_failed_part_is_reported_by_the_next_write_or_the_close(env: Env
         await env.fs.flush(fh)
     await env.fs.release(fh)
     assert stored(backend, "f") is None
+    with pytest.raises(NotFound):  # this node does not pretend the file exists either
+        await env.ino("out/f")
+    assert "f" not in await env.names("out")
 
 
 async def test_read_only_datastores_versions_and_the_top_refuse_every_change(env: Env) -> None:

@@ -80,10 +80,10 @@ class FileSystem:
         )
         self.writes = WritePath(
             cache, writes or WriteSettings(staging_dir="", deadline=self.settings.request_deadline),
-            self._on_commit,
+            self._on_commit, self._on_abandon,
         )
         self.mutations = Mutations(self.lookups, self.inodes, self.metadata, self.writes, clock,
-                                   self._invalidate_inode)
+                                   self._invalidate_inode, self._invalidate_entry)
         self._files: dict[int, FileHandle] = {}
         self._writers: dict[int, WriteHandle] = {}
         self._next_fh = 1
@@ -92,12 +92,18 @@ class FileSystem:
     def _on_commit(self, node: Node, entry: Entry) -> None:
         self.mutations.on_commit(node, entry)
 
+    def _on_abandon(self, node: Node) -> None:
+        self.mutations.on_abandon(node)
+
     def _attributes(self, node: Node) -> Attributes:
         attrs = attributes_of(node, self.settings)
         pending = self.writes.size_of(node) if self.writes.by_node else None
         if pending is not None and pending != attrs.size:
             return replace(attrs, size=pending)  # what a writer here wrote, not yet committed
         return attrs
+
+    def _invalidate_entry(self, parent: int, name: str) -> None:
+        self.invalidate_entry(parent, name)  # late-bound, like invalidate_inode
 
     def _invalidate_inode(self, ino: int) -> None:
         self.invalidate_inode(ino)  # late-bound: the daemon may set the hook after building us

@@ -63,6 +63,7 @@ class Mutations:
         writes: WritePath,
         clock: Callable[[], float],
         invalidate_inode: Callable[[int], None],
+        invalidate_entry: Callable[[int, str], None],
     ) -> None:
         self.lookups = lookups
         self.inodes = inodes
@@ -70,6 +71,7 @@ class Mutations:
         self.writes = writes
         self.clock = clock
         self.invalidate_inode = invalidate_inode
+        self.invalidate_entry = invalidate_entry
 
     # -- guards -----------------------------------------------------------------------------------
     @staticmethod
@@ -135,6 +137,18 @@ class Mutations:
             return  # unlinked or replaced meanwhile: the name is someone else's now
         self._settled(ds, node.path, entry)
         self.invalidate_inode(node.ino)
+
+    def on_abandon(self, node: Node) -> None:
+        """A new file whose writer failed never reached storage: this node stops showing it."""
+        ds = node.datastore
+        if ds is None or self.inodes.find(ds, node.path) is not node or node.entry.etag:
+            return
+        parent, name = _parent_of(node.path)
+        self.inodes.forget_path(ds, node.path)
+        self.metadata.remove_entry(ds.id, parent, name)
+        parent_node = self.inodes.find(ds, parent) if parent else self.lookups.datastore_root(ds)
+        if parent_node is not None and node.lookups > 0:
+            self.invalidate_entry(parent_node.ino, name)  # the kernel's dentry from create
 
     async def unlink(self, parent_ino: int, name: str) -> None:
         _, ds, path = self._dir(parent_ino, name)

@@ -124,6 +124,7 @@ class WriteHandle:
     size: int
     mode: str = CLEAN
     emptied: bool = False  # the content was truncated to nothing (or the file is new)
+    created: bool = False  # a new file not committed yet (never on storage)
     dirty: bool = False  # the content differs from the base: a commit is due
     base_valid: int = 0  # bytes of the content still equal to the base where not staged
     lock: trio.Lock = field(default_factory=trio.Lock)

@@ -58,14 +58,17 @@ log = logging.getLogger(__name__)
 __all__ = ["WritePath", "WriteHandle", "WriteSettings"]
 
 OnCommit = Callable[[Node, Entry], None]
+OnAbandon = Callable[[Node], None]
 
 
 class WritePath(StagedOps):
-    def __init__(self, cache: BlockCache, settings: WriteSettings, on_commit: OnCommit) -> None:
+    def __init__(self, cache: BlockCache, settings: WriteSettings, on_commit: OnCommit,
+                 on_abandon: OnAbandon | None = None) -> None:
         self.cache = cache
         self.settings = settings
         self.staging = Staging(settings.staging_dir, settings.staging_budget)
         self.on_commit = on_commit
+        self.on_abandon = on_abandon or (lambda node: None)
         self.by_node: dict[int, set[WriteHandle]] = {}
         self.open_count = 0
         self._puts = trio.CapacityLimiter(settings.max_concurrent_puts)
@@ -96,7 +99,7 @@ class WritePath(StagedOps):
         base = None if created or node.entry.etag is None else node.entry
         size = 0 if base is None else base.size
         h = WriteHandle(node, ds, flags, base, size, emptied=base is None, dirty=created,
-                        base_valid=size)
+                        base_valid=size, created=created)
         h.slots = trio.Semaphore(self.settings.parts_in_flight)
         h.idle.set()
         self.open_count += 1
@@ -196,7 +199,7 @@ class WritePath(StagedOps):
         self._reset(h)
         h.upload = None
         h.base, h.size, h.base_valid = entry, entry.size, entry.size
-        h.emptied = h.dirty = False
+        h.emptied = h.dirty = h.created = False
         self.on_commit(h.node, entry)
 
     async def release(self, h: WriteHandle) -> None:
@@ -212,6 +215,8 @@ class WritePath(StagedOps):
             h.released = True
             await self._drain(h, cancel=h.error is not None or h.orphan)
             await self._discard(h)
+            if h.created and not h.orphan and not self._others_wrote(h):
+                self.on_abandon(h.node)  # a new file that never reached storage: forget it
             self.open_count -= 1
             if self.open_count == 0:
                 self.pool.drain()  # no writer left: idle buffers give the budget back
@@ -221,6 +226,10 @@ class WritePath(StagedOps):
                 handles.discard(h)
                 if not handles:
                     del self.by_node[h.node.ino]
+
+    def _others_wrote(self, h: WriteHandle) -> bool:
+        """Whether another handle of the same file committed it or may still do so."""
+        return any(o is not h and not o.created for o in self.by_node.get(h.node.ino, ()))
 
     async def commit_node(self, node: Node) -> None:
         """Commit every handle of `node` with pending writes (before a rename moves it)."""
