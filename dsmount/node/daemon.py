@@ -26,7 +26,7 @@ from dsmount.node import mountpoint as mp
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
 from dsmount.node.config import Config
-from dsmount.node.fs.core import FileSystem, FsSettings
+from dsmount.node.fs.core import FileSystem, FsSettings, WriteSettings
 from dsmount.node.fuse_adapter import FuseSession
 from dsmount.node.malloc import limit_arenas, pin_mmap_threshold
 from dsmount.node.sdnotify import Notifier, watchdog_loop
@@ -44,7 +44,8 @@ def mount_options() -> set[str]:
         f"subtype={mp.FSNAME}",
         "allow_other",  # a Jupyter user must read a mount owned by root
         "default_permissions",  # the kernel enforces the modes we report
-        "ro",
+        # No "ro": a datastore attached --read-write takes writes; every other one answers
+        # each write with EROFS from the core, as the whole mount did before.
         "noatime",
     }
 
@@ -58,6 +59,18 @@ def _config_spec(entry: dict[str, Any]) -> dict[str, Any]:
         auth["secret"] = resolve({k: auth.pop(k) for k in ("env", "file") if k in auth})
         spec["auth"] = auth
     return spec
+
+
+def write_settings(c: Config) -> WriteSettings:
+    """The write path's settings; staging below the cache directory, else the state one."""
+    w = c.writes
+    staging = w.staging_dir or os.path.join(c.cache.disk_dir or c.daemon.state_dir, "staging")
+    return WriteSettings(
+        part_size=w.part_size, parts_in_flight=w.parts_in_flight,
+        max_open_files=w.max_open_files, staging_dir=os.path.abspath(staging),
+        staging_budget=w.staging_budget, shadow=w.shadow, dir_rename_limit=w.dir_rename_limit,
+        deadline=c.retry.request_deadline,
+    )
 
 
 @dataclass
@@ -84,6 +97,7 @@ class Daemon:
             invalidate_entry=self._invalidate_entry,
             invalidate_inode=self._invalidate_inode,
             disk=DiskCache(c.cache.disk_dir, c.cache.disk_budget) if c.cache.disk_dir else None,
+            writes=write_settings(c),
         )
         self.state = StateStore(c.daemon.state_dir)
         self.service = ControlService(
@@ -130,6 +144,7 @@ class Daemon:
                                  "config": self.config.source}
         if self.core.disk is not None:
             extra["disk_cache"] = self.core.disk.as_dict()
+        extra["staging"] = self.core.writes.staging.as_dict()
         return extra
 
     def summary(self) -> str:
@@ -150,6 +165,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.cache.run)
+                await nursery.start(self.core.writes.run)
                 nursery.start_soon(self._fuse_main, nursery)
                 await self._tune_after_init()
                 await self._attach_initial()

@@ -204,6 +204,21 @@ class BlockCache:
         self._room.set()
         self._room = trio.Event()
 
+    # -- buffers outside the cache (write buffers) share the one budget ------------------------
+    async def reserve(self, size: int) -> None:
+        """Take `size` bytes of the budget for a buffer the cache does not hold (a write
+        buffer): cached blocks are evicted for it; if in-flight buffers fill the budget, wait
+        until some are released. Give it back with `release`."""
+        size = min(size, self.budget)
+        while not self._evict_for(size):
+            await self._room.wait()
+        self._reserved += size
+        self._note_peak()
+
+    def release(self, size: int) -> None:
+        """Return what `reserve` took."""
+        self._release(size)
+
     def _recent_failure(self, key: ObjectKey) -> BaseException | None:
         failed = self._failed.get(key)
         if failed is None:

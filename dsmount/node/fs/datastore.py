@@ -49,6 +49,24 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+@dataclass(slots=True)
+class WriteCounters:
+    """Per-datastore write counters shown by `dsmount status`."""
+
+    bytes_written: int = 0  # accepted from writers (write(2))
+    commits: int = 0  # new versions made visible (close, fsync)
+    failed_commits: int = 0  # closes/fsyncs that reported an error; nothing was committed
+    writers_open: int = 0  # files open for writing now
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bytes_written": self.bytes_written,
+            "commits": self.commits,
+            "failed_commits": self.failed_commits,
+            "writers_open": self.writers_open,
+        }
+
+
 @dataclass(eq=False)
 class Datastore:
     name: str
@@ -63,6 +81,8 @@ class Datastore:
     attached_at: float = field(default_factory=time.time)
     open_files: int = 0
     detached: bool = False
+    read_write: bool = False  # attached with --read-write (and its backend can write)
+    writes: WriteCounters = field(default_factory=WriteCounters)
     owner: int = 0
     shared: bool = True
     presentation: Presentation = field(default_factory=Presentation)
@@ -92,6 +112,7 @@ class Datastore:
             "path": self.key,
             "kind": self.backend.kind,
             "immutable": self.immutable,
+            "read_write": self.read_write,
             "open_files": self.open_files,
             "owner": self.owner,
             "owner_name": user_name(self.owner),
@@ -102,6 +123,7 @@ class Datastore:
     def status(self) -> dict[str, Any]:
         s = self.describe()
         s.update(self.counters.as_dict())
+        s.update(self.writes.as_dict())
         s.update({f"backend_{k}": v for k, v in self.backend.stats.as_dict().items()})
         s["state"] = "degraded" if self.backend.stats.degraded else "ok"
         return s
