@@ -24,6 +24,7 @@ Throughput: MB/s is 10**6 bytes per second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -144,7 +145,8 @@ def _files_under(root: Path) -> list[Path]:
 def _find_downloaded_root(dest: Path, expect_files: int, expect_names: set[str]) -> Path:
     """The directory inside `dest` that mirrors the uploaded tree (a download may or may not
     recreate the remote prefix below `dest`, depending on the layout: accept both)."""
-    candidates = [dest] + sorted((p for p in dest.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
+    subdirs = sorted((p for p in dest.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
+    candidates = [dest, *subdirs]
     for c in candidates:
         try:
             names = {x.name for x in c.iterdir()}
@@ -269,12 +271,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # 1. + 2. many small files
             remote = f"small-{tag}"
-            s = timed("upload_small", lambda: ds.upload(
-                str(small_src), target_path=remote, overwrite=True, show_progress=False))  # fmt: skip
+            s = timed("upload_small", lambda remote=remote: ds.upload(
+                str(small_src), target_path=remote, overwrite=True, show_progress=False))
             _check_summary("upload_small", s, n_small, small_bytes)
             dest = base / f"dl-small-{tag}"
-            s = timed("download_small", lambda: ds.download(
-                str(dest), prefix=remote, overwrite=True, show_progress=False))  # fmt: skip
+            s = timed("download_small", lambda dest=dest, remote=remote: ds.download(
+                str(dest), prefix=remote, overwrite=True, show_progress=False))
             _check_summary("download_small", s, n_small, small_bytes)
             got = _find_downloaded_root(dest, n_small, small_names)
             if len(_files_under(got)) != n_small:
@@ -286,12 +288,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # 3. + 4. one big file
             remote = f"big-{tag}"
-            s = timed("upload_big", lambda: ds.upload(
-                str(big_src_dir), target_path=remote, overwrite=True, show_progress=False))  # fmt: skip
+            s = timed("upload_big", lambda remote=remote: ds.upload(
+                str(big_src_dir), target_path=remote, overwrite=True, show_progress=False))
             _check_summary("upload_big", s, 1, big_size)
             dest = base / f"dl-big-{tag}"
-            s = timed("download_big", lambda: ds.download(
-                str(dest), prefix=remote, overwrite=True, show_progress=False))  # fmt: skip
+            s = timed("download_big", lambda dest=dest, remote=remote: ds.download(
+                str(dest), prefix=remote, overwrite=True, show_progress=False))
             _check_summary("download_big", s, 1, big_size)
             found = [p for p in _files_under(dest) if p.name == "big.bin"]
             if len(found) != 1 or found[0].stat().st_size != big_size:
@@ -340,10 +342,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         if service is not None:
-            try:
+            with contextlib.suppress(Exception):
                 service.close()
-            except Exception:
-                pass
         if azurite is not None:
             azurite.stop()
         if saved_env is None:
@@ -368,7 +368,8 @@ def print_table(report: dict[str, Any]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:4], widths[1:4])]
+        numbers = [c.rjust(w) for c, w in zip(row[1:4], widths[1:4], strict=True)]
+        cells = [row[0].ljust(widths[0]), *numbers]
         print("  ".join(cells + [row[4]]))
         if n == 0:
             print("  ".join("-" * w for w in widths))

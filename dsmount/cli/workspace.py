@@ -6,15 +6,12 @@ transfer, runwrap). Errors are one line on stderr ("dsmount: ...") and exit stat
 125, see dsmount.workspace.runwrap); Ctrl-C exits 130. Secrets are read from an environment
 variable or a 0600 file, never from argv, and never printed.
 
-This module defines its own auth options (same names as `dsmount attach`) instead of reusing
-dsmount.cli.main's: registering keeps *where* a secret lives when asked (`--by-reference`), which
-`blob_auth` discards, and importing dsmount.cli.main here would make the two modules import each
-other.
+The auth options are `dsmount attach`'s (`dsmount.cli.common`), plus `--by-reference`:
+registering can keep *where* a secret lives instead of the secret.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -23,8 +20,8 @@ from typing import Any
 
 import click
 
-from dsmount.errors import DsmountError, InvalidRequest
-from dsmount.shared.secretref import read_secret_env, read_secret_file
+from dsmount.cli.common import SECRET_KINDS, auth_options, choose_auth, guarded, print_table
+from dsmount.errors import InvalidRequest
 from dsmount.workspace import registry as reg
 from dsmount.workspace import runwrap, transfer
 from dsmount.workspace import versions as ver
@@ -32,110 +29,18 @@ from dsmount.workspace.entries import CredentialRef, DatastoreInfo
 from dsmount.workspace.registry import Registry
 
 
-def _guarded(exit_code: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except DsmountError as e:
-                click.echo(f"dsmount: {e}", err=True)
-                sys.exit(exit_code)
-            except KeyboardInterrupt:
-                click.echo("dsmount: interrupted", err=True)
-                sys.exit(130)
-
-        return inner
-
-    return wrap
-
-
-def _print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    for row in [header, *rows]:
-        click.echo(fmt.format(*[str(x) for x in row]).rstrip())
-
-
-# -- auth options -----------------------------------------------------------------------------
-def _auth_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        click.option(
-            "--connection-string-env", metavar="VAR", help="Env var holding a connection string."
-        ),
-        click.option(
-            "--connection-string-file",
-            metavar="FILE",
-            help="0600 file holding a connection string.",
-        ),
-        click.option("--account-key-env", metavar="VAR", help="Env var holding the account key."),
-        click.option(
-            "--account-key-file", metavar="FILE", help="0600 file holding the account key."
-        ),
-        click.option("--sas-token-env", metavar="VAR", help="Env var holding a SAS token."),
-        click.option("--sas-token-file", metavar="FILE", help="0600 file holding a SAS token."),
-        click.option(
-            "--azure-ad",
-            is_flag=True,
-            help="Azure AD (managed identity, az login, env credentials) [default].",
-        ),
-        click.option("--client-id", default=None, help="User-assigned managed identity id."),
-        click.option("--anonymous", is_flag=True, help="Public container: no credential."),
-        click.option(
-            "--by-reference",
-            is_flag=True,
-            help="Record the env var / file name and read it at each use, instead of "
-            "storing the secret in the registry's 0600 secrets file.",
-        ),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def _credential(
-    *,
-    connection_string_env: str | None,
-    connection_string_file: str | None,
-    account_key_env: str | None,
-    account_key_file: str | None,
-    sas_token_env: str | None,
-    sas_token_file: str | None,
-    azure_ad: bool,
-    client_id: str | None,
-    anonymous: bool,
-    by_reference: bool,
-) -> tuple[CredentialRef, str | None]:
+def _credential(by_reference: bool = False, **auth: Any) -> tuple[CredentialRef, str | None]:
     """(credential reference, secret to store) from the auth options: exactly one source."""
-    given = [
-        (kind, env, file)
-        for kind, env, file in (
-            ("connection_string", connection_string_env, connection_string_file),
-            ("account_key", account_key_env, account_key_file),
-            ("sas_token", sas_token_env, sas_token_file),
-        )
-        if env or file
-    ]
-    if (
-        any(env and file for _, env, file in given)
-        or len(given) + int(azure_ad) + int(anonymous) > 1
-    ):
-        raise click.UsageError("give one way to authenticate")
-    if client_id and (given or anonymous):
-        raise click.UsageError("--client-id goes with --azure-ad")
-    if not given:
+    choice = choose_auth(auth)
+    if choice.kind not in SECRET_KINDS:
         if by_reference:
             raise click.UsageError("--by-reference needs a --*-env or --*-file option")
-        if anonymous:
-            return CredentialRef("anonymous"), None
-        return CredentialRef("azure_ad", client_id=client_id), None
-    kind, env, file = given[0]
+        return CredentialRef(choice.kind, client_id=choice.client_id), None
     if by_reference:
-        if env:
-            return CredentialRef(kind, "env", env), None
-        return CredentialRef(kind, "file", os.path.abspath(file or "")), None
-    secret = read_secret_env(env) if env else read_secret_file(file or "")
-    return CredentialRef(kind, "stored"), secret
+        if choice.env:
+            return CredentialRef(choice.kind, "env", choice.env), None
+        return CredentialRef(choice.kind, "file", os.path.abspath(choice.file or "")), None
+    return CredentialRef(choice.kind, "stored"), choice.secret()
 
 
 def _register_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -236,9 +141,9 @@ def _register_azure(
 @click.argument("name")
 @click.option("--container", required=True, help="Blob container name.")
 @_location_options("prefix of the container", "Account URL (Azurite, sovereign clouds).")
-@_auth_options
+@auth_options(registry=True)
 @_register_flags
-@_guarded()
+@guarded()
 def register_blob(name: str, container: str, **options: Any) -> None:
     """Register an Azure blob container as datastore NAME."""
     _register_azure("blob", name, container, **options)
@@ -248,9 +153,9 @@ def register_blob(name: str, container: str, **options: Any) -> None:
 @click.argument("name")
 @click.option("--share", required=True, help="File share name.")
 @_location_options("directory of the share", "Account URL (emulators, sovereign clouds).")
-@_auth_options
+@auth_options(registry=True)
 @_register_flags
-@_guarded()
+@guarded()
 def register_fileshare(name: str, share: str, **options: Any) -> None:
     """Register an Azure file share as datastore NAME."""
     _register_azure("fileshare", name, share, **options)
@@ -260,7 +165,7 @@ def register_fileshare(name: str, share: str, **options: Any) -> None:
 @click.argument("name")
 @click.argument("path")
 @_register_flags
-@_guarded()
+@guarded()
 def register_local(
     name: str,
     path: str,
@@ -276,7 +181,7 @@ def register_local(
 
 @datastore.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded()
+@guarded()
 def list_datastores(as_json: bool) -> None:
     """Registered datastores; the default is marked with "*"."""
     registry = Registry()
@@ -300,13 +205,13 @@ def list_datastores(as_json: bool) -> None:
         ]
         for i in infos
     ]
-    _print_table(rows, ["NAME", "KIND", "DEFAULT", "LOCATION", "AUTH"])
+    print_table(rows, ["NAME", "KIND", "DEFAULT", "LOCATION", "AUTH"])
 
 
 @datastore.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded()
+@guarded()
 def show(name: str, as_json: bool) -> None:
     """Details of datastore NAME (never its secret)."""
     registry = Registry()
@@ -324,7 +229,7 @@ def show(name: str, as_json: bool) -> None:
 
 @datastore.command("set-default")
 @click.argument("name")
-@_guarded()
+@guarded()
 def set_default(name: str) -> None:
     """Make NAME the default datastore."""
     Registry().set_default(name)
@@ -333,7 +238,7 @@ def set_default(name: str) -> None:
 
 @datastore.command("remove")
 @click.argument("name")
-@_guarded()
+@guarded()
 def remove(name: str) -> None:
     """Forget datastore NAME (its data is not touched)."""
     registry = Registry()
@@ -350,7 +255,7 @@ def remove(name: str) -> None:
 @click.argument("name")
 @click.argument("src_dir", type=click.Path(file_okay=False))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_guarded()
+@guarded()
 def create(name: str, src_dir: str, quiet: bool) -> None:
     """Upload the contents of SRC_DIR as the next immutable version of NAME."""
     number, summary = ver.create_version(name, src_dir, quiet=quiet)
@@ -361,7 +266,7 @@ def create(name: str, src_dir: str, quiet: bool) -> None:
 @datastore.command("versions")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded()
+@guarded()
 def versions(name: str, as_json: bool) -> None:
     """The versions of datastore NAME."""
     found = ver.versions(name)
@@ -381,7 +286,7 @@ def versions(name: str, as_json: bool) -> None:
 @click.option("--target-path", default="", help="Where in the datastore [its root].")
 @click.option("--overwrite", is_flag=True, help="Replace files that differ.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_guarded()
+@guarded()
 def upload(
     name: str, sources: tuple[str, ...], target_path: str, overwrite: bool, quiet: bool
 ) -> None:
@@ -400,7 +305,7 @@ def upload(
 @click.option("--prefix", default="", help="Only this path of the datastore [all].")
 @click.option("--overwrite", is_flag=True, help="Replace local files that differ.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_guarded()
+@guarded()
 def download(name: str, dest: str, prefix: str, overwrite: bool, quiet: bool) -> None:
     """Download datastore NAME (or PREFIX of it) into directory DEST."""
     summary = reg.download(name, dest, prefix, overwrite=overwrite, quiet=quiet)
@@ -456,7 +361,7 @@ def _refs(
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-@_guarded(runwrap.EXIT_DSMOUNT_FAILED)
+@guarded(runwrap.EXIT_DSMOUNT_FAILED)
 def run(
     ctx: click.Context,
     mounts: tuple[str, ...],

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dsmount.control.protocol import DEFAULT_SOCKET
-from dsmount.errors import ConfigError
+from dsmount.control.protocol import DEFAULT_SOCKET, AttachRequest
+from dsmount.errors import ConfigError, DsmountError
 from dsmount.shared.secretref import check_private
 from dsmount.shared.sizes import format_size, parse_size
 
@@ -229,6 +229,12 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
     for d in stores:
         if "name" not in d or "kind" not in d:
             raise ConfigError("every [[datastore]] needs a name and a kind")
+        # The same validation an attach request gets, now rather than at start-up; the auth
+        # table holds a secret *reference* (env/file), resolved only when attaching.
+        try:
+            AttachRequest.from_args({k: v for k, v in d.items() if k != "auth"})
+        except DsmountError as e:
+            raise ConfigError(f"[[datastore]] {d.get('name')!r}: {e}") from None
     return _validate(Config(**sections, datastores=tuple(stores), source=source))
 
 

@@ -224,3 +224,23 @@ def test_dsmount_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("DSMOUNT_CONFIG", str(tmp_path / "gone.toml"))
     with pytest.raises(ConfigError, match="gone.toml"):
         load_config()
+
+
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [
+        ('name = "x"\nkind = "blob"\naccount = "a"', "container"),
+        ('name = "x"\nkind = "local"\npath = "relative/dir"', "absolute"),
+        ('name = "x"\nkind = "s3"\ncontainer = "b"', "kind"),
+        ('name = "x"\nkind = "blob"\ncontainer = "c"\ncontianer = "typo"', "contianer"),
+        ('name = "x"\nkind = "fileshare"\nshare = "s"\nprefix = "../up"', "prefix"),
+    ],
+)
+def test_a_bad_datastore_entry_is_refused_at_load_naming_the_field(
+    tmp_path: Path, entry: str, named: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[[datastore]]\n{entry}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "'x'" in str(info.value) and named in str(info.value)
