@@ -18,7 +18,7 @@ from azure.storage.fileshare import ShareClient
 
 from dsmount.storage.writes import is_temp_name
 from tests.support.azurefiles import AzureFilesEmulator
-from tests.support.daemon import DsmountDaemon
+from tests.support.daemon import DsmountDaemon, wait_until
 from tests.support.trees import MiB, default_tree_spec, make_tree
 
 pytestmark = pytest.mark.mount
@@ -67,10 +67,14 @@ def test_a_new_file_is_invisible_until_its_close(
     with open(mnt / "out.bin", "wb") as f:
         f.write(body[: 3 * MiB])
         f.flush()
-        raw = [i["name"] for i in file_share.list_directories_and_files()]
-        assert "out.bin" not in raw  # not under its name yet ...
-        assert [n for n in raw if is_temp_name(n)]  # ... but uploading under a temporary one
-        assert os.listdir(mnt) == ["out.bin"]  # which the mount never shows
+
+        def raw() -> list[str]:
+            return [i["name"] for i in file_share.list_directories_and_files()]
+
+        # Parts upload in the background, under a temporary name ...
+        wait_until(lambda: [n for n in raw() if is_temp_name(n)], 20, "a temporary file")
+        assert "out.bin" not in raw()  # ... not under its own name yet,
+        assert os.listdir(mnt) == ["out.bin"]  # and the mount never shows the temporary one
         f.write(body[3 * MiB :])
     assert files(file_share) == {"out.bin": sha(body)}
     assert (mnt / "out.bin").read_bytes() == body
