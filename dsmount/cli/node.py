@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from dsmount.cli.common import Context, auth_options, choose_auth, fail, print_table, run_guarded
+from dsmount.cli.daemon_options import daemon_extra_options, daemon_extra_overrides
 from dsmount.errors import DsmountError
 from dsmount.shared.sizes import format_size
 
@@ -30,22 +31,29 @@ from dsmount.shared.sizes import format_size
 @click.option("--block-size", default=None, help="Block size, e.g. 8MiB.")
 @click.option("--cache-dir", default=None, help="Optional on-disk block cache directory.")
 @click.option("--state-dir", default=None, help="Where attachments are persisted.")
+@click.option("--socket", "socket_path", default=None, metavar="PATH",
+              help="Control socket to serve [the global --socket, env DSMOUNT_SOCKET, else "
+              "[daemon] socket].")
+@daemon_extra_options
 @click.pass_obj
 def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foreground: bool,
            log_level: str | None, log_file: str | None, cache_budget: str | None,
-           block_size: str | None, cache_dir: str | None, state_dir: str | None) -> None:
+           block_size: str | None, cache_dir: str | None, state_dir: str | None,
+           socket_path: str | None, **extra: Any) -> None:
     """Run the daemon: mount the datastore tree and serve the control socket."""
     from dsmount.node.config import load_config
     from dsmount.node.daemon import daemonize_and_run, run_daemon
     from dsmount.shared.logs import setup_logging
 
-    explicit_socket = click.get_current_context().find_root().params.get("socket_path")
+    explicit_socket = socket_path or click.get_current_context().find_root().params.get(
+        "socket_path")
     try:
         config = load_config(config_path, {
             "daemon": {"mountpoint": mountpoint, "log_level": log_level, "state_dir": state_dir,
                        "socket": explicit_socket},
             "cache": {"memory_budget": cache_budget, "block_size": block_size,
                       "disk_dir": cache_dir},
+            **daemon_extra_overrides(extra),
         })
     except DsmountError as e:
         fail(str(e))
@@ -98,8 +106,11 @@ def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshar
                 raise click.UsageError("--blob needs --container")
             if fileshare and not share:
                 raise click.UsageError("--fileshare needs --share")
-            spec.update(kind=kinds[0], account=account, endpoint=endpoint, prefix=prefix,
-                        auth=choose_auth(auth).to_wire())
+            choice = choose_auth(auth, account=account)
+            if choice.note:
+                click.echo(f"dsmount: {choice.note}", err=True)
+            spec.update(kind=kinds[0], account=account or choice.account, endpoint=endpoint,
+                        prefix=prefix, auth=choice.to_wire())
             spec.update({"container": container} if blob else {"share": share})
         result = obj.call("attach", **{k: v for k, v in spec.items() if v is not None})
         click.echo(f"attached {result['path']} ({result['kind']})")
