@@ -27,7 +27,8 @@ from dsmount.shared.sizes import format_size
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default=None)
 @click.option("--log-file", default=None, help="Without --foreground: where the daemon logs.")
-@click.option("--cache-budget", default=None, help="Memory for cached blocks, e.g. 1GiB.")
+@click.option("--cache-budget", default=None,
+              help="Memory for cached blocks, e.g. 1GiB [min(1GiB, 1/4 of the memory limit)].")
 @click.option("--block-size", default=None, help="Block size, e.g. 8MiB.")
 @click.option("--cache-dir", default=None, help="Optional on-disk block cache directory.")
 @click.option("--state-dir", default=None, help="Where attachments are persisted.")
@@ -170,6 +171,10 @@ def status(obj: Context, as_json: bool) -> None:
     click.echo(f"cache {format_size(c['cached_bytes'])} cached + "
                f"{format_size(c['in_flight_bytes'])} in flight of "
                f"{format_size(c['budget_bytes'])} (peak {format_size(c['peak_bytes'])})")
+    memory = result.get("memory")
+    if memory:
+        click.echo(f"budget {format_size(memory['budget_bytes'])} ({memory['budget_from']}); "
+                   f"limit: {memory['limit']}")
     rows = []
     for d in result["datastores"]:
         ratio = d["cache_hit_ratio"]

@@ -52,10 +52,12 @@ class FsSection:
 
 @dataclass(frozen=True)
 class CacheSection:
-    #: ONE budget for every cached and in-flight block across all datastores. 1 GiB holds the
-    #: read-ahead of 8 concurrent sequential readers (128 MiB each) and leaves a training job's
-    #: node memory alone.
-    memory_budget: int = 1024**3
+    #: ONE budget for every cached and in-flight block across all datastores. 0 (unset): the
+    #: smaller of 1 GiB and a quarter of the daemon's memory limit (its cgroup's memory.max, else
+    #: physical memory; node/memory_limit.py). 1 GiB holds the read-ahead of 8 concurrent
+    #: sequential readers (128 MiB each) and leaves a training job's node memory alone; a
+    #: quarter keeps a small container's daemon clear of its OOM killer.
+    memory_budget: int = 0
     #: The unit of a sequential GET and of caching. 8 MiB amortises a GET's latency (5-30 ms on
     #: Blob storage) over enough bytes to reach full bandwidth, and is Azure's sweet spot for
     #: ranged reads; small files are fetched whole, not padded to it.
@@ -96,12 +98,21 @@ class RetrySection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    #: HOST:PORT to serve Prometheus metrics on (`/metrics`). Off unless set: an open port is
+    #: an operator's decision. 127.0.0.1:9464 for a node-local scraper (9464 is the port the
+    #: OpenTelemetry Prometheus exporter made common); 0.0.0.0:9464 in a Kubernetes pod.
+    address: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     fs: FsSection = field(default_factory=FsSection)
     cache: CacheSection = field(default_factory=CacheSection)
     metadata: MetadataSection = field(default_factory=MetadataSection)
     retry: RetrySection = field(default_factory=RetrySection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     datastores: tuple[dict[str, Any], ...] = ()
     source: str | None = None  # the file it came from, for messages
 
@@ -112,6 +123,7 @@ _SECTIONS: dict[str, type] = {
     "cache": CacheSection,
     "metadata": MetadataSection,
     "retry": RetrySection,
+    "metrics": MetricsSection,
 }
 _SIZE_KEYS = {"memory_budget", "block_size", "disk_budget", "readahead_max"}
 _MODE_KEYS = {"file_mode", "dir_mode"}
@@ -169,7 +181,7 @@ def _validate(cfg: Config) -> Config:
     c = cfg.cache
     if c.block_size < 64 * 1024 or c.block_size > 256 * 1024**2:
         raise ConfigError("[cache] block_size must be between 64KiB and 256MiB")
-    if c.memory_budget < 4 * c.block_size:
+    if c.memory_budget and c.memory_budget < 4 * c.block_size:
         raise ConfigError(
             "[cache] memory_budget must hold at least 4 blocks "
             f"({format_size(4 * c.block_size)} with block_size {format_size(c.block_size)})"
@@ -180,7 +192,19 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("[daemon] log_level must be debug, info, warning or error")
     if cfg.retry.max_attempts < 1:
         raise ConfigError("[retry] max_attempts must be at least 1")
+    if cfg.metrics.address:
+        parse_address(cfg.metrics.address)
     return cfg
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" ("[::1]:9464" for IPv6); ConfigError if malformed."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"[metrics] address must be HOST:PORT, e.g. 127.0.0.1:9464 "
+                          f"(got {address!r})")
+    return host, int(port)
 
 
 def parse_config(data: dict[str, Any], source: str | None = None) -> Config:

@@ -28,6 +28,7 @@ from dsmount.node.config import Config
 from dsmount.node.fs.core import FileSystem, FsSettings
 from dsmount.node.fuse_adapter import FuseSession
 from dsmount.node.malloc import pin_mmap_threshold
+from dsmount.node.memory_limit import choose_budget, effective_limit
 from dsmount.node.sdnotify import Notifier, watchdog_loop
 from dsmount.node.state import StateStore
 from dsmount.shared.secretref import resolve
@@ -71,7 +72,9 @@ class Daemon:
             attempt_timeout=c.retry.attempt_timeout,
             deadline=c.retry.request_deadline,
         )
-        self.cache = BlockCache(c.cache.memory_budget,
+        self.memory = choose_budget(c.cache.memory_budget, c.cache.block_size,
+                                    effective_limit())
+        self.cache = BlockCache(self.memory.budget,
                                 max_concurrent_gets=c.cache.max_concurrent_gets)
         self.core = FileSystem(
             self.cache,
@@ -127,6 +130,7 @@ class Daemon:
                                  "config": self.config.source}
         if self.core.disk is not None:
             extra["disk_cache"] = self.core.disk.as_dict()
+        extra["memory"] = self.memory.describe()
         return extra
 
     def summary(self) -> str:
@@ -236,7 +240,14 @@ def run_daemon(config: Config, ready_fd: int | None = None) -> int:
     pin_mmap_threshold()  # freed cache blocks go back to the system: RSS tracks the budget
     # Relative paths in the config were resolved by Daemon; "/" so we never pin a directory
     # (and fusermount never resolves our fsname against the cwd).
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)
+    except DsmountError as e:  # a refused config (e.g. a budget above the memory limit)
+        log.error("%s", e)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error: {e}\n".encode())
+        return 1
     os.chdir("/")
 
     async def main() -> None:
