@@ -216,6 +216,10 @@ class ControlService:
         }
 
     async def op_status(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        """What `dsmount status --json` shows (and the metrics endpoint exports)."""
         return {
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),

@@ -198,10 +198,11 @@ def _validate(cfg: Config) -> Config:
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """(host, port) of "HOST:PORT" ("[::1]:9464" for IPv6); ConfigError if malformed."""
+    """(host, port) of "HOST:PORT" ("[::1]:9464" for IPv6; port 0: any free one, shown by
+    `status`); ConfigError if malformed."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"[metrics] address must be HOST:PORT, e.g. 127.0.0.1:9464 "
                           f"(got {address!r})")
     return host, int(port)

@@ -24,11 +24,12 @@ from dsmount.errors import DsmountError
 from dsmount.node import mountpoint as mp
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
-from dsmount.node.config import Config
+from dsmount.node.config import Config, parse_address
 from dsmount.node.fs.core import FileSystem, FsSettings
 from dsmount.node.fuse_adapter import FuseSession
 from dsmount.node.malloc import pin_mmap_threshold
 from dsmount.node.memory_limit import choose_budget, effective_limit
+from dsmount.node.metrics import MetricsServer
 from dsmount.node.sdnotify import Notifier, watchdog_loop
 from dsmount.node.state import StateStore
 from dsmount.shared.secretref import resolve
@@ -93,6 +94,10 @@ class Daemon:
             on_change=self._changed, status_extra=self._status_extra,
         )
         self.server = ControlServer(self.service, c.daemon.socket, group=c.daemon.socket_group)
+        self.metrics: MetricsServer | None = None
+        if c.metrics.address:
+            host, port = parse_address(c.metrics.address)
+            self.metrics = MetricsServer(host, port, self.service.status)
         self.notifier = Notifier()
         self._mounted = False
         self._restoring = False
@@ -131,6 +136,8 @@ class Daemon:
         if self.core.disk is not None:
             extra["disk_cache"] = self.core.disk.as_dict()
         extra["memory"] = self.memory.describe()
+        if self.metrics is not None:
+            extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
         return extra
 
     def summary(self) -> str:
@@ -155,6 +162,8 @@ class Daemon:
                 await self._tune_after_init()
                 await self._attach_initial()
                 await nursery.start(self.server.serve)
+                if self.metrics is not None:
+                    await nursery.start(self.metrics.serve)
                 nursery.start_soon(self._signals, nursery)
                 nursery.start_soon(watchdog_loop, self.notifier)
                 self.notifier.ready(self.summary())

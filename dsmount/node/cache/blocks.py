@@ -52,6 +52,9 @@ class ReadCounters:
     readahead_started: int = 0
     readahead_skipped: int = 0
     fetch_errors: int = 0
+    reads: int = 0  # FUSE read requests
+    readahead_bytes: int = 0  # bytes of read-ahead blocks started
+    readahead_unread_bytes: int = 0  # ... of those evicted before anyone read them (waste)
 
     def as_dict(self) -> dict[str, Any]:
         total = self.cache_hits + self.cache_misses
@@ -66,6 +69,9 @@ class ReadCounters:
             "readahead_started": self.readahead_started,
             "readahead_skipped": self.readahead_skipped,
             "fetch_errors": self.fetch_errors,
+            "reads": self.reads,
+            "readahead_bytes": self.readahead_bytes,
+            "readahead_unread_bytes": self.readahead_unread_bytes,
         }
 
 
@@ -90,7 +96,8 @@ class BlockCache:
         )
         self._reserved = 0
         self._inflight: dict[BlockKey, _InFlight] = {}
-        self._prefetched: set[BlockKey] = set()  # cached by read-ahead, not yet read
+        # Cached by read-ahead, not yet read; the counters to charge if evicted unread.
+        self._prefetched: dict[BlockKey, ReadCounters] = {}
         self._room = trio.Event()
         self._limiter = trio.CapacityLimiter(max_concurrent_gets)
         self.failure_ttl = failure_ttl
@@ -131,8 +138,10 @@ class BlockCache:
     def _evict_for(self, size: int) -> bool:
         """Evict LRU blocks until `size` more bytes fit; False if they cannot."""
         while self.used_bytes + size > self.budget and self._lru:
-            key, _ = self._lru.popitem()
-            self._prefetched.discard(key)
+            key, data = self._lru.popitem()
+            unread = self._prefetched.pop(key, None)
+            if unread is not None:
+                unread.readahead_unread_bytes += len(data)
         return self.used_bytes + size <= self.budget
 
     def _note_peak(self) -> None:
@@ -161,7 +170,7 @@ class BlockCache:
     def count_hit(self, key: BlockKey, counters: ReadCounters) -> None:
         counters.cache_hits += 1
         if key in self._prefetched:
-            self._prefetched.discard(key)
+            del self._prefetched[key]
             counters.readahead_hits += 1
 
     async def get(self, key: BlockKey, size: int, fetch: Fetch, counters: ReadCounters) -> bytes:
@@ -217,6 +226,7 @@ class BlockCache:
         self._note_peak()
         if readahead:
             counters.readahead_started += 1
+            counters.readahead_bytes += size
         self._start(key, size, fetch, counters, prefetch=readahead)
         return True
 
@@ -265,7 +275,7 @@ class BlockCache:
             if flight.data is not None and self._evict_for(len(flight.data)):
                 self._lru[key] = flight.data
                 if flight.prefetch:
-                    self._prefetched.add(key)
+                    self._prefetched[key] = flight.counters
             self._note_peak()
             flight.done.set()
 
@@ -277,7 +287,7 @@ class BlockCache:
         ]
         for k in doomed:
             self._lru.pop(k, None)
-            self._prefetched.discard(k)
+            self._prefetched.pop(k, None)
         return len(doomed)
 
     def as_dict(self) -> dict[str, Any]:

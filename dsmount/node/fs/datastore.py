@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsmount.node.cache.blocks import ReadCounters
+from dsmount.shared.histogram import Histogram
 from dsmount.storage.base import Backend
 
 _ids = itertools.count(1)
@@ -30,6 +31,9 @@ class Datastore:
     options: dict[str, Any] = field(default_factory=dict)  # redacted, as attached (for status)
     id: int = field(default_factory=lambda: next(_ids))
     counters: ReadCounters = field(default_factory=ReadCounters)
+    # How long FUSE reads waited for bytes that were not in memory (reads served from the
+    # cache are not observed): a training job's input stall.
+    stalls: Histogram = field(default_factory=Histogram)
     attached_at: float = field(default_factory=time.time)
     open_files: int = 0
     detached: bool = False
@@ -64,4 +68,5 @@ class Datastore:
         s.update(self.counters.as_dict())
         s.update({f"backend_{k}": v for k, v in self.backend.stats.as_dict().items()})
         s["state"] = "degraded" if self.backend.stats.degraded else "ok"
+        s["read_stall_seconds"] = self.stalls.as_dict()
         return s

@@ -76,6 +76,7 @@ class ReadPath:
         if offset >= size or length <= 0:
             return b""
         length = min(length, size - offset)
+        h.datastore.counters.reads += 1
         bs = self.settings.block_size
         window = h.readahead.observe(offset, length)
         if window:
@@ -98,7 +99,7 @@ class ReadPath:
         deadline = self.settings.request_deadline
         with trio.move_on_after(deadline) as scope:
             try:
-                return await self._read(h, offset, length, bs)
+                return await self._read_timed(h, offset, length, bs)
             except (Changed, NotFound):
                 # The object was replaced or deleted: stop trusting what we know about it, and
                 # make the kernel drop its cached attributes too.
@@ -118,6 +119,18 @@ class ReadPath:
             if not self.fetcher.prefetch(h.obj, idx, bs, h.datastore.counters):
                 return  # no room: read-ahead is the first thing to give way
             h.prefetched_to = idx
+
+    async def _read_timed(self, h: FileHandle, offset: int, length: int, bs: int) -> bytes:
+        """`_read`, timed into the datastore's stall histogram when a block it needs is not in
+        memory yet (missing or in flight): reads served from memory are never observed."""
+        needed = blocks_for_read(offset, length, bs, h.size)
+        if all(self.fetcher.peek(h.obj, idx, bs) is not None for idx in needed):
+            return await self._read(h, offset, length, bs)
+        started = trio.current_time()
+        try:
+            return await self._read(h, offset, length, bs)
+        finally:
+            h.datastore.stalls.observe(trio.current_time() - started)
 
     async def _read(self, h: FileHandle, offset: int, length: int, bs: int) -> bytes:
         counters = h.datastore.counters
