@@ -21,12 +21,14 @@ from dsmount.control.protocol import (
     Request,
     Response,
     get_bool,
+    get_paths,
     get_str,
     get_version,
 )
 from dsmount.errors import AlreadyExists, DsmountError, InvalidRequest, NotFound, PermissionDenied
 from dsmount.node.fs.core import FileSystem
 from dsmount.node.fs.datastore import Datastore
+from dsmount.node.warm import Warmer, warm_capacity_note
 from dsmount.storage.base import Backend
 from dsmount.storage.factory import is_dir, local_root, make_backend
 from dsmount.storage.retry import RetryPolicy
@@ -92,6 +94,7 @@ class ControlService:
         backend_factory: Callable[..., Backend] = make_backend,
         on_change: Callable[[], None] | None = None,
         status_extra: Callable[[], dict[str, Any]] | None = None,
+        warmer: Warmer | None = None,
     ) -> None:
         self.core = core
         self.retry = retry
@@ -100,6 +103,7 @@ class ControlService:
         self.backend_factory = backend_factory
         self.on_change = on_change or (lambda: None)
         self.status_extra = status_extra or (lambda: {})
+        self.warmer = warmer
         self.started = time.time()
         self.failed: dict[str, dict[str, Any]] = {}  # restored datastores that did not come up
         # Full specs (secrets included, memory only) of everything attached or failed, by key;
@@ -239,3 +243,30 @@ class ControlService:
             raise InvalidRequest("path must not contain '..'")
         dropped = self.core.refresh(name, version, path)
         return {"refreshed": name if version is None else f"{name}/{version}", "dropped": dropped}
+
+    # -- warm (node/warm.py runs the jobs; these only start, report and cancel them) ----------
+    def _warmer(self) -> Warmer:
+        if self.warmer is None:
+            raise InvalidRequest("this daemon does not warm datastores")
+        return self.warmer
+
+    async def op_warm(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        warmer = self._warmer()
+        name, version = self._target(args)
+        if version is None and "/" in name:
+            name, version = name.split("/", 1)
+        paths = get_paths(args)
+        if any(".." in p.split("/") for p in paths):
+            raise InvalidRequest("paths must not contain '..'")
+        parallel = args.get("parallel")
+        if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int)
+                                     or not 1 <= parallel <= 256):
+            raise InvalidRequest("argument 'parallel' must be an integer from 1 to 256")
+        job = warmer.start(self.core.find(name, version), paths, parallel)
+        return {**job.as_dict(), "note": warm_capacity_note(job)}
+
+    async def op_warm_status(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return self._warmer().job(get_str(args, "job") or "").as_dict()
+
+    async def op_warm_cancel(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return self._warmer().cancel(get_str(args, "job") or "").as_dict()

@@ -32,6 +32,7 @@ from dsmount.node.memory_limit import choose_budget, effective_limit
 from dsmount.node.metrics import MetricsServer
 from dsmount.node.sdnotify import Notifier, watchdog_loop
 from dsmount.node.state import StateStore
+from dsmount.node.warm import Warmer
 from dsmount.shared.secretref import resolve
 from dsmount.shared.sizes import format_size
 from dsmount.storage.retry import RetryPolicy
@@ -89,9 +90,10 @@ class Daemon:
             disk=DiskCache(c.cache.disk_dir, c.cache.disk_budget) if c.cache.disk_dir else None,
         )
         self.state = StateStore(c.daemon.state_dir)
+        self.warmer = Warmer(self.core, parallel=c.cache.max_concurrent_gets)
         self.service = ControlService(
             self.core, retry=self.retry, ttl=c.metadata.ttl, negative_ttl=c.metadata.negative_ttl,
-            on_change=self._changed, status_extra=self._status_extra,
+            on_change=self._changed, status_extra=self._status_extra, warmer=self.warmer,
         )
         self.server = ControlServer(self.service, c.daemon.socket, group=c.daemon.socket_group)
         self.metrics: MetricsServer | None = None
@@ -136,6 +138,7 @@ class Daemon:
         if self.core.disk is not None:
             extra["disk_cache"] = self.core.disk.as_dict()
         extra["memory"] = self.memory.describe()
+        extra["warm"] = self.warmer.summary()
         if self.metrics is not None:
             extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
         return extra
@@ -158,6 +161,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.cache.run)
+                await nursery.start(self.warmer.run)
                 nursery.start_soon(self._fuse_main, nursery)
                 await self._tune_after_init()
                 await self._attach_initial()

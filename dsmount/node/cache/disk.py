@@ -44,6 +44,7 @@ class DiskCache:
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
+        self._writing = 0  # puts under way (see `flushed`)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
         entries = []
@@ -112,6 +113,22 @@ class DiskCache:
         if size > self.budget:
             return
         name = self._name(key)
+        self._writing += 1
+        try:
+            await self._put(name, key, data, size)
+        finally:
+            self._writing -= 1
+
+    async def flushed(self, timeout: float = 30.0) -> bool:
+        """Wait until no put is under way (so what was fetched is on disk); False on timeout."""
+        with trio.move_on_after(timeout):
+            await trio.sleep(0)  # let puts spawned just now start
+            while self._writing:
+                await trio.sleep(0.005)
+            return True
+        return False
+
+    async def _put(self, name: str, key: str, data: bytes, size: int) -> None:
         while self._index and self.used_bytes + size > self.budget:
             oldest = next(iter(self._index))
             self._discard(oldest)

@@ -39,9 +39,13 @@ class ObjectRef:
 class Fetcher:
     """Reads blocks of pinned objects through the block cache (see the module docstring)."""
 
-    def __init__(self, cache: BlockCache, disk: DiskCache | None = None) -> None:
+    def __init__(self, cache: BlockCache, disk: DiskCache | None = None,
+                 block_size: int | None = None) -> None:
         self.cache = cache
         self.disk = disk
+        # The sequential block size: a smaller (random-read) block missing on disk is cut from
+        # the whole block there, so what `dsmount warm` put on disk serves every read.
+        self.block_size = block_size
 
     @staticmethod
     def key(obj: ObjectRef, idx: int, bs: int) -> BlockKey:
@@ -69,12 +73,24 @@ class Fetcher:
         etag = obj.etag
         disk = self.disk if etag and backend.kind != "local" else None
         disk_key = f"{obj.cache_identity}|{path}|{etag}|{idx}|{bs}"
+        whole = self.block_size
+        if whole is None or bs >= whole or whole % bs:
+            whole = None
+        else:
+            widx = offset // whole
+            whole_key = f"{obj.cache_identity}|{path}|{etag}|{widx}|{whole}"
+            whole_len = max(0, min(whole, obj.size - widx * whole))
+            cut = offset - widx * whole
 
         async def fetch() -> bytes:
             if disk is not None:
                 data = await disk.get(disk_key)
                 if data is not None and len(data) == expected:
                     return data
+                if whole is not None:
+                    data = await disk.get(whole_key)
+                    if data is not None and len(data) == whole_len:
+                        return data[cut : cut + expected]
             data = await backend.read(path, offset, expected, etag)
             if len(data) != expected:
                 if etag is None:

@@ -70,7 +70,8 @@ class FileSystem:
             self._new_fh,
         )
         self.reads = ReadPath(
-            Fetcher(cache, disk), self.metadata, self.settings, self._invalidate_inode
+            Fetcher(cache, disk, self.settings.block_size), self.metadata, self.settings,
+            self._invalidate_inode,
         )
         self._files: dict[int, FileHandle] = {}
         self._next_fh = 1
