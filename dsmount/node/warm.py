@@ -344,6 +344,9 @@ class Warmer:
             node = Node(0, ds, path, entry, self.core.clock())
         reads = self.core.reads
         handle = reads.handle(node, view)
+        # A warm reads the whole file: start with the widest read-ahead window, no ramp.
+        handle.readahead.next_offset = 0
+        handle.readahead.window = handle.readahead.config.maximum
         bs = self.core.settings.block_size
         offset = 0
         try:

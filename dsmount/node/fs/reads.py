@@ -120,7 +120,8 @@ class ReadPath:
                 return  # no room: read-ahead is the first thing to give way
             h.prefetched_to = idx
 
-    async def _read_timed(self, h: FileHandle, offset: int, length: int, bs: int) -> bytes:
+    async def _read_timed(self, h: FileHandle, offset: int, length: int, bs: int
+                          ) -> bytes | memoryview:
         """`_read`, timed into the datastore's stall histogram when a block it needs is not in
         memory yet (missing or in flight): reads served from memory are never observed."""
         needed = blocks_for_read(offset, length, bs, h.size)
@@ -132,7 +133,8 @@ class ReadPath:
         finally:
             h.datastore.stalls.observe(trio.current_time() - started)
 
-    async def _read(self, h: FileHandle, offset: int, length: int, bs: int) -> bytes:
+    async def _read(self, h: FileHandle, offset: int, length: int, bs: int
+                    ) -> bytes | memoryview:
         counters = h.datastore.counters
         needed = blocks_for_read(offset, length, bs, h.size)
         # Start the later blocks of a multi-block read before waiting, so their GETs overlap.
@@ -144,6 +146,7 @@ class ReadPath:
             start = max(offset - idx * bs, 0)
             end = min(offset + length - idx * bs, len(block))
             parts.append(memoryview(block)[start:end])
-        data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        # One block: a view of it, no copy (as the fast path; the cache keeps the block alive).
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         counters.bytes_read += len(data)
         return data

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Measure `dsmount warm` against the direct asyncio SDK, and the read path with metrics on
+against metrics off (not a test; run as root on a quiet machine).
+
+    python scripts/bench_warm.py [--quick] [--only warm|metrics] [--workdir DIR]
+
+Starts a private in-memory Azurite, uploads 5,000 x 100 KiB files in 50 directories and one
+1 GiB blob (--quick: 500 files, 128 MiB), then:
+- warm: the direct asyncio SDK downloads (small files: 16 in flight; the blob: 8 MiB ranged
+  GETs, 16 in flight) and `dsmount warm` of the same data into a fresh daemon's memory cache
+  (2 GiB budget) and into its disk cache, each into a cold cache; prints files/s, MB/s and the
+  ratios.
+- metrics: a cold sequential read of the blob and the small files (8 threads) through the
+  mount, with no metrics and with --metrics-address scraped every second, alternated twice;
+  prints the figures and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.azurite import Azurite  # noqa: E402
+from tests.support.daemon import DsmountDaemon  # noqa: E402
+
+KiB, MiB, GiB, MB = 1024, 1024**2, 1024**3, 1e6
+BLOCK = 8 * MiB
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def small_name(i: int) -> str:
+    return f"small/d{i % 50:03d}/f{i:05d}.bin"
+
+
+async def upload(conn: str, n_small: int, big: int) -> None:
+    from azure.storage.blob.aio import BlobServiceClient
+
+    base = os.urandom(BLOCK)
+    sem = asyncio.Semaphore(64)
+    async with BlobServiceClient.from_connection_string(conn) as svc:
+        cc = svc.get_container_client("bench")
+        await cc.create_container()
+
+        async def put(i: int) -> None:
+            async with sem:
+                data = i.to_bytes(8, "little") + base[(i * 4096) % MiB:][: 100 * KiB - 8]
+                await cc.upload_blob(small_name(i), data)
+
+        bc = cc.get_blob_client("big/blob.bin")
+        ids = [base64.b64encode(f"{k:08d}".encode()).decode() for k in range(big // BLOCK)]
+
+        async def stage(k: int) -> None:
+            async with sem:
+                await bc.stage_block(ids[k], k.to_bytes(8, "little") + base[8:], length=BLOCK)
+
+        await asyncio.gather(*(put(i) for i in range(n_small)), *(stage(k) for k in
+                                                                   range(len(ids))))
+        await bc.commit_block_list(ids)
+
+
+async def sdk_small(conn: str, n: int, in_flight: int) -> float:
+    from azure.storage.blob.aio import BlobServiceClient
+
+    async with BlobServiceClient.from_connection_string(conn) as svc:
+        cc = svc.get_container_client("bench")
+        await cc.get_container_properties()
+        sem = asyncio.Semaphore(in_flight)
+
+        async def one(i: int) -> int:
+            async with sem:
+                stream = await cc.get_blob_client(small_name(i)).download_blob()
+                return len(await stream.readall())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return n / (time.perf_counter() - t0)
+
+
+async def sdk_blob(conn: str, size: int, in_flight: int) -> float:
+    from azure.storage.blob.aio import BlobServiceClient
+
+    async with BlobServiceClient.from_connection_string(conn) as svc:
+        cc = svc.get_container_client("bench")
+        await cc.get_container_properties()
+        sem = asyncio.Semaphore(in_flight)
+        bc = cc.get_blob_client("big/blob.bin")
+
+        async def one(o: int) -> int:
+            async with sem:
+                stream = await bc.download_blob(offset=o, length=min(BLOCK, size - o))
+                return len(await stream.readall())
+
+        t0 = time.perf_counter()
+        total = sum(await asyncio.gather(*(one(o) for o in range(0, size, BLOCK))))
+        assert total == size
+        return size / (time.perf_counter() - t0) / MB
+
+
+def daemon_for(workdir: Path, config: str, extra: list[str] | None = None) -> DsmountDaemon:
+    d = DsmountDaemon(Path(tempfile.mkdtemp(prefix="bw-", dir="/tmp")),
+                      config_text=config, extra_args=extra or [])
+    d.start()
+    return d
+
+
+def warm(d: DsmountDaemon, conn: str, path: str) -> dict:
+    d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
+          env={"CS": conn})
+    t0 = time.perf_counter()
+    out = d.cli("warm", "b", path, "--json", timeout=1200).stdout.splitlines()
+    wall = time.perf_counter() - t0
+    final = json.loads(out[-1])
+    assert final["state"] == "done" and final["errors"] == 0, final
+    final["wall"] = wall
+    return final
+
+
+def run_warm(workdir: Path, conn: str, n_small: int, big: int) -> None:
+    files = max(asyncio.run(sdk_small(conn, n_small, k)) for k in (8, 16))
+    blob = asyncio.run(sdk_blob(conn, big, 16))
+    log(f"sdk-aio: small files {files:.0f}/s, blob {blob:.0f} MB/s")
+    kinds = {
+        "memory": '[cache]\nmemory_budget = "2GiB"\n',
+        "disk": (f'[cache]\ndisk_dir = "{workdir}/disk"\ndisk_budget = "4GiB"\n'),
+    }
+    rows = []
+    for kind, config in kinds.items():
+        for path, unit in (("small", "files"), ("big", "MB")):
+            d = daemon_for(workdir, config)
+            try:
+                got = warm(d, conn, path)
+            finally:
+                d.cleanup()
+            if unit == "files":
+                rate, ref = got["files_done"] / got["wall"], files
+            else:
+                rate, ref = got["bytes_done"] / got["wall"] / MB, blob
+            rows.append((kind, path, rate, ref, got["target"]))
+            log(f"dsmount warm ({kind}) {path}: {rate:.0f} {unit}/s (job {got['elapsed']:.2f}s,"
+                f" wall {got['wall']:.2f}s) = {rate / ref:.2f}x sdk-aio")
+            if kind == "disk":
+                import shutil
+                shutil.rmtree(workdir / "disk", ignore_errors=True)
+    print("| target | data | dsmount warm | sdk-aio | ratio |")
+    print("|---|---|---:|---:|---:|")
+    for kind, path, rate, ref, _ in rows:
+        unit = "files/s" if path == "small" else "MB/s"
+        print(f"| {kind} | {path} | {rate:.0f} {unit} | {ref:.0f} {unit} | {rate / ref:.2f} |")
+
+
+def read_all(root: Path, n_small: int, big: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    with open(root / "big/blob.bin", "rb", buffering=0) as f:
+        while f.read(MiB):
+            pass
+    seq = big / (time.perf_counter() - t0) / MB
+
+    def one(i: int) -> int:
+        return len((root / small_name(i)).read_bytes())
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(one, range(n_small))) == n_small * 100 * KiB
+    return seq, n_small / (time.perf_counter() - t0)
+
+
+def run_metrics(workdir: Path, conn: str, n_small: int, big: int) -> None:
+    results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    for _round in range(2):
+        for mode in ("off", "on"):
+            extra = ["--metrics-address", "127.0.0.1:0"] if mode == "on" else []
+            d = daemon_for(workdir, "", extra)
+            stop = threading.Event()
+            scrapes = 0
+
+            def scrape(d: DsmountDaemon = d, stop: threading.Event = stop) -> None:
+                nonlocal scrapes
+                address = d.call("status")["metrics"]["address"]
+                while not stop.wait(1.0):
+                    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+                        r.read()
+                    scrapes += 1
+
+            scraper = threading.Thread(target=scrape, daemon=True) if mode == "on" else None
+            try:
+                d.cli("attach", "b", "--blob", "--container", "bench",
+                      "--connection-string-env", "CS", env={"CS": conn})
+                if scraper:
+                    scraper.start()
+                figures = read_all(d.mountpoint / "b", n_small, big)
+            finally:
+                stop.set()
+                if scraper:
+                    scraper.join()
+                d.cleanup()
+            results[mode].append(figures)
+            log(f"metrics {mode}: sequential {figures[0]:.0f} MB/s, small {figures[1]:.0f} "
+                f"files/s" + (f" ({scrapes} scrapes)" if mode == "on" else ""))
+    for i, what in enumerate(("cold sequential MB/s", "small files/s (8 threads)")):
+        off = sum(r[i] for r in results["off"]) / 2
+        on = sum(r[i] for r in results["on"]) / 2
+        print(f"| {what} | off {off:.0f} | on {on:.0f} | on/off {on / off:.3f} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["warm", "metrics"])
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    n_small, big = (500, 128 * MiB) if args.quick else (5000, GiB)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-warm-", dir="/tmp"))
+    server = Azurite(workdir / "azurite")
+    server.start()
+    try:
+        log(f"uploading {n_small} small files and a {big // MiB} MiB blob")
+        asyncio.run(upload(server.connection_string, n_small, big))
+        log(f"load average {os.getloadavg()[0]:.1f}")
+        if args.only in (None, "warm"):
+            run_warm(workdir, server.connection_string, n_small, big)
+        if args.only in (None, "metrics"):
+            run_metrics(workdir, server.connection_string, n_small, big)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
