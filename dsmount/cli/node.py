@@ -178,16 +178,18 @@ def status(obj: Context, as_json: bool) -> None:
     rows = []
     for d in result["datastores"]:
         ratio = d["cache_hit_ratio"]
+        stall = d.get("read_stall_seconds") or {"count": 0, "sum": 0.0}
         rows.append([
             d["path"], d["state"], format_size(d["bytes_read"]), str(d["blocks_fetched"]),
             "-" if ratio is None else f"{ratio:.0%}", str(d["readahead_hits"]),
+            f"{stall['count']}/{stall['sum']:.1f}s",
             f"{d['backend_errors']}/{d['backend_retries']}", d.get("backend_last_error") or "",
         ])
     for f in result.get("failed", []):
-        rows.append([f["path"], "failed", "-", "-", "-", "-", "-", f["error"]])
+        rows.append([f["path"], "failed", "-", "-", "-", "-", "-", "-", f["error"]])
     if rows:
-        print_table(rows, ["NAME", "STATE", "READ", "BLOCKS", "HIT", "RA-HITS", "ERR/RETRY",
-                           "LAST ERROR"])
+        print_table(rows, ["NAME", "STATE", "READ", "BLOCKS", "HIT", "RA-HITS", "STALLS",
+                           "ERR/RETRY", "LAST ERROR"])
     else:
         click.echo("no datastores attached")
 

@@ -121,7 +121,8 @@ class WarmJob:
         left = p.bytes_total - p.bytes_done
         eta = None if p.listing or rate <= 0 else round(left / rate, 1)
         out: dict[str, Any] = {
-            "job": self.id, "datastore": self.datastore.key, "paths": self.paths,
+            "job": self.id, "datastore": self.datastore.key, "paths": self.paths[:20],
+            "paths_count": len(self.paths),
             "state": self.state, "target": self.target, "capacity_bytes": self.capacity,
             "parallel": self.parallel, "elapsed": round(elapsed, 3),
             "rate_bytes_per_s": round(rate, 1), "eta_s": eta,
