@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from dsmount.errors import DsmountError, InvalidRequest, NotFound
+from dsmount.errors import Busy, DsmountError, InvalidRequest, NotFound
 from dsmount.node.cache.blocks import ReadCounters
 from dsmount.node.fs.core import FileSystem
 from dsmount.node.fs.datastore import Datastore
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 MEMORY_SHARE = 0.75  # of the memory budget a warm may fill
 DISK_SHARE = 0.95  # of the disk budget (block files carry a small header)
 MAX_CONSECUTIVE_FAILURES = 8
+MAX_RUNNING = 8  # jobs at once: each may have `parallel` reads in flight
 MAX_ERRORS_KEPT = 5
 _ids = itertools.count(1)
 
@@ -164,9 +165,14 @@ class Warmer:
     def start(self, ds: Datastore, paths: list[str], parallel: int | None = None) -> WarmJob:
         if self._nursery is None:
             raise DsmountError("warming is not available (the daemon is stopping)")
-        cleaned = sorted({clean_path(p, what="path") for p in paths}) or [""]
-        if "" in cleaned:
-            cleaned = [""]
+        running = sum(1 for j in self.jobs.values() if j.state == "running")
+        if running >= MAX_RUNNING:
+            raise Busy(f"{running} warm jobs are running; wait for one or cancel it")
+        cleaned: list[str] = []
+        for path in sorted({clean_path(p, what="path") for p in paths}) or [""]:
+            # A path inside another one given is warmed with it (sorted: parents come first).
+            if not any(q == "" or path.startswith(q + "/") for q in cleaned):
+                cleaned.append(path)
         disk = self.core.disk
         if disk is not None:
             target, capacity = "disk", int(disk.budget * DISK_SHARE)
@@ -183,8 +189,8 @@ class Warmer:
                 break
             del self.jobs[oldest.id]
         self._nursery.start_soon(self._run_job, job)
-        log.info("[%s] warm %s started (%s, %s)", ds.key, job.id, ", ".join(cleaned) or "/",
-                 target)
+        shown = ", ".join(repr(p) for p in cleaned[:5]) + (", ..." if len(cleaned) > 5 else "")
+        log.info("[%s] warm %s started (%s; into %s)", ds.key, job.id, shown, target)
         return job
 
     def job(self, job_id: str) -> WarmJob:
