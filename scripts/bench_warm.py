@@ -179,9 +179,39 @@ def read_all(root: Path, n_small: int, big: int) -> tuple[float, float]:
     return seq, n_small / (time.perf_counter() - t0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape_cost(workdir: Path, conn: str, n: int = 200) -> None:
+    """Daemon CPU per scrape, with one datastore that has been read (all families filled)."""
+    d = daemon_for(workdir, "", ["--metrics-address", "127.0.0.1:0"])
+    try:
+        d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
+              env={"CS": conn})
+        (d.mountpoint / "b" / small_name(0)).read_bytes()
+        address = d.call("status")["metrics"]["address"]
+        assert d.pid is not None
+        size = 0
+        c0, t0 = cpu_seconds(d.pid), time.perf_counter()
+        for _ in range(n):
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+                size = len(r.read())
+        c1, t1 = cpu_seconds(d.pid), time.perf_counter()
+    finally:
+        d.cleanup()
+    per = (c1 - c0) / n
+    print(f"| one scrape ({size} bytes) | daemon CPU {per * 1000:.2f} ms | wall "
+          f"{(t1 - t0) / n * 1000:.2f} ms | at one scrape per 15 s: {per / 15:.4%} of a core |")
+
+
 def run_metrics(workdir: Path, conn: str, n_small: int, big: int) -> None:
+    scrape_cost(workdir, conn)
     results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
-    for _round in range(2):
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    for _round in range(3):
         for mode in ("off", "on"):
             extra = ["--metrics-address", "127.0.0.1:0"] if mode == "on" else []
             d = daemon_for(workdir, "", extra)
@@ -202,7 +232,10 @@ def run_metrics(workdir: Path, conn: str, n_small: int, big: int) -> None:
                       "--connection-string-env", "CS", env={"CS": conn})
                 if scraper:
                     scraper.start()
+                assert d.pid is not None
+                c0 = cpu_seconds(d.pid)
                 figures = read_all(d.mountpoint / "b", n_small, big)
+                cpu[mode].append(cpu_seconds(d.pid) - c0)
             finally:
                 stop.set()
                 if scraper:
@@ -210,11 +243,16 @@ def run_metrics(workdir: Path, conn: str, n_small: int, big: int) -> None:
                 d.cleanup()
             results[mode].append(figures)
             log(f"metrics {mode}: sequential {figures[0]:.0f} MB/s, small {figures[1]:.0f} "
-                f"files/s" + (f" ({scrapes} scrapes)" if mode == "on" else ""))
+                f"files/s, daemon CPU {cpu[mode][-1]:.2f}s"
+                + (f" ({scrapes} scrapes)" if mode == "on" else ""))
+    rounds = len(results["off"])
     for i, what in enumerate(("cold sequential MB/s", "small files/s (8 threads)")):
-        off = sum(r[i] for r in results["off"]) / 2
-        on = sum(r[i] for r in results["on"]) / 2
+        off = sum(r[i] for r in results["off"]) / rounds
+        on = sum(r[i] for r in results["on"]) / rounds
         print(f"| {what} | off {off:.0f} | on {on:.0f} | on/off {on / off:.3f} |")
+    off, on = (sum(cpu[m]) / rounds for m in ("off", "on"))
+    print(f"| daemon CPU for the whole read | off {off:.2f}s | on {on:.2f}s | "
+          f"on/off {on / off:.3f} |")
 
 
 def main() -> int:

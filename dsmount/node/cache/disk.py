@@ -56,13 +56,14 @@ class DiskCache:
             entries.append((st.st_mtime, p.name, st.st_size))
         for _, name, size in sorted(entries):
             self._index[name] = size
+        self._used = sum(self._index.values())  # kept in step with _index: puts are O(1)
         for tmp in self.dir.glob(".tmp-*"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
     @property
     def used_bytes(self) -> int:
-        return sum(self._index.values())
+        return self._used
 
     def _name(self, key: str) -> str:
         return _digest(key).hex() + ".blk"
@@ -104,7 +105,7 @@ class DiskCache:
         return data
 
     def _discard(self, name: str) -> None:
-        self._index.pop(name, None)
+        self._used -= self._index.pop(name, 0)
         with contextlib.suppress(OSError):
             (self.dir / name).unlink()
 
@@ -145,6 +146,7 @@ class DiskCache:
         except OSError as e:
             log.warning("disk cache: cannot write block: %s", e)
             return
+        self._used += size - self._index.get(name, 0)
         self._index[name] = size
         self._index.move_to_end(name)
 
