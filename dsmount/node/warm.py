@@ -52,6 +52,7 @@ MEMORY_SHARE = 0.75  # of the memory budget a warm may fill
 DISK_SHARE = 0.95  # of the disk budget (block files carry a small header)
 MAX_CONSECUTIVE_FAILURES = 8
 MAX_RUNNING = 8  # jobs at once: each may have `parallel` reads in flight
+WALK_AHEAD = 20_000  # files listed but not yet warmed, at most
 MAX_ERRORS_KEPT = 5
 _ids = itertools.count(1)
 
@@ -226,7 +227,9 @@ class Warmer:
         with job.scope:
             try:
                 async with trio.open_nursery() as nursery:
-                    send, receive = trio.open_memory_channel[tuple[str, Entry]](job.parallel * 4)
+                    # The walker may run this far ahead (a few MB), so the totals - and the
+                    # progress bar's ETA - are known early; a huge tree still streams.
+                    send, receive = trio.open_memory_channel[tuple[str, Entry]](WALK_AHEAD)
                     nursery.start_soon(self._walk, job, send)
                     async with receive:
                         for _ in range(job.parallel):

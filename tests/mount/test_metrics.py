@@ -37,6 +37,7 @@ def scrape(daemon: DsmountDaemon, accept: str | None = None) -> tuple[Samples, s
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
         content_type = response.headers["Content-Type"]
+    assert Azurite.KEY not in text and "AccountKey" not in text  # never a secret
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
