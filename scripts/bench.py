@@ -8,6 +8,7 @@ section checking dsmount against its targets (`ratios`). Run it as root (FUSE mo
 `drop_caches`) with the project venv:
 
     .venv/bin/python scripts/bench.py                 # full scale (~2.5 GiB dataset)
+    .venv/bin/python scripts/bench.py --latency 10    # every request 10 ms late, all systems
     .venv/bin/python scripts/bench.py --quick --only sdk-sync,sdk-aio,adlfs --skip-rclone
 
 Clients: `sdk-sync` (azure-storage-blob, threads), `sdk-aio` (azure.storage.blob.aio), `adlfs`
@@ -26,6 +27,23 @@ under the same paths, tiny ones included (at most `--fs-tiny` of them). Count-ba
 (small files, random reads) stop issuing requests after `--cap` seconds and report the rate
 over what ran, so one slow client cannot blow the time budget; such figures carry a note.
 
+Versions (when `dsmount` runs): the same small and tiny files stored once more as a PACKED
+version (`dsmount.workspace.versions.create_version`, container `benchver`), registered in a
+temporary registry (`DSMOUNT_REGISTRY`) and attached with `dsmount attach benchver --version N`;
+rows 4 (version listing) and 8 (packed shuffled epochs) read it. With `--million` (default at
+full scale) a 1,000,000-file version is synthesised without uploading a million blobs: a
+manifest (`dsmount.storage.manifest.write_manifest`, 1,000 dirs x 1,000 files) pointing into 4
+pack objects that exist, committed like versions.py commits (`_versions/N.json`); a dedicated
+daemon attaches it and `find | wc -l` walks it (row 11).
+
+`--latency MS` starts tests/support/faultproxy_process.py (its own process, so its CPU is no
+client's) and points EVERY system at it: direct SDK clients, adlfs, rclone, dsmount and the
+file-share columns; each request's header block is held MS milliseconds (a per-request cost,
+not a bandwidth cap). The dataset upload goes direct. The proxy also counts the requests it
+forwards, which gives row 10 (backend requests per file) for every system; without it row 10
+comes from the daemon's own counters (`status`), dsmount only. Row 11 always goes through the
+proxy (with 0 ms unless `--latency`) so its LIST calls are counted there.
+
 Invariants:
 - Every process, mount and temp dir this script starts is released on any exit: each resource
   registers its cleanup in `_CLEANUPS` the moment it exists; the normal path runs it in a
@@ -38,6 +56,12 @@ Invariants:
 - Cold measurements drop the kernel page cache first (when allowed; the run notes it if not);
   the warm re-read never does, so dsmount's warm figure may come from the page cache.
 - MB/s means 10**6 bytes per second (as `dd` prints it); sizes in MiB/GiB are powers of two.
+- Uploads (the dataset, the versions) always go straight to the servers; with --latency every
+  client (and every daemon's registry entry) points at the proxy, so its delay and its request
+  counts apply to every system alike. The proxy is its own process: its CPU is no client's.
+- A cold epoch (rows 7 and 8) finds nothing cached in any system: the page cache is dropped,
+  dsmount reads datastores no earlier row has read, and rclone-full (whose disk cache holds
+  the files since row 3) does not run row 7.
 
 rclone 1.60 (Debian 12) treats `endpoint` as a DNS suffix (https://<account>.<endpoint>) and
 `use_emulator` as the fixed address 127.0.0.1:10000, so neither reaches an Azurite on a free
@@ -66,7 +90,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -86,6 +110,13 @@ CONTAINER = "bench"
 LIST_CONTAINER = "benchlist"
 DATASTORE = "bench"  # dsmount datastore names: files appear under <mountpoint>/<name>/
 LIST_DATASTORE = "benchlist"
+# The data container attached a second time: its own block-cache keys (the datastore id is in
+# the key), so the shuffled epoch (row 7) is cold for dsmount as it is for rclone-off.
+SHUF_DATASTORE = "benchshuf"
+VER_DATASTORE = VER_CONTAINER = "benchver"  # the packed version of the small and tiny files
+MIL_DATASTORE = MIL_CONTAINER = "benchmil"  # the synthesised 1,000,000-file version
+MIL_DIRS, MIL_FILES, MIL_SIZE, MIL_PACKS = 1000, 1000, 4 * KiB, 4
+MIL_FIND_TIMEOUT_S = 300.0  # the target is 60 s; a hung walk must not hold the run for long
 SEQ_BLOB = "big/seq.bin"
 RAND_BLOB = "big/rand.bin"
 TINY_DIR = "tiny"
@@ -114,11 +145,38 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "small_files_per_s": ("3. small files, 8 threads", "files/s"),
     "list_cold_s": ("4. list tiny dir, cold", "s"),
     "list_warm_s": ("4. list tiny dir, warm", "s"),
+    "ver_list_cold_s": ("4. list tiny dir of the packed version, cold", "s"),
+    "ver_list_warm_s": ("4. list tiny dir of the packed version, warm", "s"),
     "pread_per_s": ("5. random 64 KiB reads, 1 in flight", "reads/s"),
     "pread8_per_s": ("5. random 64 KiB reads, 8 in flight", "reads/s"),
+    "pread_fetch_ratio": ("5. bytes fetched / bytes read, 1 in flight", "x"),
     "peak_rss_mib": ("6. daemon peak RSS, whole run", "MiB"),
-    "stream_peak_rss_mib": ("6. peak RSS streaming 2 blobs, 256 MiB budget", "MiB"),
+    "stream_peak_rss_mib": ("6. peak RSS streaming 2 blobs", "MiB"),
+    "shuffle_cold_per_s": ("7. shuffled small files, cold epoch, 8 threads", "files/s"),
+    "shuffle_warm_per_s": ("7. shuffled small files, second epoch", "files/s"),
+    "packed_cold_per_s": ("8. packed version, shuffled, cold epoch, 8 threads", "files/s"),
+    "packed_warm_per_s": ("8. packed version, shuffled, second epoch", "files/s"),
+    "seq_cpu_s_per_gib": ("9. CPU per GiB, cold sequential: all counted", "CPU-s"),
+    "seq_proc_cpu_s_per_gib": ("9. CPU per GiB, cold sequential: client/daemon only", "CPU-s"),
+    "req_small": ("10. backend requests per file: row 3", "req/file"),
+    "req_shuffle_cold": ("10. backend requests per file: row 7 cold", "req/file"),
+    "req_shuffle_warm": ("10. backend requests per file: row 7 second", "req/file"),
+    "req_packed_cold": ("10. backend requests per file: row 8 cold", "req/file"),
+    "req_packed_warm": ("10. backend requests per file: row 8 second", "req/file"),
+    "million_attach_s": ("11. 1M-file version: attach + first ls", "s"),
+    "million_find_s": ("11. 1M-file version: find | wc -l", "s"),
+    "million_rss_mib": ("11. 1M-file version: daemon peak RSS", "MiB"),
+    "million_lists": ("11. 1M-file version: LIST calls (at the proxy)", "calls"),
 }
+# Workloads whose backend requests are counted, per file done (row 10).
+REQUEST_ROWS = {
+    "small_files_per_s": "req_small",
+    "shuffle_cold_per_s": "req_shuffle_cold",
+    "shuffle_warm_per_s": "req_shuffle_warm",
+    "packed_cold_per_s": "req_packed_cold",
+    "packed_warm_per_s": "req_packed_warm",
+}
+MILLION_KEYS = ("million_attach_s", "million_find_s", "million_rss_mib", "million_lists")
 
 
 def log(msg: str) -> None:
@@ -232,10 +290,30 @@ class Dataset:
     def tiny_content(i: int) -> bytes:
         return f"t{i}\n".encode()
 
+    def million_pack(self, p: int) -> bytes:
+        """Pack object `p` of the synthesised 1M-file version: MIL_FILES files end to end."""
+        n = MIL_FILES * MIL_SIZE
+        return self.base[p * n : (p + 1) * n]
+
+    def million_content(self, d: int, j: int) -> bytes:
+        """File j of dir d of that version: a slice of pack d % MIL_PACKS (dirs share packs)."""
+        start = (d % MIL_PACKS) * MIL_FILES * MIL_SIZE + j * MIL_SIZE
+        return self.base[start : start + MIL_SIZE]
+
+    def shuffled(self, salt: int) -> list[int]:
+        """A seeded permutation of the small files: one epoch's order, the same everywhere."""
+        order = list(range(self.scale.n_small))
+        random.Random(SEED + 1000 + salt).shuffle(order)
+        return order
+
     def pread_offsets(self, salt: int) -> list[int]:
         rng = random.Random(SEED + salt)
         last = self.scale.big_size - self.scale.pread_size
         return [rng.randrange(0, last + 1) for _ in range(self.scale.n_preads)]
+
+
+def million_name(d: int, j: int) -> str:
+    return f"d{d:04d}/f{j:04d}.bin"
 
 
 @dataclass(frozen=True)
@@ -395,6 +473,209 @@ async def upload_share(store: ShareStore, ds: Dataset, in_flight: int = 32) -> N
         await asyncio.gather(*jobs)
 
 
+# --- versions (dsmount's rows 4, 8 and 11) -------------------------------------------------
+
+
+def register_blob(registry_dir: Path, name: str, store: Store, container: str) -> None:
+    """Register blob datastore `name` (container `container` of `store`'s Azurite, at
+    `store.endpoint`) in the registry at `registry_dir`, creating the container."""
+    from dsmount.workspace import registry as reg
+    from dsmount.workspace.entries import CredentialRef, DatastoreInfo
+    from dsmount.workspace.registry import Registry
+
+    parts = dict(kv.split("=", 1) for kv in store.conn_str.split(";") if "=" in kv)
+    info = DatastoreInfo(name, "blob", account=parts["AccountName"], container=container,
+                         endpoint=store.endpoint, auth=CredentialRef("account_key", "stored"))
+    reg.register(info, parts["AccountKey"], registry=Registry(registry_dir), overwrite=True,
+                 create_if_not_exists=True)  # fmt: skip
+
+
+def make_packed_version(upload_registry: Path, ds: Dataset, workdir: Path) -> int:
+    """The small and tiny files as a packed version of `benchver`, made the way users make
+    one (`create_version`, what `dsmount datastore create` runs); returns its number."""
+    from dsmount.workspace.registry import Registry
+    from dsmount.workspace.versions import create_version
+
+    src = workdir / "version-src"
+    made: set[Path] = set()
+
+    def write(rel: str, data: bytes) -> None:
+        path = src / rel
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        path.write_bytes(data)
+
+    try:
+        for i in range(ds.scale.n_small):
+            write(ds.small_name(i), ds.small_content(i))
+        for i in range(ds.scale.n_tiny):
+            write(ds.tiny_name(i), ds.tiny_content(i))
+        number, _ = create_version(VER_DATASTORE, src, registry=Registry(upload_registry))
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+    return number
+
+
+def make_million_version(upload_registry: Path, ds: Dataset, workdir: Path, dirs: int) -> int:
+    """A 1,000,000-file version of `benchmil` without a million objects: MIL_PACKS pack objects
+    (uploaded) and a manifest of `dirs` (MIL_DIRS) x MIL_FILES files pointing into them (dir d
+    uses pack d % MIL_PACKS, file j its j-th MIL_SIZE bytes), pinned to the packs' ETags and
+    committed as versions.py commits (`_versions/N.claim`, `N.manifest`, then `N.json`).
+    Returns N."""
+    import hashlib
+
+    from dsmount.storage.manifest import FileRecord, write_manifest
+    from dsmount.workspace.registry import Registry
+    from dsmount.workspace.versions import PACKS_DIR, VERSIONS_DIR
+
+    check(MIL_PACKS * MIL_FILES * MIL_SIZE <= BASE_SIZE, "packs larger than the base buffer")
+    number = 1
+    root = f"{VERSIONS_DIR}/{number}"
+    names = [f"{root}/{PACKS_DIR}/pack-{p + 1:06d}" for p in range(MIL_PACKS)]
+    md5s = [
+        [hashlib.md5(ds.million_content(p, j), usedforsecurity=False).digest()
+         for j in range(MIL_FILES)]
+        for p in range(MIL_PACKS)
+    ]  # fmt: skip
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    mtime_ns = time.time_ns()
+    manifest_path = workdir / "million.manifest"
+    with Registry(upload_registry).store(MIL_DATASTORE) as store:
+        claim = json.dumps({"claimed": time.time(), "pid": os.getpid()}).encode()
+        check(store.put_bytes(f"{VERSIONS_DIR}/{number}.claim", claim, exclusive=True),
+              f"{MIL_CONTAINER} already has a version {number}")  # fmt: skip
+        for p, name in enumerate(names):
+            store.put_bytes(name, ds.million_pack(p))
+        listed = {f.path: f for f in store.walk(root)}
+        check(all(n in listed for n in names), "an uploaded pack is not listed")
+        packs = [(n, listed[n].size, listed[n].etag) for n in names]
+        records = (
+            FileRecord(million_name(d, j), MIL_SIZE, mtime_ns, md5s[d % MIL_PACKS][j],
+                       pack=names[d % MIL_PACKS], offset=j * MIL_SIZE)
+            for d in range(dirs) for j in range(MIL_FILES)
+        )  # fmt: skip
+        try:
+            counts = write_manifest(manifest_path, records, root=root, kind="version",
+                                    packs=packs, created=now, dir_mtime_ns=mtime_ns)  # fmt: skip
+            manifest = f"{VERSIONS_DIR}/{number}.manifest"
+            md5 = hashlib.md5(manifest_path.read_bytes(), usedforsecurity=False).digest()
+            store.upload(manifest_path, manifest, size=manifest_path.stat().st_size, md5=md5,
+                         overwrite=True, progress=lambda n: None)  # fmt: skip
+            log(f"1M-file manifest: {manifest_path.stat().st_size / MiB:.0f} MiB")
+        finally:
+            manifest_path.unlink(missing_ok=True)
+        record = {"version": number, **counts, "packs": MIL_PACKS, "created": now,
+                  "manifest": manifest}  # fmt: skip
+        store.put_bytes(f"{VERSIONS_DIR}/{number}.json", json.dumps(record, indent=1).encode())
+    return number
+
+
+# --- the fault proxy in front of every store (--latency) -----------------------------------
+
+PROXY_WAIT_S = 30.0
+
+
+def url_port(url: str) -> int:
+    from urllib.parse import urlsplit
+
+    port = urlsplit(url).port
+    check(port is not None, f"{url} names no port")
+    assert port is not None
+    return port
+
+
+class ProxyProcess:
+    """tests/support/faultproxy_process.py: one FaultProxy per upstream in a process of its
+    own (released on any exit), with a fixed per-request latency, counting what it forwards."""
+
+    def __init__(self, workdir: Path, upstream_urls: list[str], latency_ms: float) -> None:
+        import select
+
+        self.latency_ms = latency_ms
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = workdir / "faultproxy.log"
+        ups = sorted({url_port(u) for u in upstream_urls})
+        cmd = [sys.executable, "-m", "tests.support.faultproxy_process",
+               "--latency-ms", str(latency_ms)]  # fmt: skip
+        for port in ups:
+            cmd += ["--upstream", f"127.0.0.1:{port}"]
+        with open(log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
+                start_new_session=True,
+            )  # fmt: skip
+        on_exit(self.stop)
+        assert self.proc.stdout is not None
+        self._lock = threading.Lock()
+        ready, _, _ = select.select([self.proc.stdout], [], [], PROXY_WAIT_S)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        if not line:
+            raise RuntimeError(f"fault proxy did not start: {tail(log_path)}")
+        self.ports = {int(up): int(p) for up, p in json.loads(line)["ports"].items()}
+        self.pid = self.proc.pid
+        log(f"fault proxy (pid {self.pid}, {latency_ms:g} ms per request): {self.ports}")
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()  # end of input: it stops every proxy and exits
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def _ask(self, command: str) -> dict[str, Any]:
+        with self._lock:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            check(self.proc.poll() is None, f"fault proxy exited with {self.proc.returncode}")
+            self.proc.stdin.write(command.encode() + b"\n")
+            self.proc.stdin.flush()
+            return json.loads(self.proc.stdout.readline())
+
+    def forwarded(self) -> collections.Counter[str]:
+        """Requests forwarded to the stores so far, summed over every upstream, by kind."""
+        total: collections.Counter[str] = collections.Counter()
+        for counts in self._ask("stats").values():
+            total.update(counts["forwarded"])
+        return total
+
+    def requests(self) -> int:
+        return sum(self.forwarded().values())
+
+    def _redirect(self, url: str) -> tuple[tuple[str, int], tuple[str, int]]:
+        up = url_port(url)
+        check(up in self.ports, f"{url} is not behind the fault proxy")
+        return ("127.0.0.1", up), ("127.0.0.1", self.ports[up])
+
+    def url(self, url: str) -> str:
+        from tests.support.faultproxy import redirect_url
+
+        return redirect_url(url, *self._redirect(url))
+
+    def store(self, store: Store) -> Store:
+        """`store` as the clients see it through the proxy."""
+        from tests.support.faultproxy import redirect_connection_string
+
+        return replace(
+            store,
+            conn_str=redirect_connection_string(store.conn_str, *self._redirect(store.endpoint)),
+            endpoint=self.url(store.endpoint),
+            sas_url=self.url(store.sas_url),
+        )
+
+    def share(self, store: ShareStore) -> ShareStore:
+        from tests.support.faultproxy import redirect_connection_string
+
+        return replace(
+            store,
+            conn_str=redirect_connection_string(store.conn_str, *self._redirect(store.endpoint)),
+            endpoint=self.url(store.endpoint),
+        )
+
+
 # --- measurement helpers -------------------------------------------------------------------
 
 
@@ -448,6 +729,50 @@ class PeakRss(threading.Thread):
         return self.peak
 
 
+class CpuMeter:
+    """CPU seconds (user + system) spent over a `with` block by the processes `pids` (with
+    their reaped children), and with `reader=True` by the children of this process reaped
+    during the block (the `dd` a mount client runs: subprocess.run reaps it)."""
+
+    def __init__(self, pids: list[int], reader: bool = False) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.reader = reader
+        self.proc_s = 0.0  # the client process(es): the SDK client, the daemon, rclone
+        self.reader_s = 0.0
+
+    def _proc_total(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        return total
+
+    @staticmethod
+    def _reaped() -> float:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def __enter__(self) -> CpuMeter:
+        self._proc0, self._reaped0 = self._proc_total(), self._reaped()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc_s = self._proc_total() - self._proc0
+        self.reader_s = self._reaped() - self._reaped0 if self.reader else 0.0
+
+    def per_gib(self, nbytes: int) -> dict[str, float]:
+        """Row 9's two cells for `nbytes` streamed."""
+        gib = nbytes / GiB
+        return {
+            "seq_cpu_s_per_gib": (self.proc_s + self.reader_s) / gib,
+            "seq_proc_cpu_s_per_gib": self.proc_s / gib,
+        }
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     result = fn()
@@ -456,10 +781,15 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 @dataclass
 class Figure:
-    """A measured figure with a remark for the table (e.g. that a time cap cut it short)."""
+    """A measured figure with a remark for the table (e.g. that a time cap cut it short).
+
+    `count`: the items (files, reads) it is the rate of, for per-item figures (row 10);
+    `extra`: more cells measured by the same run (e.g. its CPU seconds per GiB)."""
 
     value: float
     note: str = ""
+    count: int | None = None
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -472,10 +802,11 @@ class Batch:
 
     def rate(self, what: str) -> Figure:
         check(bool(self.done), f"no {what} finished")
-        rate = len(self.done) / self.secs
-        if len(self.done) < self.total:
-            return Figure(rate, f"time cap reached after {len(self.done)} of {self.total} {what}")
-        return Figure(rate)
+        n = len(self.done)
+        rate = n / self.secs
+        if n < self.total:
+            return Figure(rate, f"time cap reached after {n} of {self.total} {what}", count=n)
+        return Figure(rate, count=n)
 
 
 def run_batch(fn: Callable[[Any], Any], items: list[Any], in_flight: int, cap_s: float) -> Batch:
@@ -545,6 +876,7 @@ class Client:
     """One column of the table. Methods return the figure for one workload (or raise)."""
 
     name = ""
+    shuffle_rows = False  # row 7: the shuffled epochs, the columns row 8 is compared with
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -586,6 +918,24 @@ class Client:
         """Raw details for the JSON output (not the table), taken after the workloads."""
         return {}
 
+    def request_count(self) -> int | None:
+        """Backend requests so far, as row 10 counts them (None: not countable here)."""
+        proxy = self.ctx.proxy
+        return proxy.requests() if proxy is not None and self.ctx.proxied else None
+
+    def shuffle_workloads(
+        self, read: Callable[[list[int], bool], float | Figure]
+    ) -> list[tuple[str, Callable[[], float | Figure]]]:
+        """Row 7 with `read(order, cold)` reading the small files in that order: two seeded
+        shuffles, the same for every client, the cold epoch then a second one (cold False:
+        it may find what the first left cached)."""
+        if not self.shuffle_rows:
+            return []
+        return [
+            ("shuffle_cold_per_s", lambda: read(self.ctx.shuffle1, True)),
+            ("shuffle_warm_per_s", lambda: read(self.ctx.shuffle2, False)),
+        ]
+
     def pread_figure(self, batch: Batch) -> Figure:
         """Check the reads (length of all, content of a few) and return their rate."""
         size = self.ds.scale.pread_size
@@ -607,6 +957,7 @@ class SdkSyncClient(Client):
 
     name = "sdk-sync"
     threads = 8
+    shuffle_rows = True
 
     def setup(self) -> None:
         from azure.storage.blob import BlobServiceClient
@@ -630,13 +981,14 @@ class SdkSyncClient(Client):
         return [
             ("seq_cold_mbps", self.seq),
             ("small_files_per_s", self.small),
+            *self.shuffle_workloads(lambda order, _cold: self.small(order)),
             ("list_cold_s", self.listing),
             ("list_warm_s", self.listing),
             ("pread_per_s", self.pread),
             ("pread8_per_s", self.pread8),
         ]
 
-    def seq(self) -> float:
+    def seq(self) -> Figure:
         size = self.ds.scale.big_size
         ranges = [(o, min(BLOCK, size - o)) for o in range(0, size, BLOCK)]
         first = b""
@@ -652,13 +1004,14 @@ class SdkSyncClient(Client):
                 total += len(data)
             return total
 
-        secs, total = timed(run)
+        with CpuMeter([os.getpid()]) as cpu:  # this process is the client
+            secs, total = timed(run)
         check(total == size, f"read {total} bytes, expected {size}")
         check(first == self.ds.big_range(1, 0, MiB), "wrong bytes at the start of the blob")
-        return size / secs / MB
+        return Figure(size / secs / MB, extra=cpu.per_gib(size))
 
-    def small(self) -> Figure:
-        items = list(range(self.ds.scale.n_small))
+    def small(self, order: list[int] | None = None) -> Figure:
+        items = list(range(self.ds.scale.n_small)) if order is None else order
         fn = lambda i: self._get(self.ds.small_name(i))  # noqa: E731
         return self.small_figure(run_batch(fn, items, self.threads, self.ctx.cap_s))
 
@@ -686,11 +1039,13 @@ class SdkAioClient(Client):
     name = "sdk-aio"
     seq_in_flight = 16
     in_flight = 8
+    shuffle_rows = True
 
     def workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
         return [
             ("seq_cold_mbps", lambda: self._run(self.seq)),
             ("small_files_per_s", lambda: self._run(self.small)),
+            *self.shuffle_workloads(lambda order, _cold: self._run(self.small, order)),
             ("list_cold_s", lambda: self._run(self.listing, for_listing=True)),
             ("list_warm_s", lambda: self._run(self.listing, for_listing=True)),
             ("pread_per_s", lambda: self._run(self.pread, 1, self.ctx.offsets1)),
@@ -719,7 +1074,7 @@ class SdkAioClient(Client):
         stream = await cc.get_blob_client(name).download_blob(offset=offset, length=length)
         return await stream.readall()
 
-    async def seq(self, cc: Any) -> float:
+    async def seq(self, cc: Any) -> Figure:
         size = self.ds.scale.big_size
         sem = asyncio.Semaphore(self.seq_in_flight)
         first = b""
@@ -732,18 +1087,19 @@ class SdkAioClient(Client):
                 first = data[:MiB]
             return len(data)
 
-        t0 = time.perf_counter()
-        total = sum(await asyncio.gather(*(one(o) for o in range(0, size, BLOCK))))
-        secs = time.perf_counter() - t0
+        with CpuMeter([os.getpid()]) as cpu:  # this process is the client
+            t0 = time.perf_counter()
+            total = sum(await asyncio.gather(*(one(o) for o in range(0, size, BLOCK))))
+            secs = time.perf_counter() - t0
         check(total == size, f"read {total} bytes, expected {size}")
         check(first == self.ds.big_range(1, 0, MiB), "wrong bytes at the start of the blob")
-        return size / secs / MB
+        return Figure(size / secs / MB, extra=cpu.per_gib(size))
 
-    async def small(self, cc: Any) -> Figure:
+    async def small(self, cc: Any, order: list[int] | None = None) -> Figure:
         async def one(i: int) -> bytes:
             return await self._get(cc, self.ds.small_name(i))
 
-        items = list(range(self.ds.scale.n_small))
+        items = list(range(self.ds.scale.n_small)) if order is None else order
         return self.small_figure(await run_batch_async(one, items, self.in_flight, self.ctx.cap_s))
 
     async def listing(self, cc: Any) -> float:
@@ -794,12 +1150,13 @@ class AdlfsClient(Client):
     def _p(self, name: str) -> str:
         return f"{CONTAINER}/{name}"
 
-    def seq(self) -> float:
+    def seq(self) -> Figure:
         size = self.ds.scale.big_size
-        secs, data = timed(lambda: self.fs.cat_file(self._p(SEQ_BLOB)))
+        with CpuMeter([os.getpid()]) as cpu:  # this process is the client
+            secs, data = timed(lambda: self.fs.cat_file(self._p(SEQ_BLOB)))
         check(len(data) == size, f"read {len(data)} bytes, expected {size}")
         check(data[:MiB] == self.ds.big_range(1, 0, MiB), "wrong bytes at the start of the blob")
-        return size / secs / MB
+        return Figure(size / secs / MB, extra=cpu.per_gib(size))
 
     def small(self) -> Figure:
         items = list(range(self.ds.scale.n_small))
@@ -839,6 +1196,7 @@ class MountClient(Client):
         self.dir = ctx.workdir / self.name
         self.mountpoint = self.dir / "mnt"
         self.rss: PeakRss | None = None
+        self.cpu_pids: list[int] = []  # the mount's own process(es), for row 9
         self._releases: list[Callable[[], None]] = []  # run by teardown, last first
 
     @property
@@ -851,6 +1209,11 @@ class MountClient(Client):
         """Directory under which the listing container's blobs appear."""
         return self.dir / "mnt-list"
 
+    @property
+    def shuffle_root(self) -> Path:
+        """Where row 7 reads the (unpacked) small files."""
+        return self.root
+
     def workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
         # Listing first: the mount is fresh, so its first listing is cold.
         return [
@@ -859,9 +1222,15 @@ class MountClient(Client):
             ("seq_cold_mbps", self.seq_cold),
             ("seq_warm_mbps", self.seq_warm),
             ("small_files_per_s", self.small),
+            *self.shuffle_workloads(lambda o, cold: self.read_files(self.shuffle_root, o, cold)),
+            *self.more_workloads(),
             ("pread_per_s", self.pread),
             ("pread8_per_s", self.pread8),
         ]
+
+    def more_workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
+        """Subclass rows run after the small-file rows."""
+        return []
 
     def start_rss(self, pids: list[int]) -> None:
         self.rss = PeakRss(pids)
@@ -887,26 +1256,34 @@ class MountClient(Client):
         check(copied == str(size), f"dd copied {copied} bytes, expected {size}")
         return size / secs / MB
 
-    def seq_cold(self) -> float:
+    def seq_cold(self) -> Figure:
         self.ctx.dropper.drop()
         path = self.root / SEQ_BLOB
         with open(path, "rb") as f:  # a content check on a separate open, before the clock
             check(f.read(4096) == self.ds.big_range(1, 0, 4096), "wrong bytes at blob start")
         self.ctx.dropper.drop()
-        return self.dd(path)
+        check(bool(self.cpu_pids), "the mount's process is unknown")
+        with CpuMeter(self.cpu_pids, reader=True) as cpu:  # the mount process plus `dd`
+            mbps = self.dd(path)
+        return Figure(mbps, extra=cpu.per_gib(self.ds.scale.big_size))
 
     def seq_warm(self) -> float:
         return self.dd(self.root / SEQ_BLOB)  # no cache drop: this is the warm figure
 
     def small(self) -> Figure:
-        self.ctx.dropper.drop()
+        return self.read_files(self.root, list(range(self.ds.scale.n_small)), cold=True)
+
+    def read_files(self, root: Path, order: list[int], cold: bool) -> Figure:
+        """Read small files below `root` in `order` with 8 threads; the page cache is dropped
+        first for a cold epoch (a second epoch may find what the first left cached)."""
+        if cold:
+            self.ctx.dropper.drop()
 
         def read(i: int) -> bytes:
-            with open(self.root / self.ds.small_name(i), "rb") as f:
+            with open(root / self.ds.small_name(i), "rb") as f:
                 return f.read()
 
-        items = list(range(self.ds.scale.n_small))
-        return self.small_figure(run_batch(read, items, self.threads, self.ctx.cap_s))
+        return self.small_figure(run_batch(read, order, self.threads, self.ctx.cap_s))
 
     def listing(self) -> float:
         def scan() -> int:
@@ -989,12 +1366,14 @@ class RcloneClient(MountClient):
 
     name = "rclone-off"
     cache_mode = "off"
+    shuffle_rows = True
 
     def setup(self) -> None:
         procs = [
             self._mount(self.data_store, self.mountpoint, "data"),
             self._mount(self.list_store, self.list_root, "list"),
         ]
+        self.cpu_pids = [procs[0][0].pid]  # the one serving the data container
         self.start_rss([p.pid for p, _, _ in procs])
         for proc, mountpoint, log_path in procs:
             self._wait_mounted(proc, mountpoint, log_path)
@@ -1028,18 +1407,23 @@ class RcloneClient(MountClient):
 class RcloneFullClient(RcloneClient):
     name = "rclone-full"
     cache_mode = "full"
+    shuffle_rows = False  # its disk cache holds the small files since row 3: no cold epoch
 
 
 class DsmountClient(MountClient):
-    """dsmount's daemon in the foreground, with both containers attached via `attach --blob`.
+    """dsmount's daemon in the foreground, with both containers attached via `attach --blob`,
+    the data container once more as `benchshuf` (row 7), and the packed version attached from
+    the benchmark's registry with `attach benchver --version N` (rows 4 and 8).
 
     Subclasses change only what is attached (`attachments`, `secret_env`, `root`, `list_root`);
     the daemon, the workloads and the measurements are shared.
     """
 
     name = "dsmount"
-    cache_budget = "256MiB"
     measure_stream_rss = True  # run_client's dedicated streaming run (`stream_peak_rss`)
+    measure_million = True  # run_client's dedicated 1M-file version run (`million_row`)
+    shuffle_rows = True
+    packed_rows = True  # rows 4 (version listing) and 8 (packed epochs)
     DATA_ENV = "DSMOUNT_BENCH_DATA_CONNECTION_STRING"
     LIST_ENV = "DSMOUNT_BENCH_LIST_CONNECTION_STRING"
 
@@ -1050,6 +1434,15 @@ class DsmountClient(MountClient):
     @property
     def list_root(self) -> Path:
         return self.mountpoint / LIST_DATASTORE
+
+    @property
+    def shuffle_root(self) -> Path:
+        return self.mountpoint / SHUF_DATASTORE
+
+    @property
+    def version_root(self) -> Path:
+        check(self.ctx.packed_version is not None, f"no packed version: {self.ctx.packed_error}")
+        return self.mountpoint / VER_DATASTORE / str(self.ctx.packed_version)
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -1063,10 +1456,11 @@ class DsmountClient(MountClient):
         )
 
     def setup(self) -> None:
-        self.start(self.dir, with_listing=True)
+        self.start(self.dir, self.attachments())
 
-    def start(self, run_dir: Path, with_listing: bool) -> None:
-        """Start a daemon with its own socket, state and (empty) config; attach the blobs."""
+    def start(self, run_dir: Path, attachments: list[tuple[str, list[str]]]) -> None:
+        """Start a daemon with its own socket, state and (empty) config; run each attachment
+        (`dsmount attach ARGS...`, then wait for MOUNTPOINT/PATH)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.mountpoint = run_dir / "mnt"
         self.mountpoint.mkdir(exist_ok=True)
@@ -1074,14 +1468,16 @@ class DsmountClient(MountClient):
         config = run_dir / "dsmount.toml"
         config.write_text("# empty: defaults plus command-line flags only\n")
         self.env = dict(os.environ)
-        self.env.update(self.secret_env(with_listing))
+        self.env.update(self.secret_env())
         self.env.pop("DSMOUNT_SOCKET", None)
         self.env.pop("DSMOUNT_CONFIG", None)
+        if self.ctx.registry_dir is not None:  # where `attach NAME --version N` looks NAME up
+            self.env["DSMOUNT_REGISTRY"] = str(self.ctx.registry_dir)
         log_path = run_dir / "daemon.log"
         cmd = [
             sys.executable, "-m", "dsmount", "--socket", str(self.socket),
             "daemon", "--foreground", "--mountpoint", str(self.mountpoint),
-            "--cache-budget", self.cache_budget, "--config", str(config),
+            "--cache-budget", self.ctx.cache_budget, "--config", str(config),
             "--state-dir", str(run_dir / "state"),
         ]  # fmt: skip
         with open(log_path, "ab") as logf:
@@ -1093,6 +1489,7 @@ class DsmountClient(MountClient):
         self._releases.append(
             on_exit(lambda: self._release_mount(proc, mountpoint, sigterm_first=True))
         )
+        self.cpu_pids = [proc.pid]
         self.start_rss([proc.pid])
         deadline = time.monotonic() + MOUNT_WAIT_S
         while True:
@@ -1104,35 +1501,88 @@ class DsmountClient(MountClient):
                 raise RuntimeError(f"daemon not answering ping: {tail(log_path)}")
             time.sleep(0.1)
         self._wait_mounted(proc, self.mountpoint, log_path)
-        for name, attach_args in self.attachments(with_listing):
-            res = self.cli("attach", name, *attach_args)
+        for rel, attach_args in attachments:
+            res = self.cli("attach", *attach_args, timeout=120)
             check(
                 res.returncode == 0,
-                f"attach {name} failed ({res.returncode}): "
+                f"attach {rel} failed ({res.returncode}): "
                 f"{(res.stderr or res.stdout).strip()[-400:]}",
             )
-            while not (self.mountpoint / name).is_dir():
+            while not (self.mountpoint / rel).is_dir():
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.mountpoint / name} did not appear after attach")
+                    raise RuntimeError(f"{self.mountpoint / rel} did not appear after attach")
                 time.sleep(0.05)
 
-    def secret_env(self, with_listing: bool) -> dict[str, str]:
+    def secret_env(self) -> dict[str, str]:
         """Environment variables holding the credentials `attachments` refers to."""
-        env = {self.DATA_ENV: self.data_store.conn_str}
-        if with_listing:
-            env[self.LIST_ENV] = self.list_store.conn_str
-        return env
+        return {self.DATA_ENV: self.data_store.conn_str, self.LIST_ENV: self.list_store.conn_str}
 
-    def attachments(self, with_listing: bool) -> list[tuple[str, list[str]]]:
-        """(datastore name, `attach` arguments after the name) for each datastore to attach."""
-        out = [(DATASTORE, self.data_store, self.DATA_ENV)]
-        if with_listing:
-            out.append((LIST_DATASTORE, self.list_store, self.LIST_ENV))
+    def blob_attachment(self, name: str, store: Store, env_var: str) -> tuple[str, list[str]]:
+        return name, [name, "--blob", "--container", store.container, "--endpoint",
+                      store.endpoint, "--connection-string-env", env_var]  # fmt: skip
+
+    def attachments(self) -> list[tuple[str, list[str]]]:
+        """(path below the mountpoint, `attach` arguments) for each datastore to attach."""
+        out = [
+            self.blob_attachment(DATASTORE, self.data_store, self.DATA_ENV),
+            self.blob_attachment(LIST_DATASTORE, self.list_store, self.LIST_ENV),
+            self.blob_attachment(SHUF_DATASTORE, self.data_store, self.DATA_ENV),
+        ]
+        number = self.ctx.packed_version
+        if number is not None:  # else rows 4 (version) and 8 say why there is no version
+            out.append((f"{VER_DATASTORE}/{number}", [VER_DATASTORE, "--version", str(number)]))
+        return out
+
+    def workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
+        rows = super().workloads()
+        if self.packed_rows:  # the version is attached but unread: its first listing is cold
+            listing = ("ver_list_cold_s", self.version_listing), ("ver_list_warm_s",
+                                                                  self.version_listing)
+            rows = [*listing, *rows]
+        return rows
+
+    def more_workloads(self) -> list[tuple[str, Callable[[], float | Figure]]]:
+        if not self.packed_rows:
+            return []
         return [
-            (name, ["--blob", "--container", store.container, "--endpoint", store.endpoint,
-                    "--connection-string-env", env_var])
-            for name, store, env_var in out
+            ("packed_cold_per_s",
+             lambda: self.read_files(self.version_root, self.ctx.shuffle1, cold=True)),
+            ("packed_warm_per_s",
+             lambda: self.read_files(self.version_root, self.ctx.shuffle2, cold=False)),
         ]  # fmt: skip
+
+    def version_listing(self) -> float:
+        def scan() -> int:
+            with os.scandir(self.version_root / TINY_DIR) as it:
+                return sum(1 for _ in it)
+
+        secs, n = timed(scan)
+        check(n == self.n_tiny, f"listed {n} entries, expected {self.n_tiny}")
+        return secs
+
+    # --- the daemon's own counters ------------------------------------------------------------
+
+    def daemon_status(self) -> dict[str, Any]:
+        from dsmount.control.client import ControlClient
+
+        return ControlClient(str(self.socket), timeout=30).call("status")
+
+    def daemon_counter(self, key: str) -> int:
+        """`key` (e.g. backend_requests) summed over the attached datastores."""
+        return sum(int(d.get(key) or 0) for d in self.daemon_status()["datastores"])
+
+    def request_count(self) -> int | None:
+        if self.ctx.proxied:
+            return super().request_count()
+        return self.daemon_counter("backend_requests")
+
+    def pread(self) -> Figure:
+        before = self.daemon_counter("backend_bytes_fetched")
+        fig = super().pread()
+        fetched = self.daemon_counter("backend_bytes_fetched") - before
+        if fig.count:
+            fig.extra["pread_fetch_ratio"] = fetched / (fig.count * self.ds.scale.pread_size)
+        return fig
 
     def extra_info(self) -> dict[str, Any]:
         # The daemon's own counters (fetches, cache hits...) explain its figures.
@@ -1144,9 +1594,12 @@ class DsmountClient(MountClient):
         except ValueError:
             return {"daemon_status": res.stdout}
 
+    # --- dedicated daemons ---------------------------------------------------------------------
+
     def stream_peak_rss(self) -> float:
         """A dedicated daemon: peak RSS while reading both big blobs (2 GiB at full scale)."""
-        self.start(self.ctx.workdir / "dsmount-stream", with_listing=False)
+        data = self.blob_attachment(DATASTORE, self.data_store, self.DATA_ENV)
+        self.start(self.ctx.workdir / "dsmount-stream", [data])
         try:
             self.ctx.dropper.drop()
             for name in (SEQ_BLOB, RAND_BLOB):
@@ -1154,6 +1607,73 @@ class DsmountClient(MountClient):
             return self.peak_rss_mib()
         finally:
             self.teardown()
+
+    def million_row(self) -> dict[str, Any]:
+        """A dedicated daemon, through the fault proxy: attach the 1,000,000-file version and
+        list its root (timed together), then `find | wc -l` it; its peak RSS and the LIST calls
+        the proxy forwarded from the attach to the end of the walk.
+
+        The attach is what `dsmount attach benchmil --version N` does, split so the proxy's
+        counts are the daemon's alone: the version is resolved here (a LIST of `_versions/` and
+        a GET of N.json, timed as part of the attach), then the daemon is asked over its socket.
+        """
+        from dsmount.control.client import ControlClient
+        from dsmount.workspace.registry import Registry
+        from dsmount.workspace.versions import attach_spec_for
+
+        ctx = self.ctx
+        check(ctx.million_version is not None, f"no 1M-file version: {ctx.million_error}")
+        check(ctx.proxy is not None and ctx.registry_dir is not None, "no fault proxy")
+        assert ctx.proxy is not None and ctx.registry_dir is not None
+        number = str(ctx.million_version)
+        self.start(ctx.workdir / "dsmount-million", [])
+        try:
+            root = self.mountpoint / MIL_DATASTORE / number
+            ctx.dropper.drop()
+            t0 = time.perf_counter()
+            spec = attach_spec_for(MIL_DATASTORE, number, registry=Registry(ctx.registry_dir))
+            resolve_s = time.perf_counter() - t0
+            before = ctx.proxy.forwarded()
+            ControlClient(str(self.socket), timeout=120).call("attach", name=MIL_DATASTORE, **spec)
+            top = os.listdir(root)
+            attach_s = time.perf_counter() - t0
+            dirs = ctx.million_dirs
+            check(len(top) == dirs, f"{len(top)} entries at the version's root, expected {dirs}")
+            find_s, lines = timed(lambda: find_count(root))
+            expected = 1 + dirs + dirs * MIL_FILES
+            check(lines == expected, f"find printed {lines} lines, expected {expected}")
+            done = ctx.proxy.forwarded()
+            done.subtract(before)
+            for d, j in ((0, 0), (dirs - 1, MIL_FILES - 1), (dirs // 2, 311)):  # after counting
+                data = (root / million_name(d, j)).read_bytes()
+                check(data == self.ds.million_content(d, j), f"wrong bytes in {million_name(d, j)}")
+            return {
+                "million_attach_s": attach_s,
+                "million_find_s": find_s,
+                "million_rss_mib": self.peak_rss_mib(),
+                "million_lists": done["list"],
+                "million_detail": {"resolve_s": resolve_s,
+                                   "requests": {k: v for k, v in done.items() if v}},
+            }  # fmt: skip
+        finally:
+            self.teardown()
+
+
+def find_count(root: Path) -> int:
+    """`find ROOT | wc -l`, bounded; on timeout the whole pipeline is killed (not only sh)."""
+    proc = subprocess.Popen(
+        ["sh", "-c", 'find "$1" | wc -l', "sh", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=MIL_FIND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"find did not finish within {MIL_FIND_TIMEOUT_S:.0f}s") from None
+    check(proc.returncode == 0 and not err.strip(), f"find failed: {err.strip()[-300:]}")
+    return int(out.strip())
 
 
 class FsSdkAioClient(SdkAioClient):
@@ -1165,6 +1685,7 @@ class FsSdkAioClient(SdkAioClient):
 
     name = "fs-sdk-aio"
     seq_in_flight = 8
+    shuffle_rows = False  # row 7 is the comparison for packed blob versions (row 8)
 
     @property
     def n_tiny(self) -> int:
@@ -1206,6 +1727,9 @@ class DsmountFsClient(DsmountClient):
 
     name = "dsmount-fs"
     measure_stream_rss = False  # the blob column measures it; the budget logic is shared
+    measure_million = False  # versions live in blob containers here
+    shuffle_rows = False
+    packed_rows = False
     KEY_ENV = "DSMOUNT_BENCH_SHARE_ACCOUNT_KEY"
 
     @property
@@ -1220,14 +1744,14 @@ class DsmountFsClient(DsmountClient):
     def list_root(self) -> Path:
         return self.mountpoint / FS_DATASTORE  # one share holds the tiny dir too
 
-    def secret_env(self, with_listing: bool) -> dict[str, str]:
+    def secret_env(self) -> dict[str, str]:
         return {self.KEY_ENV: self.share_store.key}
 
-    def attachments(self, with_listing: bool) -> list[tuple[str, list[str]]]:
+    def attachments(self) -> list[tuple[str, list[str]]]:
         store = self.share_store
         return [
-            (FS_DATASTORE, ["--fileshare", "--share", store.share, "--endpoint", store.endpoint,
-                            "--account-key-env", self.KEY_ENV])
+            (FS_DATASTORE, [FS_DATASTORE, "--fileshare", "--share", store.share, "--endpoint",
+                            store.endpoint, "--account-key-env", self.KEY_ENV])
         ]  # fmt: skip
 
 
@@ -1257,6 +1781,17 @@ class Context:
     offsets1: list[int]
     offsets8: list[int]
     cap_s: float
+    shuffle1: list[int] = field(default_factory=list)  # row 7/8 cold epoch order
+    shuffle2: list[int] = field(default_factory=list)  # row 7/8 second epoch order
+    cache_budget: str = "256MiB"  # the daemon's --cache-budget
+    proxy: ProxyProcess | None = None
+    proxied: bool = False  # the clients' stores are the proxy's (--latency); else direct
+    registry_dir: Path | None = None  # DSMOUNT_REGISTRY: endpoints as the daemons see them
+    packed_version: int | None = None
+    packed_error: str | None = "not made"
+    million_version: int | None = None  # None: row 11 not run (million_error says why)
+    million_error: str | None = None
+    million_dirs: int = MIL_DIRS  # fewer only for smoke runs (--million-dirs)
 
 
 Results = dict[str, dict[str, Any]]
@@ -1265,6 +1800,20 @@ Results = dict[str, dict[str, Any]]
 def short_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def counted_requests(client: Client) -> int | None:
+    """`client.request_count()`, or None (logged) if counting fails: row 10 is then n/a."""
+    try:
+        return client.request_count()
+    except Exception as exc:
+        log(f"{client.name}: counting requests failed: {short_error(exc)}")
+        return None
+
+
+def run_million(client: Client, ctx: Context) -> bool:
+    return (isinstance(client, DsmountClient) and client.measure_million
+            and (ctx.million_version is not None or ctx.million_error is not None))  # fmt: skip
 
 
 def run_client(name: str, ctx: Context) -> dict[str, Any]:
@@ -1283,15 +1832,24 @@ def run_client(name: str, ctx: Context) -> dict[str, Any]:
             keys.append("peak_rss_mib")
         if isinstance(client, DsmountClient) and client.measure_stream_rss:
             keys.append("stream_peak_rss_mib")
+        if run_million(client, ctx):
+            keys += MILLION_KEYS
         return dict.fromkeys(keys, err)
     try:
         for key, fn in client.workloads():
+            req_key = REQUEST_ROWS.get(key)
+            before = counted_requests(client) if req_key else None
             try:
                 fig = fn()
                 if isinstance(fig, Figure):
                     cells[key] = fig.value
+                    cells.update(fig.extra)
                     if fig.note:
                         cells.setdefault("notes", {})[key] = fig.note
+                    if req_key and before is not None and fig.count:
+                        after = counted_requests(client)
+                        if after is not None:
+                            cells[req_key] = (after - before) / fig.count
                 else:
                     cells[key] = fig
                 log(f"{name}: {key} = {cells[key]:.3f}")
@@ -1317,7 +1875,90 @@ def run_client(name: str, ctx: Context) -> dict[str, Any]:
         except Exception as exc:
             cells["stream_peak_rss_mib"] = {"error": short_error(exc)}
             log(f"{name}: stream_peak_rss_mib error: {cells['stream_peak_rss_mib']['error']}")
+    if run_million(client, ctx):
+        assert isinstance(client, DsmountClient)
+        log(f"{name}: dedicated run for the 1M-file version")
+        try:
+            cells.update(client.million_row())
+            log(f"{name}: " + ", ".join(f"{k} = {cells[k]:.3f}" for k in MILLION_KEYS))
+        except Exception as exc:
+            err = {"error": short_error(exc)}
+            cells.update(dict.fromkeys(MILLION_KEYS, err))
+            log(f"{name}: 1M-file version error: {err['error']}")
     return cells
+
+
+def prepare_versions(ctx: Context, direct: Store, million: bool, notes: list[str]) -> None:
+    """Make the packed version (rows 4 and 8) and, with `million`, the 1M-file version (row
+    11). They are made through a registry whose endpoints are direct (uploads never go through
+    the proxy); the daemons look them up in `ctx.registry_dir`, whose endpoints are the
+    clients' (the proxy's with --latency; row 11's always). A failure leaves the run going:
+    the rows that need the version say why."""
+    upload_registry = ctx.workdir / "registry-upload"
+    ctx.registry_dir = ctx.workdir / "registry"
+    assert ctx.data is not None
+    try:
+        register_blob(upload_registry, VER_DATASTORE, direct, VER_CONTAINER)
+        register_blob(ctx.registry_dir, VER_DATASTORE, ctx.data, VER_CONTAINER)
+        secs, number = timed(lambda: make_packed_version(upload_registry, ctx.ds, ctx.workdir))
+        ctx.packed_version, ctx.packed_error = number, None
+        log(f"packed version {VER_DATASTORE}/{number} made in {secs:.1f}s")
+        notes.append(f"packed version (create_version of the small and tiny files): {secs:.1f} s")
+    except Exception as exc:
+        ctx.packed_error = short_error(exc)
+        log(f"packed version not made: {ctx.packed_error}")
+    if not million:
+        return
+    try:
+        check(ctx.proxy is not None, "no fault proxy to count LIST calls at")
+        assert ctx.proxy is not None
+        register_blob(upload_registry, MIL_DATASTORE, direct, MIL_CONTAINER)
+        register_blob(ctx.registry_dir, MIL_DATASTORE, ctx.proxy.store(direct), MIL_CONTAINER)
+        secs, number = timed(
+            lambda: make_million_version(upload_registry, ctx.ds, ctx.workdir, ctx.million_dirs)
+        )
+        ctx.million_version = number
+        log(f"1M-file version {MIL_DATASTORE}/{number} synthesised in {secs:.1f}s")
+        notes.append(f"1M-file version synthesised (manifest written and uploaded): {secs:.1f} s")
+    except Exception as exc:
+        ctx.million_error = short_error(exc)
+        log(f"1M-file version not made: {ctx.million_error}")
+
+
+def method_notes(ctx: Context, results: Results) -> list[str]:
+    """How the new rows were measured, for the reader of the table."""
+    notes = []
+    if any(c in results for c in ("dsmount", "dsmount-fs")):
+        notes.append(f"dsmount daemons run with --cache-budget {ctx.cache_budget}")
+    notes += [
+        "row 9: CPU-seconds (user + system, psutil) per GiB over the timed cold sequential "
+        "read; 'all counted': direct clients = this benchmark process (the client runs in it), "
+        "rclone = the rclone process serving the data container + the `dd` reading the mount, "
+        "dsmount = the daemon + `dd`; 'client/daemon only' leaves `dd` out",
+        "rows 7-8: the same two seeded shuffles of the small files for every system, 8 "
+        "threads; cold = page cache dropped first, the second epoch is the other shuffle with "
+        "nothing dropped; dsmount's row 7 reads a second attachment of the data container "
+        f"({SHUF_DATASTORE}: its own cache keys) so it is as cold as everyone's; adlfs and "
+        "rclone-full (its disk cache holds the files since row 3) do not run row 7",
+    ]
+    if ctx.proxied:
+        notes.append("row 10: requests forwarded to the stores, counted at the fault proxy, "
+                     "per file read (every system alike)")  # fmt: skip
+    else:
+        notes.append("row 10: the daemon's own backend_requests counters (`status`), dsmount "
+                     "only: without --latency no proxy counts the other systems")  # fmt: skip
+    if ctx.packed_error and ctx.registry_dir is not None:
+        notes.append(f"no packed version: {ctx.packed_error}")
+    if ctx.million_version is not None or ctx.million_error is not None:
+        notes.append(
+            f"row 11: {ctx.million_dirs:,} dirs x {MIL_FILES:,} files of {MIL_SIZE // KiB} KiB in "
+            f"{MIL_PACKS} packs, a dedicated daemon behind the fault proxy; attach = resolving "
+            "the version in this process (what `dsmount attach NAME --version N` does before "
+            "it calls the daemon) + the daemon's attach + listing the root; LIST calls are "
+            "those the proxy forwarded from the daemon's attach to the end of `find`; RSS is "
+            "that daemon's peak over its whole life"
+        )
+    return notes
 
 
 def wait_quiet(pids: list[int | None], busy_pct: float = 10.0, max_wait_s: float = 30.0) -> None:
@@ -1407,7 +2048,9 @@ def fmt_cell(v: Any, unit: str) -> str:
         return "error: " + v["error"].replace("|", "\\|")[:120]
     if unit == "s":
         return f"{v:.3f}"
-    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+    if unit in ("req/file", "x", "CPU-s"):
+        return f"{v:.2f}"
+    return f"{v:,.0f}" if v >= 100 or unit == "calls" else f"{v:.1f}"
 
 
 def best(results: Results, clients: tuple[str, ...], key: str, lower: bool = False):
@@ -1425,9 +2068,13 @@ class Ratio:
     target: str
     met: bool | None
     detail: str
+    group: str = "issue 11"  # whose target: issue 11's, or an earlier issue's still in force
 
 
-def ratios(results: Results) -> list[Ratio]:
+RSS_400MB_MIB = 400 * MB / MiB  # issue 11 states the 1M-file version's RSS in MB
+
+
+def ratios(results: Results, budget_mib: float) -> list[Ratio]:
     out: list[Ratio] = []
     dsm = "dsmount"
 
@@ -1439,38 +2086,76 @@ def ratios(results: Results) -> list[Ratio]:
         target: float | None,
         lower: bool,
         me: str = dsm,
+        other_key: str | None = None,
+        group: str = "issue 11",
     ) -> None:
-        """Ratio of `me` to the best of `others`; `target` None: reported, no target."""
+        """Ratio of `me`'s `key` to the best of `others`' `other_key` (default: `key`);
+        `target` None: reported, no target."""
         goal = "reported" if target is None else f"{op} {target}x"
         mine = value(results, me, key)
-        other, who = best(results, others, key, lower=lower)
+        other, who = best(results, others, other_key or key, lower=lower)
         if mine is None or other is None or other == 0:
-            out.append(Ratio(label, None, goal, None, "missing figure"))
+            out.append(Ratio(label, None, goal, None, "missing figure", group))
             return
         r = mine / other
         met = None if target is None else (r >= target if op == ">=" else r <= target)
-        out.append(Ratio(label, r, goal, met, f"{mine:.3f} vs {who} {other:.3f}"))
+        out.append(Ratio(label, r, goal, met, f"{mine:.3f} vs {who} {other:.3f}", group))
 
     def absolute(label: str, key: str, limit: float, unit: str) -> None:
         mine = value(results, dsm, key)
+        goal = f"<= {limit:g} {unit}"
         if mine is None:
-            out.append(Ratio(label, None, f"<= {limit} {unit}", None, "missing figure"))
+            out.append(Ratio(label, None, goal, None, "missing figure"))
         else:
-            out.append(Ratio(label, mine, f"<= {limit} {unit}", mine <= limit, f"{unit}"))
+            out.append(Ratio(label, mine, goal, mine <= limit, f"{unit}"))
 
     if any(c not in FILESHARE for c in results):  # a file-share-only run has no blob figures
-        rel("cold sequential vs best direct", "seq_cold_mbps", DIRECT, ">=", 1.0, False)
-        rel("cold sequential vs rclone-off", "seq_cold_mbps", ("rclone-off",), ">=", 2.0, False)
+        direct, off = DIRECT, ("rclone-off",)
+        rel("small files vs best direct SDK", "small_files_per_s", direct, ">=", 1.0, False)
+        rel("small files vs rclone-off", "small_files_per_s", off, ">=", 1.5, False)
+        rel("packed shuffled cold epoch vs rclone-off shuffled", "packed_cold_per_s", off,
+            ">=", 5.0, False, other_key="shuffle_cold_per_s")  # fmt: skip
+        rel("packed shuffled cold epoch vs best direct per-file GETs", "packed_cold_per_s",
+            direct, ">=", 3.0, False, other_key="shuffle_cold_per_s")  # fmt: skip
+        rel("packed second epoch vs rclone-off second epoch", "packed_warm_per_s", off, "",
+            None, False, other_key="shuffle_warm_per_s")  # fmt: skip
+        rel("unpacked shuffled cold epoch vs rclone-off", "shuffle_cold_per_s", off, "", None,
+            False)  # fmt: skip
+        rel("random 64 KiB preads vs best direct ranged GET (1 in flight)", "pread_per_s",
+            direct, ">=", 1.0, False)  # fmt: skip
+        absolute("random 64 KiB preads: bytes fetched / bytes read", "pread_fetch_ratio", 2.0,
+                 "x")  # fmt: skip
+        rel("listing a version cold: time vs best rclone (plain container)", "ver_list_cold_s",
+            RCLONE, "<=", 0.1, True, other_key="list_cold_s")  # fmt: skip
+        rel("listing a plain container cold: time vs best rclone", "list_cold_s", RCLONE, "<=",
+            0.75, True)  # fmt: skip
+        absolute("listing warm, plain container", "list_warm_s", 0.05, "s")
+        absolute("listing warm, version", "ver_list_warm_s", 0.05, "s")
+        absolute("1M-file version: attach + first ls", "million_attach_s", 3.0, "s")
+        absolute("1M-file version: find | wc -l", "million_find_s", 60.0, "s")
+        absolute("1M-file version: daemon peak RSS (400 MB)", "million_rss_mib",
+                 round(RSS_400MB_MIB, 1), "MiB")  # fmt: skip
+        absolute("1M-file version: LIST calls", "million_lists", 0, "calls")
+        rel("cold sequential vs direct asyncio SDK", "seq_cold_mbps", ("sdk-aio",), ">=", 1.0,
+            False)  # fmt: skip
+        rel("daemon CPU per GiB vs the direct asyncio SDK's", "seq_proc_cpu_s_per_gib",
+            ("sdk-aio",), "<=", 1.5, True)  # fmt: skip
+        absolute("peak RSS streaming 2 blobs (budget + 100 MiB)", "stream_peak_rss_mib",
+                 budget_mib + 100, "MiB")  # fmt: skip
+        absolute("daemon peak RSS, whole run (budget + 100 MiB)", "peak_rss_mib",
+                 budget_mib + 100, "MiB")  # fmt: skip
+        # Earlier issues' targets that issue 11 does not restate.
+        early = "earlier"
+        rel("cold sequential vs best direct", "seq_cold_mbps", direct, ">=", 1.0, False,
+            group=early)  # fmt: skip
+        rel("cold sequential vs rclone-off", "seq_cold_mbps", off, ">=", 2.0, False,
+            group=early)  # fmt: skip
         rel("warm re-read vs rclone-full warm", "seq_warm_mbps", ("rclone-full",), ">=", 10.0,
-            False)  # fmt: skip
-        rel("small files vs best rclone", "small_files_per_s", RCLONE, ">=", 2.0, False)
-        rel("random 64 KiB preads vs rclone-off", "pread_per_s", ("rclone-off",), ">=", 3.0,
-            False)  # fmt: skip
-        rel("random 64 KiB preads vs best direct (1 in flight)", "pread_per_s", DIRECT, ">=",
-            0.8, False)  # fmt: skip
-        rel("listing cold: time vs best rclone", "list_cold_s", RCLONE, "<=", 0.5, True)
-        absolute("listing warm", "list_warm_s", 0.05, "s")
-        absolute("peak RSS streaming with 256 MiB budget", "stream_peak_rss_mib", 356, "MiB")
+            False, group=early)  # fmt: skip
+        rel("small files vs best rclone", "small_files_per_s", RCLONE, ">=", 2.0, False,
+            group=early)  # fmt: skip
+        rel("random 64 KiB preads vs rclone-off", "pread_per_s", off, ">=", 3.0, False,
+            group=early)  # fmt: skip
     if any(c in FILESHARE for c in results):
         # Issue 6: the file share is reported as a ratio against the direct SDK on the same
         # emulator; no target is set for it yet.
@@ -1482,30 +2167,38 @@ def ratios(results: Results) -> list[Ratio]:
             ("random 64 KiB reads, 8 in flight", "pread8_per_s", False),
         ):
             rel(f"file share: dsmount-fs vs fs-sdk-aio, {label}", key, ("fs-sdk-aio",), "",
-                None, lower, me="dsmount-fs")  # fmt: skip
+                None, lower, me="dsmount-fs", group="issue 6")  # fmt: skip
     return out
+
+
+def md_escape(text: str) -> str:
+    """A table cell's text: a `|` (as in `find | wc -l`) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def render_markdown(results: Results, meta: dict[str, Any], rs: list[Ratio]) -> str:
     clients = [c for c in CLIENTS if c in results]
     lines = [
-        f"Scale: {meta['scale_desc']}. {meta['servers']}; {meta['machine']}.",
+        f"Scale: {meta['scale_desc']}. {meta['servers']}; {meta['network']}; {meta['machine']}.",
         "",
         "| workload | unit | " + " | ".join(clients) + " |",
         "|---|---|" + "---:|" * len(clients),
     ]
     for key, (label, unit) in WORKLOADS.items():
+        if all(results[c].get(key) is None for c in clients):
+            continue  # a row no selected client measures (e.g. row 11 without --million)
         cells = [
             fmt_cell(results[c].get(key), unit)
             + ("*" if key in results[c].get("notes", {}) else "")
             for c in clients
         ]
-        lines.append(f"| {label} | {unit} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_escape(label)} | {unit} | " + " | ".join(cells) + " |")
     lines += ["", "| dsmount target | measured | target | met? |", "|---|---:|---|---|"]
     for r in rs:
         measured = "n/a" if r.measured is None else f"{r.measured:.2f}"
         met = "n/a" if r.met is None else ("yes" if r.met else "**no**")
-        lines.append(f"| {r.label} ({r.detail}) | {measured} | {r.target} | {met} |")
+        label = md_escape(f"{r.group}: {r.label} ({r.detail})")
+        lines.append(f"| {label} | {measured} | {r.target} | {met} |")
     if meta["notes"]:
         lines += ["", "Notes (* marks a figure with a note):", *(f"- {n}" for n in meta["notes"])]
     return "\n".join(lines) + "\n"
@@ -1536,7 +2229,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds after which a count-based workload (small files, preads) stops issuing "
         "requests; its rate is taken over what ran (default 20)",
     )
+    p.add_argument(
+        "--latency",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="put the fault proxy (own process) in front of every store for every system, "
+        "holding each request MS milliseconds (0: proxy and request counts, no delay); "
+        "default: clients talk to the stores directly (loopback)",
+    )
+    p.add_argument(
+        "--million",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run row 11, the synthesised 1,000,000-file version (default: at full scale only)",
+    )
+    p.add_argument(
+        "--million-dirs",
+        type=int,
+        default=MIL_DIRS,
+        help=f"directories of {MIL_FILES} files in row 11's version (default {MIL_DIRS}: a "
+        "million files; fewer only to smoke-test the row, its figures then are not the target's)",
+    )
+    p.add_argument(
+        "--cache-budget",
+        default="256MiB",
+        help="the dsmount daemons' --cache-budget (default 256MiB); RSS targets follow it",
+    )
     args = p.parse_args(argv)
+    if args.latency is not None and args.latency < 0:
+        p.error("--latency must be >= 0")
+    if args.million_dirs < 1:
+        p.error("--million-dirs must be >= 1")
     clients = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else list(CLIENTS)
     unknown = set(clients) - set(CLIENTS)
     if unknown:
@@ -1545,6 +2269,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         clients = [c for c in clients if c not in RCLONE]
     args.clients = [c for c in CLIENTS if c in clients]
     return args
+
+
+def network_desc(proxy: ProxyProcess | None, proxied: bool) -> str:
+    if proxied and proxy is not None:
+        return (f"every system through tests/support/faultproxy.py (own process), "
+                f"+{proxy.latency_ms:g} ms per request")  # fmt: skip
+    if proxy is not None:
+        return "loopback, no proxy (row 11 only: through the fault proxy, 0 ms)"
+    return "loopback, no proxy"
 
 
 def servers_desc(results: Results) -> str:
@@ -1614,11 +2347,28 @@ def main(argv: list[str] | None = None) -> int:
             offsets1=ds.pread_offsets(1),
             offsets8=ds.pread_offsets(8),
             cap_s=args.cap,
+            shuffle1=ds.shuffled(1),
+            shuffle2=ds.shuffled(2),
+            cache_budget=args.cache_budget,
+            million_dirs=args.million_dirs,
         )
+        with_dsmount = "dsmount" in args.clients
+        million = with_dsmount and (args.million if args.million is not None else not args.quick)
+        if args.latency is not None or (million and data is not None):
+            upstreams = [s.endpoint for s in (data, listing, share) if s is not None]
+            proxy = ProxyProcess(workdir / "faultproxy", upstreams, args.latency or 0.0)
+            ctx.proxy = proxy
+            if args.latency is not None:  # every client's store is the proxy's from here on
+                ctx.proxied = True
+                ctx.data = data and proxy.store(data)
+                ctx.listing = listing and proxy.store(listing)
+                ctx.share = share and proxy.share(share)
+        if with_dsmount and data is not None:
+            prepare_versions(ctx, data, million, notes)
         results: Results = {}
         for name in args.clients:
             t0 = time.perf_counter()
-            wait_quiet([s.pid for s in (data, listing, share) if s is not None])
+            wait_quiet([s.pid for s in (data, listing, share, ctx.proxy) if s is not None])
             results[name] = run_client(name, ctx)
             log(f"{name}: done in {time.perf_counter() - t0:.1f}s")
         if ctx.dropper.failed:
@@ -1632,6 +2382,7 @@ def main(argv: list[str] | None = None) -> int:
     for client, cells in results.items():
         for key, note in cells.get("notes", {}).items():
             notes.append(f"{client}, {WORKLOADS[key][0]}: {note}")
+    notes += method_notes(ctx, results)
     scale_desc = (
         f"{'quick' if args.quick else 'full'}: 2 x {scale.big_size // MiB} MiB blobs, "
         f"{scale.n_small} x {scale.small_size // KiB} KiB files in {scale.small_dirs} dirs, "
@@ -1642,12 +2393,17 @@ def main(argv: list[str] | None = None) -> int:
         "scale": asdict(scale),
         "scale_desc": scale_desc,
         "servers": servers_desc(results),
+        "network": network_desc(ctx.proxy, ctx.proxied),
+        "latency_ms": args.latency,
+        "cache_budget": args.cache_budget,
         "machine": f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
         "notes": notes,
         "elapsed_s": elapsed,
     }
-    rs = ratios(results)
+    from dsmount.shared.sizes import parse_size
+
+    rs = ratios(results, parse_size(args.cache_budget) / MiB)
     md = render_markdown(results, meta, rs)
     print(md)
     if args.markdown:

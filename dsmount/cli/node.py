@@ -78,12 +78,24 @@ def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foregr
 @click.option("--version", "version", default=None, help="Attach as NAME/VERSION.")
 @click.option("--immutable", is_flag=True, help="Data never changes: cache without expiry.")
 @click.option("--ttl", type=float, default=None, help="Metadata cache TTL in seconds.")
+@click.option("--shared", is_flag=True,
+              help="Let every user read it (as far as its own modes allow); a user's datastore "
+                   "is private to them otherwise.")
+@click.option("--uid", type=click.IntRange(0), default=None,
+              help="Root only: show every file as owned by this uid.")
+@click.option("--gid", type=click.IntRange(0), default=None,
+              help="Root only: show every file with this group.")
+@click.option("--file-mode", default=None, metavar="MODE",
+              help="Root only: show files with these permission bits (e.g. 0440).")
+@click.option("--dir-mode", default=None, metavar="MODE",
+              help="Root only: show directories with these permission bits (e.g. 0550).")
 @auth_options()
 @click.pass_obj
 def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshare: bool,
            container: str | None, share: str | None, account: str | None,
            endpoint: str | None, prefix: str, version: str | None, immutable: bool,
-           ttl: float | None, **auth: Any) -> None:
+           ttl: float | None, shared: bool, uid: int | None, gid: int | None,
+           file_mode: str | None, dir_mode: str | None, **auth: Any) -> None:
     """Attach a datastore at MOUNTPOINT/NAME (or NAME/VERSION)."""
     kinds = [k for k, on in (("local", local_path), ("blob", blob), ("fileshare", fileshare))
              if on]
@@ -94,6 +106,11 @@ def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshar
         spec["version"] = version
     if ttl is not None:
         spec["ttl"] = ttl
+    if shared:
+        spec["shared"] = True
+    # Checked by the daemon (only root may give them; modes are validated there).
+    spec.update({k: v for k, v in (("uid", uid), ("gid", gid), ("file_mode", file_mode),
+                                   ("dir_mode", dir_mode)) if v is not None})
 
     def build() -> None:
         if not kinds:
@@ -146,14 +163,21 @@ def list_(obj: Context, as_json: bool) -> None:
         where = b.get("path") or "/".join(
             x for x in (b.get("account"), b.get("container") or b.get("share"), b.get("prefix"))
             if x)
-        rows.append([d["path"], d["kind"], "yes" if d["immutable"] else "no",
+        rows.append([d["path"], d["kind"], _owner(d), "yes" if d["immutable"] else "no",
                      str(d["open_files"]), where])
     for f in result.get("failed", []):
-        rows.append([f["path"], f.get("kind") or "?", "-", "-", f"FAILED: {f['error']}"])
+        rows.append([f["path"], f.get("kind") or "?", _owner(f), "-", "-",
+                     f"FAILED: {f['error']}"])
     if not rows:
         click.echo("no datastores attached")
         return
-    print_table(rows, ["NAME", "KIND", "IMMUTABLE", "OPEN", "SOURCE"])
+    print_table(rows, ["NAME", "KIND", "OWNER", "IMMUTABLE", "OPEN", "SOURCE"])
+
+
+def _owner(d: dict[str, Any]) -> str:
+    """Who owns a datastore, and "(private)" when only they (and root) may read it."""
+    owner = str(d.get("owner_name") or d.get("owner", "root"))
+    return owner if d.get("shared", True) else f"{owner}(private)"
 
 
 @click.command()

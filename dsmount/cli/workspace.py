@@ -270,11 +270,27 @@ def remove(name: str) -> None:
 @click.argument("name")
 @click.argument("src_dir", type=click.Path(file_okay=False))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--no-pack", is_flag=True, help="Store every file as an object of its own.")
 @guarded()
-def create(name: str, src_dir: str, quiet: bool) -> None:
-    """Upload the contents of SRC_DIR as the next immutable version of NAME."""
-    number, summary = ver.create_version(name, src_dir, quiet=quiet)
+def create(name: str, src_dir: str, quiet: bool, no_pack: bool) -> None:
+    """Upload the contents of SRC_DIR as the next immutable version of NAME.
+
+    Files under 1 MiB are packed into ~32 MiB pack objects (one request serves many files);
+    a manifest lets the version mount with no listing at all."""
+    number, summary = ver.create_version(name, src_dir, quiet=quiet, pack=not no_pack)
     click.echo(f"created version {number} of {name!r}: {summary}")
+    click.echo(f"attach it with: dsmount attach {name} --version {number}")
+
+
+@datastore.command("snapshot")
+@click.argument("name")
+@click.option("--prefix", default="", help="Snapshot only this prefix (it becomes the root).")
+@guarded()
+def snapshot(name: str, prefix: str) -> None:
+    """Make a version of what NAME holds now, without copying: every object's ETag is pinned,
+    so an object changed later reads as ESTALE through the mount, never as mixed bytes."""
+    number, files = ver.snapshot(name, prefix)
+    click.echo(f"snapshot version {number} of {name!r}: {files} file(s) pinned")
     click.echo(f"attach it with: dsmount attach {name} --version {number}")
 
 

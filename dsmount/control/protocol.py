@@ -181,20 +181,69 @@ def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:
     return value
 
 
-ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl"})
+ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl", "owner", "shared", "uid",
+                           "gid", "file_mode", "dir_mode", "manifest"})
+OVERRIDES = ("uid", "gid", "file_mode", "dir_mode")  # root-only presentation overrides
+MAX_ID = 2**32 - 2  # the largest uid/gid (2**32 - 1 is the kernel's "no id")
+
+
+def get_id(args: dict[str, Any], key: str) -> int | None:
+    """A uid or gid: an integer in range, or absent."""
+    value = args.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise InvalidRequest(f"argument {key!r} must be a uid/gid number (0 to {MAX_ID})")
+    return value
+
+
+def get_mode(args: dict[str, Any], key: str) -> int | None:
+    """Permission bits: an integer 0..0o777 or an octal string ("0640"), or absent."""
+    value = args.get(key)
+    if value is None:
+        return None
+    mode: int | None = None
+    if isinstance(value, str) and value and all(c in "01234567" for c in value):
+        mode = int(value, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    if mode is None or not 0 <= mode <= 0o777:
+        raise InvalidRequest(f"argument {key!r} must be permission bits, e.g. \"0640\"")
+    return mode
+
+
+def get_optional_bool(args: dict[str, Any], key: str) -> bool | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    return get_bool(args, key)
 
 
 @dataclass(frozen=True)
 class AttachRequest:
-    """An `attach` request: where the datastore appears (name, version), how it is cached, and
-    where it lives (`storage`, validated by `DatastoreSpec`). The wire form is one flat object,
-    as the state file of a restarted daemon also keeps it."""
+    """An `attach` request: where the datastore appears (name, version), how it is cached,
+    whose it is and what it shows (owner, shared, the root-only overrides), and where it lives
+    (`storage`, validated by `DatastoreSpec`). The wire form is one flat object, as the state
+    file of a restarted daemon also keeps it (so an owner survives a restart).
+
+    `owner`/`shared` as a client sends them are wishes: the control service decides them from
+    the peer's credentials (a non-root peer always owns what it attaches) before anything is
+    attached or saved."""
 
     name: str
     storage: DatastoreSpec
     version: str | None = None
     immutable: bool = False
     ttl: float | None = None  # None: the daemon's [metadata] ttl
+    owner: int | None = None  # None: root's (also what the config attaches)
+    shared: bool | None = None  # None: shared if root's, private if a user's
+    uid: int | None = None
+    gid: int | None = None
+    file_mode: int | None = None
+    dir_mode: int | None = None
+    # A version's manifest object (relative to the datastore root): namespace from it, no
+    # LIST or HEAD; None: the datastore's own listings.
+    manifest: str | None = None
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> AttachRequest:
@@ -208,11 +257,31 @@ class AttachRequest:
             version=version,
             immutable=get_bool(args, "immutable", version is not None),
             ttl=None if ttl is None else get_number(args, "ttl", 0.0),
+            owner=get_id(args, "owner"),
+            shared=get_optional_bool(args, "shared"),
+            uid=get_id(args, "uid"),
+            gid=get_id(args, "gid"),
+            file_mode=get_mode(args, "file_mode"),
+            dir_mode=get_mode(args, "dir_mode"),
+            manifest=get_str(args, "manifest", required=False) or None,
         )
 
     @property
     def key(self) -> str:
         return f"{self.name}/{self.version}" if self.version is not None else self.name
+
+    @property
+    def overrides(self) -> dict[str, int]:
+        """The presentation overrides given (root only)."""
+        return {k: v for k in OVERRIDES if (v := getattr(self, k)) is not None}
+
+    @property
+    def effective_owner(self) -> int:
+        return 0 if self.owner is None else self.owner
+
+    @property
+    def effective_shared(self) -> bool:
+        return self.effective_owner == 0 if self.shared is None else self.shared
 
     def to_dict(self, *, secrets: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, **self.storage.to_dict(secrets=secrets)}
@@ -221,4 +290,12 @@ class AttachRequest:
         out["immutable"] = self.immutable
         if self.ttl is not None:
             out["ttl"] = self.ttl
+        if self.owner is not None:
+            out["owner"] = self.owner
+        if self.shared is not None:
+            out["shared"] = self.shared
+        for key, value in self.overrides.items():
+            out[key] = f"{value:04o}" if key.endswith("_mode") else value
+        if self.manifest is not None:
+            out["manifest"] = self.manifest
         return out

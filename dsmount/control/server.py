@@ -1,7 +1,8 @@
 """The control socket server: a thin adapter from a Unix socket to `ControlService`.
 
-Per connection: the peer's credentials are checked first (SO_PEERCRED: root, the daemon's own
-user, or a member of the configured group); lines longer than MAX_LINE are refused; a
+Per connection: the peer's credentials are checked first (SO_PEERCRED, and SO_PEERGROUPS for
+its groups, both as of connect: root, the daemon's own user, or a member of the configured
+group); lines longer than MAX_LINE are refused; a
 connection idle for `idle_timeout` is closed; at most `max_connections` are served at once and
 the rest get a "busy" reply. None of this can stop the daemon: every failure ends only the
 connection it happened on.
@@ -25,12 +26,20 @@ from dsmount.errors import ConfigError, DsmountError
 log = logging.getLogger(__name__)
 
 _PEERCRED = struct.Struct("3i")
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; not in every Python
 
 
 def peer_of(sock: trio.socket.SocketType) -> Peer:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     pid, uid, gid = _PEERCRED.unpack(raw)
-    return Peer(pid, uid, gid)
+    groups: frozenset[int] | None
+    try:
+        # The groups as of connect(): unlike /proc/PID they cannot belong to a later process.
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)  # up to 256 groups
+        groups = frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+    except OSError:  # ERANGE (more groups) or an old kernel: /proc, checked, instead
+        groups = None
+    return Peer(pid, uid, gid, groups)
 
 
 class ControlServer:

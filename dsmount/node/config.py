@@ -31,6 +31,11 @@ class DaemonSection:
     #: A group whose members may use the socket besides root and the daemon's user. Empty by
     #: default: attaching makes the (root) daemon read on someone's behalf, so it is opt-in.
     socket_group: str = ""
+    #: Whether a socket-group member may attach with --shared (every user then reads it, as
+    #: far as the source's own modes allow). On: sharing a dataset on a node is the common
+    #: need, and a local directory is shared only if every user can reach it anyway. Off:
+    #: every user-attached datastore stays private to its owner.
+    allow_shared: bool = True
     #: Where attached datastores are persisted for a restart; /var/lib/dsmount is the unit's
     #: StateDirectory= (kept across reboots, 0700).
     state_dir: str = "/var/lib/dsmount"
@@ -41,8 +46,9 @@ class DaemonSection:
 
 @dataclass(frozen=True)
 class FsSection:
-    #: Owner shown for every file of a shared datastore: root, so no user may chmod or delete
-    #: (the tree is read-only anyway) and the modes below decide who reads.
+    #: Owner shown for the mount's own directories and for every file of a cloud datastore
+    #: (blob, file share: they have no owners of their own): root, so the modes below decide
+    #: who reads. Local datastores show their source's owners and modes instead.
     uid: int = 0
     gid: int = 0
     #: World-readable, never writable: shared training data, read by every job on the node.

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -93,7 +94,9 @@ class Daemon:
         self.warmer = Warmer(self.core, parallel=c.cache.max_concurrent_gets)
         self.service = ControlService(
             self.core, retry=self.retry, ttl=c.metadata.ttl, negative_ttl=c.metadata.negative_ttl,
-            on_change=self._changed, status_extra=self._status_extra, warmer=self.warmer,
+            allow_shared=c.daemon.allow_shared, on_change=self._changed,
+            status_extra=self._status_extra,
+            manifest_dir=Path(c.daemon.state_dir) / "manifests", warmer=self.warmer,
         )
         self.server = ControlServer(self.service, c.daemon.socket, group=c.daemon.socket_group)
         self.metrics: MetricsServer | None = None
@@ -138,7 +141,6 @@ class Daemon:
         if self.core.disk is not None:
             extra["disk_cache"] = self.core.disk.as_dict()
         extra["memory"] = self.memory.describe()
-        extra["warm"] = self.warmer.summary()
         if self.metrics is not None:
             extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
         return extra

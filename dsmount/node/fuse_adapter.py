@@ -73,7 +73,7 @@ def entry_attributes(a: Attributes) -> pyfuse3.EntryAttributes:
     out.entry_timeout = a.timeout
     out.attr_timeout = a.timeout
     out.st_mode = a.mode
-    out.st_nlink = 2 if a.is_dir else 1
+    out.st_nlink = 2 if a.is_dir else 1  # a symlink: 1
     out.st_uid = a.uid
     out.st_gid = a.gid
     out.st_rdev = 0
@@ -123,7 +123,8 @@ class FuseOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
         with _guard("lookup"):
-            return self.attributes.get(await self.core.lookup(parent_inode, _name(name)))
+            uid = getattr(ctx, "uid", None)  # whose lookup: private datastores are theirs
+            return self.attributes.get(await self.core.lookup(parent_inode, _name(name), uid))
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         with _guard("getattr"):
@@ -140,7 +141,11 @@ class FuseOperations(pyfuse3.Operations):
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         with _guard("opendir"):
-            return await self.core.opendir(inode)
+            return await self.core.opendir(inode, getattr(ctx, "uid", None))
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        with _guard("readlink"):
+            return os.fsencode(await self.core.readlink(inode))
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         with _guard("readdir"):

@@ -29,7 +29,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -106,6 +106,7 @@ class WarmJob:
     target: str  # "disk" or "memory"
     capacity: int  # bytes the target may take from this job
     parallel: int
+    started_by: int = 0  # uid of the peer that started it (who may see and cancel it)
     progress: WarmProgress = field(default_factory=WarmProgress)
     state: str = "running"  # running, done, cancelled, failed
     message: str | None = None
@@ -163,7 +164,8 @@ class Warmer:
                 self._nursery = None
 
     # -- the control operations ------------------------------------------------------------------
-    def start(self, ds: Datastore, paths: list[str], parallel: int | None = None) -> WarmJob:
+    def start(self, ds: Datastore, paths: list[str], parallel: int | None = None,
+              *, started_by: int = 0) -> WarmJob:
         if self._nursery is None:
             raise DsmountError("warming is not available (the daemon is stopping)")
         running = sum(1 for j in self.jobs.values() if j.state == "running")
@@ -182,7 +184,7 @@ class Warmer:
         n = parallel or self.parallel
         if not 1 <= n <= 256:
             raise InvalidRequest("parallel must be between 1 and 256")
-        job = WarmJob(f"w{next(_ids)}", ds, cleaned, target, capacity, n)
+        job = WarmJob(f"w{next(_ids)}", ds, cleaned, target, capacity, n, started_by)
         self.jobs[job.id] = job
         while len(self.jobs) > self.keep:  # forget the oldest finished jobs
             oldest = next((j for j in self.jobs.values() if j.state != "running"), None)
@@ -207,10 +209,11 @@ class Warmer:
             job.scope.cancel()
         return job
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, visible: Callable[[WarmJob], bool] = lambda job: True) -> dict[str, Any]:
+        """Jobs running and bytes fetched (all jobs), and the `visible` jobs themselves."""
         running = sum(1 for j in self.jobs.values() if j.state == "running")
         return {"running": running, "bytes_fetched": self.bytes_fetched,
-                "jobs": [j.as_dict() for j in self.jobs.values()]}
+                "jobs": [j.as_dict() for j in self.jobs.values() if visible(j)]}
 
     # -- running a job ---------------------------------------------------------------------------
     async def _reap_abandoned(self) -> None:

@@ -32,6 +32,20 @@ class Entry:
     # Identity of this version of the object: a read pinned to it fails with Changed if the
     # object was replaced. Directories may have none.
     etag: str | None = None
+    # Owner, group and the nine permission bits, for kinds that have them (local): the mount
+    # shows them, and the kernel enforces them, unless the datastore overrides them. None:
+    # the kind has no owners (cloud storage); the daemon's [fs] defaults apply.
+    uid: int | None = None
+    gid: int | None = None
+    mode: int | None = None
+    # A symbolic link (is_dir False): where it points, relative to its own directory and
+    # always inside the datastore (the backend refuses any other).
+    symlink: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """"dir", "file" or "symlink": an inode never changes kind (a new one is made)."""
+        return "dir" if self.is_dir else "symlink" if self.symlink is not None else "file"
 
 
 class Backend(abc.ABC):
@@ -41,6 +55,9 @@ class Backend(abc.ABC):
     # Answer a lookup in an unlisted directory by listing it (one page) rather than a stat per
     # name: right for object stores, where a LIST costs about what a HEAD does.
     list_on_lookup: bool = False
+    # The root directory's own entry, when the kind has owners and modes (local; set by
+    # `check`): the core shows the datastore's root with them.
+    root_entry: Entry | None = None
 
     def __init__(self) -> None:
         self.stats = BackendStats()

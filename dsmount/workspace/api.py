@@ -373,11 +373,20 @@ class Datastore:
             quiet=not show_progress,
         )
 
-    def create_version(self, src_dir: str | Path, show_progress: bool = True) -> int:
-        """Upload the contents of `src_dir` as the next immutable version; its number."""
+    def create_version(
+        self, src_dir: str | Path, show_progress: bool = True, pack: bool = True
+    ) -> int:
+        """Upload the contents of `src_dir` as the next immutable version (small files packed
+        unless `pack=False`); its number."""
         number, _ = _versions.create_version(
-            self.name, src_dir, registry=self.workspace.registry, quiet=not show_progress
+            self.name, src_dir, registry=self.workspace.registry, quiet=not show_progress,
+            pack=pack,
         )
+        return number
+
+    def snapshot(self, prefix: str = "") -> int:
+        """Pin what the datastore holds below `prefix` now as the next version; its number."""
+        number, _ = _versions.snapshot(self.name, prefix, registry=self.workspace.registry)
         return number
 
     def versions(self) -> list[int]:

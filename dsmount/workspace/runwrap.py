@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from dsmount.errors import Busy, DsmountError, InvalidRequest, NotFound
-from dsmount.storage.names import clean_path, join
+from dsmount.storage.names import clean_path
 from dsmount.workspace.entries import NAME_RE, parse_version
 from dsmount.workspace.registry import Registry
-from dsmount.workspace.versions import VERSIONS_DIR, attach_spec_for
+from dsmount.workspace.versions import attach_spec_for, version_source
 
 ENV_PREFIX = "DSMOUNT_DATAREFERENCE_"
 EXIT_DSMOUNT_FAILED = 125
@@ -240,11 +240,11 @@ class _Session:
         from dsmount.workspace import transfer
 
         dest = Path(r.local).absolute() if r.local else self.work() / r.ref
-        prefix = r.path
         if r.version is not None:
-            number = attach_spec_for(r.datastore, r.version, registry=self.registry)["version"]
-            prefix = join(VERSIONS_DIR, number, r.path)
-        with self.registry.store(r.datastore) as store:
+            store, prefix = version_source(r.datastore, r.version, r.path, registry=self.registry)
+        else:
+            store, prefix = self.registry.store(r.datastore), r.path
+        with store:
             single = bool(prefix) and store.stat(prefix) is not None
             summary = transfer.download(
                 store, dest, prefix, overwrite=r.overwrite, quiet=self.quiet, desc=f"{r.ref}"

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from dsmount.control.protocol import Request, Response
-from dsmount.control.service import ControlService, Peer
+from dsmount.control.service import ControlService, Peer, _groups_of
 from dsmount.errors import NotFound
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.core import FileSystem, FsSettings
@@ -35,10 +35,11 @@ ACCOUNT_KEY = "VE9QU0VDUkVULWFjY291bnQta2V5LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3ODlhY
 ROOT = Peer(pid=os.getpid(), uid=0, gid=0)
 # pid 0 has no /proc entry, so the peer's groups are exactly its gid.
 NOBODY = Peer(pid=0, uid=65534, gid=65534)
+OTHER = Peer(pid=0, uid=65533, gid=65534)
 
 
 class Harness:
-    def __init__(self, core: FileSystem, factory: Any = make_backend) -> None:
+    def __init__(self, core: FileSystem, factory: Any = make_backend, **options: Any) -> None:
         self.changes = 0
         self.built: list[Backend] = []
 
@@ -52,6 +53,7 @@ class Harness:
             retry=RetryPolicy(base_delay=0.001, max_delay=0.01, deadline=5.0),
             backend_factory=counting_factory,
             on_change=self.count_change,
+            **options,
         )
 
     def count_change(self) -> None:
@@ -313,3 +315,149 @@ async def test_bad_numbers_are_refused_before_building_a_backend(service: Harnes
         assert (response.ok, response.code) == (False, "invalid_request")
         assert "ttl" in (response.message or "")
     assert service.built == []
+
+
+# -- whose datastores (issue 12) --------------------------------------------------------------
+async def test_what_a_user_attaches_is_theirs_and_private(service: Harness,
+                                                          shared_tree: Path) -> None:
+    response = await service.call("attach", NOBODY, **local("mine", shared_tree / "public"))
+    assert response.ok, response.message
+    assert (response.result["owner"], response.result["owner_name"]) == (65534, "nobody")
+    assert response.result["shared"] is False
+    ds = service.service.core.find("mine")
+    assert (ds.owner, ds.shared, ds.presentation.private_to) == (65534, False, 65534)
+    assert ds.presentation.uid is None and ds.presentation.file_mode is None  # source's modes
+    saved = service.service.specs["mine"]
+    assert (saved["owner"], saved["shared"]) == (65534, False)  # survives a restart
+    # Others do not see it, and may not detach or refresh it.
+    for op in ("list", "status"):
+        assert (await service.call(op, OTHER)).result["datastores"] == []
+        assert [d["name"] for d in (await service.call(op, ROOT)).result["datastores"]] == [
+            "mine"]
+        assert [d["name"] for d in (await service.call(op, NOBODY)).result["datastores"]] == [
+            "mine"]
+    for op in ("detach", "refresh"):
+        response = await service.call(op, OTHER, name="mine")
+        assert (response.ok, response.code) == (False, "not_found")
+    assert (await service.call("refresh", NOBODY, name="mine")).ok
+    assert (await service.call("detach", NOBODY, name="mine")).ok
+
+
+async def test_shared_datastores_of_users(service: Harness, shared_tree: Path) -> None:
+    response = await service.call("attach", NOBODY,
+                                  **local("ours", shared_tree / "public", shared=True))
+    assert response.ok, response.message
+    ds = service.service.core.find("ours")
+    assert (ds.owner, ds.shared, ds.presentation.private_to) == (65534, True, None)
+    assert [d["name"] for d in (await service.call("list", OTHER)).result["datastores"]] == [
+        "ours"]
+    response = await service.call("detach", OTHER, name="ours")
+    assert (response.ok, response.code) == (False, "permission_denied")
+    assert "belongs to nobody" in (response.message or "")
+    assert (await service.call("detach", ROOT, name="ours")).ok
+    # Root's own datastores are root's: a user may not detach them either.
+    assert (await service.call("attach", ROOT, **local("roots", shared_tree / "public"))).ok
+    response = await service.call("detach", NOBODY, name="roots")
+    assert (response.ok, response.code) == (False, "permission_denied")
+
+
+async def test_sharing_can_be_turned_off(core: FileSystem, shared_tree: Path) -> None:
+    harness = Harness(core, allow_shared=False)
+    response = await harness.call("attach", NOBODY,
+                                  **local("ours", shared_tree / "public", shared=True))
+    assert (response.ok, response.code) == (False, "permission_denied")
+    assert "allow_shared" in (response.message or "") and harness.built == []
+    assert (await harness.call("attach", NOBODY, **local("mine", shared_tree / "public"))).ok
+    assert (await harness.call("attach", ROOT, **local("roots", shared_tree / "public"))).ok
+
+
+async def test_only_root_overrides_owners_and_modes(service: Harness, shared_tree: Path) -> None:
+    for extra in ({"uid": 0}, {"gid": 0}, {"file_mode": "0644"}, {"dir_mode": 0o755},
+                  {"owner": 0}, {"owner": 1000}):
+        response = await service.call("attach", NOBODY,
+                                      **local("x", shared_tree / "public", **extra))
+        assert (response.ok, response.code) == (False, "permission_denied"), extra
+    assert service.built == []
+    response = await service.call("attach", ROOT, **local(
+        "over", shared_tree / "private", uid=4321, gid=8765, file_mode="0640", dir_mode=0o750))
+    assert response.ok, response.message
+    p = service.service.core.find("over").presentation
+    assert (p.uid, p.gid, p.file_mode, p.dir_mode, p.private_to) == (4321, 8765, 0o640, 0o750,
+                                                                      None)
+    saved = service.service.specs["over"]
+    assert (saved["file_mode"], saved["dir_mode"], saved["uid"]) == ("0640", "0750", 4321)
+    for bad in ({"uid": -1}, {"gid": "root"}, {"file_mode": "0999"}, {"dir_mode": 0o1777},
+                {"shared": "yes"}, {"owner": True}):
+        response = await service.call("attach", ROOT, **local("y", shared_tree, **bad))
+        assert (response.ok, response.code) == (False, "invalid_request"), bad
+
+
+async def test_a_users_cloud_datastore_shows_as_theirs(core: FileSystem) -> None:
+    harness = Harness(core, lambda spec, *, retry: MemoryBackend({"f": b"x"}))
+    response = await harness.call("attach", NOBODY, name="c", kind="blob", container="c",
+                                  account="a")
+    assert response.ok, response.message
+    p = core.find("c").presentation
+    assert (p.uid, p.file_mode, p.dir_mode, p.private_to) == (65534, 0o400, 0o500, 65534)
+    response = await harness.call("attach", NOBODY, name="s", kind="blob", container="c",
+                                  account="a", shared=True)
+    p = core.find("s").presentation
+    assert (p.uid, p.file_mode, p.dir_mode, p.private_to) == (65534, None, None, None)
+
+
+async def test_a_local_directory_must_be_reachable_by_all_to_be_shared(
+    service: Harness, shared_tree: Path
+) -> None:
+    (shared_tree / "public" / "sub").mkdir()
+    os.chmod(shared_tree, 0o701)  # "others" may search it, the group may not
+    response = await service.call("attach", NOBODY,
+                                  **local("x", shared_tree / "public" / "sub", shared=True))
+    assert (response.ok, response.code) == (False, "permission_denied")
+    assert "cannot be shared" in (response.message or "")
+    assert (await service.call("attach", NOBODY, **local("y", shared_tree / "public"))).ok
+
+
+async def test_a_directory_swapped_while_attaching_is_refused(
+    core: FileSystem, shared_tree: Path
+) -> None:
+    public = shared_tree / "public"
+
+    def swapping(spec: Any, *, retry: RetryPolicy) -> Backend:
+        os.rename(public, shared_tree / "was-public")
+        os.symlink(shared_tree / "private", public)
+        return make_backend(spec, retry=retry)
+
+    harness = Harness(core, swapping)
+    response = await harness.call("attach", NOBODY, **local("x", public))
+    assert (response.ok, response.code) == (False, "permission_denied")
+    assert "changed while being attached" in (response.message or "")
+    assert core.datastores() == []
+
+
+async def test_restore_keeps_owners_and_checks_them_again(service: Harness,
+                                                          shared_tree: Path) -> None:
+    await service.service.restore([
+        local("kept", shared_tree / "public", owner=65534, shared=False),
+        local("lost", shared_tree / "private", owner=65534, shared=False),
+        local("gone", shared_tree / "public", owner=4242424, shared=False),
+    ])
+    ds = service.service.core.find("kept")
+    assert (ds.owner, ds.shared) == (65534, False)
+    failed = {f["name"]: f for f in service.service.failed.values()}
+    assert set(failed) == {"lost", "gone"}
+    assert "cannot read" in failed["lost"]["error"] and failed["lost"]["owner"] == 65534
+    assert "no longer exists" in failed["gone"]["error"]
+    # A failed datastore of a user is theirs too.
+    assert (await service.call("list", OTHER)).result["failed"] == []
+    response = await service.call("detach", OTHER, name="lost")
+    assert (response.ok, response.code) == (False, "not_found")
+    assert (await service.call("detach", NOBODY, name="lost")).ok
+
+
+def test_peer_groups_come_from_the_connection_or_a_process_still_theirs() -> None:
+    me = os.getpid()
+    assert _groups_of(Peer(pid=me, uid=0, gid=5, groups=frozenset({7, 8}))) == {5, 7, 8}
+    proc = _groups_of(Peer(pid=me, uid=0, gid=5))
+    assert proc == {5, *os.getgroups()}
+    # A pid now running as someone else (reused after the client exited) tells nothing.
+    assert _groups_of(Peer(pid=me, uid=12345, gid=5)) == {5}

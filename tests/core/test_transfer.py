@@ -29,6 +29,7 @@ from dsmount.shared.sizes import format_size
 from dsmount.storage.azure.blob_store import BlobStore
 from dsmount.storage.azure.fileshare_store import FileShareStore
 from dsmount.storage.local_store import LocalStore
+from dsmount.storage.names import join
 from dsmount.storage.retry import RetryPolicy
 from dsmount.storage.store import RemoteFile, Store
 from dsmount.workspace import registry as reg
@@ -502,16 +503,25 @@ def test_register_validates_creates_and_versions_on_blob(azurite: Azurite, tmp_p
     assert done.created and done.is_default
     service = azurite.blob_service_client()
     try:
-        for n in (1, 2):
+        for n in (1, 2):  # version 1 packed (the default), version 2 one object per file
             src = make_tree(tmp_path / f"v{n}", {"train/x.txt": f"version {n}\n".encode()})
-            assert ver.create_version("cats", src, registry=registry)[0] == n
+            assert ver.create_version("cats", src, registry=registry, pack=n == 1)[0] == n
         assert ver.versions("cats", registry=registry) == [1, 2]
         c = service.get_container_client(container)
         names = sorted(b.name for b in c.list_blobs())
+        assert "sets/_versions/1/.packs/pack-000001" in names
         assert "sets/_versions/2/train/x.txt" in names and "sets/_versions/1.json" in names
+        assert "sets/_versions/1.manifest" in names and "sets/_versions/2.manifest" in names
         spec = ver.attach_spec_for("cats", "1", registry=registry)
-        assert spec["prefix"] == "sets/_versions/1" and spec["immutable"] is True
+        assert spec["prefix"] == "sets" and spec["immutable"] is True
+        assert spec["manifest"] == "_versions/1.manifest"
         assert spec["auth"] == {"kind": "account_key", "secret": Azurite.KEY}
+        for n in (1, 2):  # the blocking face reads either layout through the manifest
+            store, prefix = ver.version_source("cats", str(n), registry=registry)
+            with store:
+                assert store.read_range(join(prefix, "train/x.txt"), 0, 100) == (
+                    f"version {n}\n".encode()
+                )
     finally:
         service.delete_container(container)
         service.close()
@@ -547,15 +557,20 @@ def test_file_share_datastore_versions(
     with pytest.raises(NotFound, match="share or directory"):  # "sets" does not exist yet
         reg.register(info, registry=registry)
     assert reg.register(info, registry=registry, create_if_not_exists=True).created is False
-    for n in (1, 2):
+    for n in (1, 2):  # version 1 packed (the default), version 2 one file per file
         src = make_tree(tmp_path / f"v{n}", {"train/x.txt": f"v{n}".encode()})
-        assert ver.create_version("share", src, registry=registry)[0] == n
+        assert ver.create_version("share", src, registry=registry, pack=n == 1)[0] == n
     assert ver.versions("share", registry=registry) == [1, 2]
     spec = ver.attach_spec_for("share", "2", registry=registry)
-    assert spec["kind"] == "fileshare" and spec["prefix"] == "sets/_versions/2"
+    assert spec["kind"] == "fileshare" and spec["prefix"] == "sets"
+    assert spec["manifest"] == "_versions/2.manifest"
     assert spec["share"] == file_share.share_name
     with registry.store("share") as store:
-        assert store.read_range("_versions/1/train/x.txt", 0, 10) == b"v1"
+        assert store.read_range("_versions/2/train/x.txt", 0, 10) == b"v2"
+        assert store.read_range("_versions/1/.packs/pack-000001", 0, 10) == b"v1"
+    store, prefix = ver.version_source("share", "1", "train/x.txt", registry=registry)
+    with store:
+        assert store.read_range(prefix, 0, 10) == b"v1"
 
 
 def _write(path: Path, data: bytes) -> Path:

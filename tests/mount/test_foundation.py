@@ -183,11 +183,18 @@ def test_walk_lists_exactly_the_source_tree(tree_mount: Path, source_tree: Path)
     assert kinds == {p: n.kind == "dir" for p, n in want.items() if "/" not in p}
 
 
-def test_default_modes_and_owner(tree_mount: Path, daemon: DsmountDaemon) -> None:
-    for path in [daemon.mountpoint, tree_mount, *tree_mount.rglob("*")]:
+def test_default_modes_and_owner(tree_mount: Path, daemon: DsmountDaemon,
+                                 source_tree: Path) -> None:
+    # The mount's own directory: the [fs] defaults.
+    st = os.stat(daemon.mountpoint)
+    assert (st.st_mode, st.st_uid, st.st_gid) == (stat.S_IFDIR | 0o555, 0, 0)
+    # A local datastore: exactly the source's owners and modes (the kernel enforces them).
+    for path in [tree_mount, *tree_mount.rglob("*")]:
         st = os.stat(path)
-        want = stat.S_IFDIR | 0o555 if path.is_dir() else stat.S_IFREG | 0o444
-        assert (st.st_mode, st.st_uid, st.st_gid) == (want, 0, 0), path
+        src = os.stat(source_tree / path.relative_to(tree_mount))
+        want = (stat.S_IFMT(src.st_mode) | (src.st_mode & 0o777), src.st_uid,
+                src.st_gid)
+        assert (st.st_mode, st.st_uid, st.st_gid) == want, path
 
 
 def test_config_sets_owner_and_modes(
@@ -196,7 +203,13 @@ def test_config_sets_owner_and_modes(
     d = make_daemon(
         config_text='[fs]\nuid = 4321\ngid = 8765\nfile_mode = "0640"\ndir_mode = "0750"\n'
     )
-    root = d.attach_local("cfg", small_src)
+    # [fs] is what the mount's own directories (and cloud datastores) show...
+    st = os.stat(d.mountpoint)
+    assert (st.st_mode, st.st_uid, st.st_gid) == (stat.S_IFDIR | 0o750, 4321, 8765)
+    # ...and root's attach-time override is what a local datastore shows instead of its source.
+    d.cli("attach", "cfg", "--local", str(small_src), "--uid", "4321", "--gid", "8765",
+          "--file-mode", "0640", "--dir-mode", "0750")
+    root = d.mountpoint / "cfg"
     for path in [root, root / "sub", root / "hello.txt", root / "sub" / "data.bin"]:
         st = os.stat(path)
         want = stat.S_IFDIR | 0o750 if path.is_dir() else stat.S_IFREG | 0o640
@@ -898,9 +911,10 @@ def test_list_and_status_json_and_tables(daemon: DsmountDaemon, small_src: Path)
         assert st["bytes_read"] >= len(b"hello\n")
 
         table = daemon.cli("list").stdout.splitlines()
-        assert table[0].split() == ["NAME", "KIND", "IMMUTABLE", "OPEN", "SOURCE"]
+        assert table[0].split() == ["NAME", "KIND", "OWNER", "IMMUTABLE", "OPEN", "SOURCE"]
         row = next(line.split() for line in table[1:] if line.split()[0] == name)
-        assert row == [name, "local", "no", "0", str(small_src)]
+        assert row == [name, "local", "root", "no", "0", str(small_src)]
+        assert (entry["owner"], entry["owner_name"], entry["shared"]) == (0, "root", True)
         human = daemon.cli("status").stdout
         assert f"daemon pid {daemon.pid}" in human
         assert any(line.split()[:2] == [name, "ok"] for line in human.splitlines())

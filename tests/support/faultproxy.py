@@ -1,10 +1,13 @@
-"""A fault-injecting TCP proxy for reliability tests.
+"""A fault-injecting TCP proxy for reliability tests and the benchmark.
 
 `FaultProxy` listens on 127.0.0.1 in front of a local HTTP server (Azurite, the Azure Files
 emulator) and relays bytes both ways, while the test injects faults through a thread-safe API:
-cut connections every N downstream bytes, reset new connections, delay data, answer requests
-with an Azure-style 503 ServerBusy, refuse connections ("backend down") or accept them and never
-answer ("hung backend").
+cut connections every N downstream bytes, reset new connections, delay data, add a fixed
+latency to every request, answer requests with an Azure-style 503 ServerBusy, refuse
+connections ("backend down") or accept them and never answer ("hung backend"). It also counts
+the requests it forwards by kind (`forwarded`: "list" for `comp=list`, else the method), so a
+test or the benchmark can count LIST/HEAD/GET calls independently of the client.
+`tests/support/faultproxy_process.py` runs proxies as a process of their own (the benchmark).
 
 Design and invariants:
 - One asyncio event loop in one daemon thread owns every socket and every piece of fault state.
@@ -18,9 +21,11 @@ Design and invariants:
 - Request boundaries in the client->server stream are tracked by `RequestTracker` (I/O-free:
   bytes in, actions out) from the header block and Content-Length only; bodies are counted,
   never scanned. That is what lets `respond_503` answer exactly the next n requests on
-  keep-alive connections. It assumes clients do not pipeline requests (true of the Azure SDKs,
-  urllib3, aiohttp, http.client). A request with a chunked body is never answered with a 503 and
-  stops tracking on its connection.
+  keep-alive connections, and `latency` hold each request (not each chunk) once: the
+  `Forward` carrying a request's header block is marked with its parsed head. It assumes
+  clients do not pipeline requests (true of the Azure SDKs, urllib3, aiohttp, http.client). A
+  request with a chunked body is never answered with a 503 and stops tracking on its
+  connection (its head is still marked: it is held and counted, later ones are not).
 - A connection is closed exactly once, by its own handler task, after both pump tasks have
   finished (so the loop no longer watches the sockets): gracefully, with FIN (drop), or with RST
   (SO_LINGER 0: reset_next, down, stop, upstream errors).
@@ -29,6 +34,7 @@ Design and invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import socket
@@ -67,10 +73,33 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
+class RequestHead:
+    """The parts of a request header block that delimit and classify the request."""
+
+    method: bytes
+    target: bytes  # the request-target as sent (path and query)
+    content_length: int
+    chunked: bool
+    close: bool
+
+    @property
+    def kind(self) -> str:
+        """"list" for an Azure listing (`comp=list`), else the method in lower case."""
+        query = self.target.partition(b"?")[2]
+        if b"comp=list" in query.lower().split(b"&"):
+            return "list"
+        return self.method.decode("ascii", "replace").lower()
+
+
+@dataclass(frozen=True)
 class Forward:
-    """Send these bytes upstream (may be a view into the relay buffer: send before reusing it)."""
+    """Send these bytes upstream (may be a view into the relay buffer: send before reusing it).
+
+    `request` is set on exactly the Forward that carries a request's header block (so a new
+    request starts with it), None on body bytes and on untracked (opaque) bytes."""
 
     data: bytes | memoryview
+    request: RequestHead | None = None
 
 
 @dataclass(frozen=True)
@@ -87,14 +116,6 @@ class _State(Enum):
     DISCARD = "discard"  # swallowing the body of a request that gets a 503
     OPAQUE = "opaque"  # boundaries unknown (chunked body, oversized/malformed head): relay raw
     CLOSED = "closed"  # a 503 with close was issued: ignore everything after it
-
-
-@dataclass(frozen=True)
-class _Head:
-    method: bytes
-    content_length: int
-    chunked: bool
-    close: bool
 
 
 def _could_be_request(head: bytes) -> bool:
@@ -115,13 +136,13 @@ def _could_be_request(head: bytes) -> bool:
     return len(parts) == 3 and parts[2].startswith(b"HTTP/")
 
 
-def _parse_head(block: bytes) -> _Head | None:
+def _parse_head(block: bytes) -> RequestHead | None:
     """Parse the parts of a request header block that delimit the request; None if malformed."""
     lines = block.lstrip(b"\r\n").split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
         return None
-    method, version = parts[0], parts[2]
+    method, target, version = parts
     content_length, chunked, connection = 0, False, b""
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
@@ -137,7 +158,7 @@ def _parse_head(block: bytes) -> _Head | None:
         elif name == b"connection":
             connection = value.lower()
     close = b"close" in connection or (version == b"HTTP/1.0" and b"keep-alive" not in connection)
-    return _Head(method.upper(), content_length, chunked, close)
+    return RequestHead(method.upper(), target, content_length, chunked, close)
 
 
 class RequestTracker:
@@ -195,7 +216,7 @@ class RequestTracker:
     def _start_request(self, block: bytes, out: list[Forward | Reply503]) -> None:
         head = _parse_head(block)
         if head is None or head.chunked:
-            out.append(Forward(block))
+            out.append(Forward(block, head))  # a chunked request is still a request
             self._state = _State.OPAQUE
             return
         self._remaining = head.content_length
@@ -203,7 +224,7 @@ class RequestTracker:
             self._pending = Reply503(head_only=head.method == b"HEAD", close=head.close)
             self._state = _State.DISCARD
         else:
-            out.append(Forward(block))
+            out.append(Forward(block, head))
             self._state = _State.BODY
         if self._remaining == 0:
             self._end_body(out)
@@ -238,6 +259,35 @@ def server_busy_response(head_only: bool, close: bool, retry_after: float | None
         + f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
     ).encode()
     return headers if head_only else headers + body
+
+
+# --- addresses -----------------------------------------------------------------------------
+
+
+def redirect_url(url: str, upstream: tuple[str, int], listen: tuple[str, int]) -> str:
+    """`url` (pointing at `upstream`, e.g. http://127.0.0.1:UPSTREAM/...) pointed at `listen`
+    instead. Raises ValueError for a URL that does not point at `upstream`."""
+    parts = urlsplit(url)
+    host, port = upstream
+    if parts.port != port or parts.hostname not in LOCAL_NAMES | {host}:
+        raise ValueError(f"{url!r} does not point at the proxied upstream {host}:{port}")
+    return urlunsplit(parts._replace(netloc=f"{listen[0]}:{listen[1]}"))
+
+
+def redirect_connection_string(
+    conn_str: str, upstream: tuple[str, int], listen: tuple[str, int]
+) -> str:
+    """A storage connection string whose *Endpoint= entries that hit `upstream` point at
+    `listen`; other entries are kept as they are."""
+    out = []
+    for item in conn_str.split(";"):
+        key, sep, value = item.partition("=")
+        if sep and key.endswith("Endpoint"):
+            with contextlib.suppress(ValueError):
+                value = redirect_url(value, upstream, listen)
+            item = f"{key}={value}"
+        out.append(item)
+    return ";".join(out)
 
 
 # --- the proxy -----------------------------------------------------------------------------
@@ -279,7 +329,7 @@ class FaultProxy:
     """TCP proxy with fault injection; see the module docstring.
 
     All fault controls are thread-safe and in effect when they return. Controls that only set a
-    value (drop_every, reset_next, delay, respond_503) may be called before start().
+    value (drop_every, reset_next, delay, latency, respond_503) may be called before start().
     """
 
     def __init__(
@@ -304,10 +354,12 @@ class FaultProxy:
         self._drop_left = 0
         self._reset_left = 0
         self._delay = 0.0
+        self._latency = 0.0
         self._n503 = 0
         self._retry_after: float | None = None
         self._down = False
         self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._forwarded: collections.Counter[str] = collections.Counter()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -364,23 +416,11 @@ class FaultProxy:
 
     def endpoint_for(self, url: str) -> str:
         """Rewrite a URL pointing at the upstream (http://127.0.0.1:UPSTREAM/...) to the proxy."""
-        parts = urlsplit(url)
-        host, port = self._upstream
-        if parts.port != port or parts.hostname not in LOCAL_NAMES | {host}:
-            raise ValueError(f"{url!r} does not point at the proxied upstream {host}:{port}")
-        return urlunsplit(parts._replace(netloc=f"{self._listen_host}:{self.port}"))
+        return redirect_url(url, self._upstream, (self._listen_host, self.port))
 
     def connection_string_for(self, conn_str: str) -> str:
         """Rewrite the *Endpoint= entries of a storage connection string that hit the upstream."""
-        out = []
-        for item in conn_str.split(";"):
-            key, sep, value = item.partition("=")
-            if sep and key.endswith("Endpoint"):
-                with contextlib.suppress(ValueError):
-                    value = self.endpoint_for(value)
-                item = f"{key}={value}"
-            out.append(item)
-        return ";".join(out)
+        return redirect_connection_string(conn_str, self._upstream, (self._listen_host, self.port))
 
     # --- fault controls ----------------------------------------------------------------------
 
@@ -402,8 +442,15 @@ class FaultProxy:
         self._call(setattr, self, "_reset_left", max(0, n))
 
     def delay(self, seconds: float) -> None:
-        """Hold every server->client chunk (so every response) `seconds` before relaying it."""
+        """Hold every server->client chunk (so every response) `seconds` before relaying it:
+        a bandwidth cap as much as a delay (a 64 MiB response is held once per 256 KiB)."""
         self._call(setattr, self, "_delay", max(0.0, seconds))
+
+    def latency(self, seconds: float) -> None:
+        """Hold each request's header block `seconds` before forwarding it: a fixed cost per
+        request (what a store's per-request latency is), however large the response. Requests
+        on different connections wait concurrently; bytes that are not HTTP are not held."""
+        self._call(setattr, self, "_latency", max(0.0, seconds))
 
     def respond_503(self, n: int, retry_after: float | None = None) -> None:
         """Answer the next `n` HTTP requests (on any connection) with 503 ServerBusy ourselves;
@@ -439,6 +486,7 @@ class FaultProxy:
         self.drop_every(None)
         self.reset_next(0)
         self.delay(0.0)
+        self.latency(0.0)
         self.respond_503(0)
         if self._loop is not None:
             self.up()
@@ -447,6 +495,13 @@ class FaultProxy:
     def stats(self) -> dict[str, int]:
         """A snapshot of the counters named in STAT_KEYS."""
         return self._call(dict, self._stats)
+
+    @property
+    def forwarded(self) -> dict[str, int]:
+        """Requests forwarded upstream so far, by `RequestHead.kind` ("get", "head", "list",
+        "put"...); requests answered with a 503 by the proxy never reached the server and are
+        not counted here (they are in stats["injected_503"])."""
+        return self._call(dict, self._forwarded)
 
     # --- thread hopping ----------------------------------------------------------------------
 
@@ -621,6 +676,12 @@ class FaultProxy:
             await self._gate()
             for action in tracker.feed(view[:n]):
                 if isinstance(action, Forward):
+                    if action.request is not None:
+                        self._forwarded[action.request.kind] += 1
+                        if self._latency > 0:
+                            # Nothing else is read from this client meanwhile: it does not
+                            # pipeline, so the next request cannot overtake this one.
+                            await asyncio.sleep(self._latency)
                     await loop.sock_sendall(upstream, action.data)
                     self._stats["bytes_up"] += len(action.data)
                     continue

@@ -4,7 +4,8 @@ Two upstreams, each owned by a module fixture that closes its listener, its live
 and joins its threads: a keep-alive HTTP/1.1 server serving a known 64 MiB payload from memory
 (and accepting uploads, answering with their SHA-256), and a raw TCP server speaking a line
 protocol (`echo\\n` echoes until EOF; `send N\\n` sends the first N bytes of the payload,
-cycled, then closes) so byte counts can be checked exactly.
+cycled, then closes) so byte counts can be checked exactly. The process wrapper
+(tests/support/faultproxy_process.py) is tested as a real subprocess against the same upstream.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import contextlib
 import hashlib
 import http.client
 import http.server
+import json
 import random
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +29,8 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from tests.support.faultproxy import FaultProxy, Forward, Reply503, RequestTracker
+from tests.support.daemon import REPO_ROOT
+from tests.support.faultproxy import FaultProxy, Forward, Reply503, RequestHead, RequestTracker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,7 +93,8 @@ class _HTTPHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _body_for_path(self) -> memoryview:
-        n = len(PAYLOAD) if self.path == "/payload" else int(self.path.rsplit("/", 1)[1])
+        path = self.path.partition("?")[0]  # a query (e.g. comp=list) does not change the body
+        n = len(PAYLOAD) if path == "/payload" else int(path.rsplit("/", 1)[1])
         return memoryview(PAYLOAD)[:n]
 
     def _log(self) -> None:
@@ -264,6 +270,39 @@ def test_tracker_splits_requests_at_any_chunking(chunk: int) -> None:
         Reply503(head_only=False, close=False),
         Reply503(head_only=True, close=False),
     ]
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 40, 10_000])
+def test_tracker_marks_exactly_the_forward_carrying_each_header_block(chunk: int) -> None:
+    reqs = _requests()
+    decisions = iter([False, True, True, False])
+    tracker = RequestTracker(lambda: next(decisions))
+    stream = memoryview(b"".join(reqs))
+    actions = []
+    for pos in range(0, len(stream), chunk):
+        actions += tracker.feed(stream[pos : pos + chunk])
+    forwards = [a for a in actions if isinstance(a, Forward)]
+    marked = [a for a in forwards if a.request is not None]
+    # Only forwarded requests are marked (the two answered with a 503 never reach upstream),
+    # each once, on the whole header block; body bytes are never marked.
+    heads = [r.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" for r in (reqs[0], reqs[3])]
+    assert [bytes(a.data) for a in marked] == heads
+    assert [(a.request.method, a.request.target, a.request.content_length) for a in marked
+            if a.request is not None] == [(b"GET", b"/a", 0), (b"PUT", b"/d", 5)]
+    assert b"".join(bytes(a.data) for a in forwards if a.request is None) == b"\r\n\r\nx"
+
+
+def test_request_kind_names_listings_and_methods() -> None:
+    def kind(method: bytes, target: bytes) -> str:
+        return RequestHead(method, target, 0, False, False).kind
+
+    assert kind(b"GET", b"/acct/c?restype=container&comp=list&prefix=a") == "list"
+    assert kind(b"GET", b"/acct/share/dir?restype=directory&COMP=LIST") == "list"
+    assert kind(b"GET", b"/acct/c/blob") == "get"
+    assert kind(b"GET", b"/acct/c/comp=list") == "get"  # in the path, not the query
+    assert kind(b"GET", b"/acct/c?comp=listing") == "get"
+    assert kind(b"HEAD", b"/acct/c/blob") == "head"
+    assert kind(b"PUT", b"/acct/c/blob?comp=block&blockid=x") == "put"
 
 
 def test_tracker_chunked_body_is_never_injected_and_relayed_raw() -> None:
@@ -493,6 +532,124 @@ def test_delay_holds_responses(raw_proxy: FaultProxy) -> None:
         start = time.monotonic()
         assert echo_once(sock, b"fast") == b"fast"
         assert time.monotonic() - start < delay
+
+
+def _timed_get(conn: http.client.HTTPConnection, path: str) -> tuple[float, int, bytes]:
+    start = time.monotonic()
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    return time.monotonic() - start, resp.status, body
+
+
+def test_latency_holds_each_request_once_not_each_chunk(http_proxy: FaultProxy) -> None:
+    latency = 0.25
+    http_proxy.latency(latency)
+    with http_conn(http_proxy.port) as conn:
+        for _ in range(3):  # every request on a keep-alive connection pays it
+            secs, status, body = _timed_get(conn, "/bytes/100")
+            assert (status, body) == (200, PAYLOAD[:100])
+            assert secs >= latency
+        # 32 MiB is 128 relay chunks: held per chunk (delay) it would take 32 s.
+        secs, status, body = _timed_get(conn, f"/bytes/{32 * MiB}")
+        assert (status, body) == (200, PAYLOAD[: 32 * MiB])
+        assert latency <= secs < latency + 8
+        http_proxy.clear()
+        secs, status, _ = _timed_get(conn, "/bytes/100")
+        assert status == 200 and secs < latency
+
+
+def test_latency_is_paid_concurrently_by_concurrent_connections(http_proxy: FaultProxy) -> None:
+    latency, n = 0.5, 8
+    http_proxy.latency(latency)
+    barrier = threading.Barrier(n, timeout=IO_TIMEOUT)
+
+    def fetch(i: int) -> tuple[float, int]:
+        with http_conn(http_proxy.port) as conn:
+            conn.connect()
+            barrier.wait()
+            secs, status, body = _timed_get(conn, f"/bytes/{1000 + i}")
+            assert body == PAYLOAD[: 1000 + i]
+            return secs, status
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(fetch, range(n)))
+    elapsed = time.monotonic() - start
+    assert all(status == 200 and secs >= latency for secs, status in results)
+    assert elapsed < n * latency / 2  # not one after the other (that would be 4 s)
+
+
+def test_latency_does_not_hold_bytes_that_are_not_http(raw_proxy: FaultProxy) -> None:
+    raw_proxy.latency(1.0)
+    with connect(raw_proxy.port) as sock:
+        start = time.monotonic()
+        sock.sendall(b"echo\n")
+        assert echo_once(sock, b"quick") == b"quick"
+        assert time.monotonic() - start < 1.0
+
+
+def test_forwarded_counts_requests_by_kind(
+    http_proxy: FaultProxy, http_upstream: HTTPUpstream
+) -> None:
+    http_upstream.requests.clear()
+    http_proxy.respond_503(1)
+    with http_conn(http_proxy.port) as conn:
+        for method, path, body in [
+            ("GET", "/bytes/10", None),  # answered by the proxy with a 503: not forwarded
+            ("GET", "/bytes/10", None),
+            ("GET", "/bytes/20?restype=container&comp=list", None),
+            ("HEAD", "/bytes/10", None),
+            ("PUT", "/upload", b"data"),
+            ("GET", "/bytes/30?comp=list", None),
+        ]:
+            conn.request(method, path, body=body)
+            conn.getresponse().read()
+    assert http_proxy.forwarded == {"get": 1, "list": 2, "head": 1, "put": 1}
+    assert sum(http_proxy.forwarded.values()) == len(http_upstream.requests) == 5
+    stats = http_proxy.stats
+    assert (stats["requests"], stats["injected_503"]) == (6, 1)
+
+
+def test_proxy_process_serves_counts_and_stops_on_end_of_input(
+    http_upstream: HTTPUpstream,
+) -> None:
+    up = http_upstream.server_address[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.faultproxy_process",
+         "--upstream", f"127.0.0.1:{up}", "--latency-ms", "300"],
+        cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def ask(command: str) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    try:
+        port = json.loads(proc.stdout.readline())["ports"][str(up)]
+        with http_conn(port) as conn:
+            secs, status, body = _timed_get(conn, "/bytes/64")
+            assert (status, body) == (200, PAYLOAD[:64])
+            assert secs >= 0.3
+            assert ask("latency 0") == {"ok": True}
+            secs, status, _ = _timed_get(conn, "/bytes/64?comp=list")
+            assert status == 200 and secs < 0.3
+        counts = ask("stats")[str(up)]
+        assert counts["forwarded"] == {"get": 1, "list": 1}
+        assert counts["stats"]["connections"] == 1
+        assert "error" in ask("bogus")
+        assert "error" in ask("latency soon")
+        proc.stdin.close()
+        assert proc.wait(timeout=IO_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert port not in _listening_ports()
 
 
 def _listening_ports() -> set[int]:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from dsmount.control.protocol import (
     OPERATIONS,
     PROTOCOL_VERSION,
+    AttachRequest,
     Request,
     Response,
     UnsupportedVersion,
@@ -170,3 +171,29 @@ def test_version_and_number_arguments() -> None:
     for bad in (-1, "10", True, None):
         with pytest.raises(InvalidRequest, match="ttl"):
             get_number({"ttl": bad}, "ttl", 60)
+
+
+def test_attach_request_carries_owner_sharing_and_overrides() -> None:
+    args = {"name": "ds", "kind": "local", "path": "/srv/d", "owner": 1000, "shared": False,
+            "uid": 5, "gid": 6, "file_mode": "0640", "dir_mode": 0o750}
+    request = AttachRequest.from_args(args)
+    assert (request.owner, request.shared, request.effective_owner) == (1000, False, 1000)
+    assert request.overrides == {"uid": 5, "gid": 6, "file_mode": 0o640, "dir_mode": 0o750}
+    wire = request.to_dict(secrets=False)
+    assert wire["file_mode"] == "0640" and wire["dir_mode"] == "0750"
+    assert AttachRequest.from_args(wire) == request  # the state file round trip
+    plain = AttachRequest.from_args({"name": "ds", "kind": "local", "path": "/srv/d"})
+    assert (plain.effective_owner, plain.effective_shared, plain.overrides) == (0, True, {})
+    assert not {"owner", "shared", "uid"} & set(plain.to_dict(secrets=False))
+    user = AttachRequest.from_args({"name": "ds", "kind": "local", "path": "/d", "owner": 7})
+    assert user.effective_shared is False  # a user's datastore is private unless shared
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("owner", -1), ("owner", 2**32), ("owner", "0"), ("owner", True), ("uid", 1.5),
+    ("file_mode", "rw-r--r--"), ("file_mode", "01000"), ("dir_mode", 0o1000), ("dir_mode", ""),
+    ("shared", 1), ("gid", [0]),
+])
+def test_attach_request_refuses_bad_owners_and_modes(key: str, value: object) -> None:
+    with pytest.raises(InvalidRequest, match=key):
+        AttachRequest.from_args({"name": "ds", "kind": "local", "path": "/d", key: value})

@@ -242,7 +242,8 @@ def test_versions_of_a_local_datastore(registry: Registry, tmp_path: Path) -> No
         src = tmp_path / f"src{n}"
         (src / "train").mkdir(parents=True)
         (src / "train" / "a.txt").write_text(text)
-        number, summary = ver.create_version("imgs", src, registry=registry)
+        # Unpacked, so each file is an object of its own below the version's directory.
+        number, summary = ver.create_version("imgs", src, registry=registry, pack=False)
         assert number == n and summary.files_transferred == 1
     assert ver.versions("imgs", registry=registry) == [1, 2]
     # The contents of SRC_DIR are the version's root.
@@ -250,10 +251,22 @@ def test_versions_of_a_local_datastore(registry: Registry, tmp_path: Path) -> No
     spec = attach_spec_for("imgs", "2", registry=registry)
     assert spec == {
         "kind": "local",
-        "path": str(root / "_versions/2"),
+        "path": str(root),
         "version": "2",
         "immutable": True,
+        "manifest": "_versions/2.manifest",
     }
+    # A version made before manifests existed (files and N.json only) attaches as it did.
+    (root / "_versions/3/train").mkdir(parents=True)
+    (root / "_versions/3/train/a.txt").write_text("old")
+    (root / "_versions/3.json").write_text('{"version": 3, "files": 1}')
+    assert attach_spec_for("imgs", "3", registry=registry) == {
+        "kind": "local",
+        "path": str(root / "_versions/3"),
+        "version": "3",
+        "immutable": True,
+    }
+    (root / "_versions/3.json").unlink()
     assert attach_spec_for("imgs", "latest", registry=registry)["version"] == "2"
     assert attach_spec_for("imgs", "01", registry=registry)["version"] == "1"
     with pytest.raises(NotFound, match=r"'imgs' has no version 3 \(versions: 1, 2\)"):

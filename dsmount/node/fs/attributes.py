@@ -1,8 +1,19 @@
 """What a lookup or getattr answers about a node, and for how long the kernel may trust it.
 
-`FsSettings` are the presentation settings of the tree (owner, modes, block sizes, deadline);
-`attributes_of` turns a node into `Attributes`, memoised on the node while its entry is the
-same object (a warm listing of a big directory then builds nothing per entry).
+`FsSettings` are the tree's settings (the [fs] owner and modes, block sizes, deadline);
+`Presentation` is one datastore's say in who owns what it shows; `attributes_of` turns a node
+into `Attributes`, memoised on the node while its entry is the same object (a warm listing of
+a big directory then builds nothing per entry).
+
+Where owner, group and mode come from, first match wins, field by field:
+1. a datastore's explicit override (`Presentation.uid/gid/file_mode/dir_mode`: root's
+   attach-time `--uid/--gid/--file-mode/--dir-mode`, or a private cloud datastore's owner
+   and 0400/0500);
+2. the source's own, for kinds that have them (local: `Entry.uid/gid/mode`);
+3. the [fs] defaults (cloud kinds; the root and the virtual NAME directories of versions).
+A private datastore's root directory is its owner's, mode 0500, whatever else applies, with a
+zero timeout so the kernel asks again at every path walk (the core hides it from the others).
+The mount has `default_permissions`: the kernel enforces exactly these bits.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dsmount.node.fs.datastore import PRIVATE_ROOT_MODE
 from dsmount.node.fs.inodes import Node
 
 MAX_TIMEOUT = 86400.0  # kernel entry/attr timeout for data that cannot change
@@ -54,22 +66,32 @@ def attributes_of(node: Node, settings: FsSettings) -> Attributes:
     return attrs
 
 
+def _first(*values: int | None) -> int:
+    for v in values:
+        if v is not None:
+            return v
+    raise AssertionError("the [fs] default is never None")
+
+
 def _compute(node: Node, s: FsSettings) -> Attributes:
     e = node.entry
-    if node.datastore is None or node.path == "":
-        timeout = VIRTUAL_TIMEOUT
+    ds = node.datastore
+    if ds is None:
+        return Attributes(node.ino, True, 0, e.mtime_ns, stat.S_IFDIR | s.dir_mode, s.uid, s.gid,
+                          VIRTUAL_TIMEOUT)
+    p = ds.presentation
+    timeout = VIRTUAL_TIMEOUT if node.path == "" else min(ds.metadata_ttl, MAX_TIMEOUT)
+    uid = _first(p.uid, e.uid, s.uid)
+    gid = _first(p.gid, e.gid, s.gid)
+    if e.is_dir:
+        mode = stat.S_IFDIR | _first(p.dir_mode, e.mode, s.dir_mode)
+    elif e.symlink is not None:
+        mode = stat.S_IFLNK | 0o777  # never checked by the kernel; the target's bits are
     else:
-        timeout = min(node.datastore.metadata_ttl, MAX_TIMEOUT)
-    return Attributes(
-        ino=node.ino,
-        is_dir=e.is_dir,
-        size=e.size,
-        mtime_ns=e.mtime_ns,
-        mode=(stat.S_IFDIR | s.dir_mode) if e.is_dir else (stat.S_IFREG | s.file_mode),
-        uid=s.uid,
-        gid=s.gid,
-        timeout=timeout,
-    )
+        mode = stat.S_IFREG | _first(p.file_mode, e.mode, s.file_mode)
+    if node.path == "" and p.private_to is not None:
+        uid, mode, timeout = p.private_to, stat.S_IFDIR | PRIVATE_ROOT_MODE, 0.0
+    return Attributes(node.ino, e.is_dir, e.size, e.mtime_ns, mode, uid, gid, timeout)
 
 
 def is_fresh(node: Node, clock: Callable[[], float]) -> bool:

@@ -149,9 +149,10 @@ class FileSystem:
         return [n for n in list(self.inodes._by_ino.values()) if n.datastore is ds]
 
     # -- lookups and attributes ------------------------------------------------------------------
-    async def lookup(self, parent_ino: int, name: str) -> Attributes:
-        """Resolve `name` in a directory; counts one kernel lookup reference on success."""
-        node = await self.lookups.lookup(parent_ino, name)
+    async def lookup(self, parent_ino: int, name: str, uid: int | None = None) -> Attributes:
+        """Resolve `name` in a directory for a process of `uid` (private datastores of others
+        are not found; None: no such rule); counts one kernel lookup reference on success."""
+        node = await self.lookups.lookup(parent_ino, name, uid)
         node.lookups += 1
         return attributes_of(node, self.settings)
 
@@ -159,6 +160,14 @@ class FileSystem:
         node = self.lookups.node(ino)
         await self.lookups.revalidate(node)
         return attributes_of(node, self.settings)
+
+    async def readlink(self, ino: int) -> str:
+        """Where a symbolic link points: relative, and always inside its datastore."""
+        node = self.lookups.node(ino)
+        await self.lookups.revalidate(node)
+        if node.entry.symlink is None:
+            raise InvalidRequest("not a symbolic link")
+        return node.entry.symlink
 
     def remember(self, ino: int) -> None:
         """Count a lookup reference handed to the kernel outside `lookup` (readdirplus)."""
@@ -171,8 +180,8 @@ class FileSystem:
             self.inodes.forget(ino, count)
 
     # -- directories --------------------------------------------------------------------------
-    async def opendir(self, ino: int) -> int:
-        return await self.dirs.opendir(self.lookups.node(ino))
+    async def opendir(self, ino: int, uid: int | None = None) -> int:
+        return await self.dirs.opendir(self.lookups.node(ino), uid)
 
     async def readdir(self, fh: int, start: int, max_entries: int = 512
                       ) -> list[tuple[int, str, Attributes]]:
@@ -194,14 +203,16 @@ class FileSystem:
         node = self.lookups.node(ino)
         if node.is_dir:
             raise InvalidRequest("is a directory")
+        if node.is_symlink:  # the kernel follows links before opening; never served as a file
+            raise InvalidRequest("is a symbolic link")
         ds = node.datastore
         assert ds is not None
         if ds.detached:
             raise NotFound(f"datastore {ds.key!r} was detached")
         if not is_fresh(node, self.clock):
             entry = await self.lookups.stat(ds, node.path)
-            if entry.is_dir:
-                raise NotFound(f"{node.path} is now a directory")
+            if entry.kind != "file":
+                raise NotFound(f"{node.path} is now a {'directory' if entry.is_dir else 'link'}")
             node.entry = entry
             node.entry_time = self.clock()
         etag = node.entry.etag

@@ -2,6 +2,10 @@
 
 Each attachment gets a fresh `id`, so inodes, cached metadata and cached blocks of a detached
 datastore can never be confused with a later one of the same name.
+
+Ownership: `owner` is the uid that attached it (0 for root and the config). A datastore that
+is not `shared` is private to its owner: the core shows it (in the root listing, to lookups)
+only to its owner and root, and its root directory is theirs alone (see attributes).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import pwd
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +23,31 @@ from dsmount.shared.histogram import Histogram
 from dsmount.storage.base import Backend
 
 _ids = itertools.count(1)
+
+PRIVATE_ROOT_MODE = 0o500  # a private datastore's root: its owner may list and enter it
+PRIVATE_FILE_MODE = 0o400  # a private cloud datastore's files and directories: the owner's
+PRIVATE_DIR_MODE = 0o500
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """One datastore's owner and modes where they override the source's or the [fs]
+    defaults (None: not overridden); `private_to`: the uid whose private datastore it is.
+    See `attributes` for the order in which they apply."""
+
+    uid: int | None = None
+    gid: int | None = None
+    file_mode: int | None = None
+    dir_mode: int | None = None
+    private_to: int | None = None
+
+
+def user_name(uid: int) -> str:
+    """The login name of `uid`, or the number if it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 @dataclass(eq=False)
@@ -37,6 +67,13 @@ class Datastore:
     attached_at: float = field(default_factory=time.time)
     open_files: int = 0
     detached: bool = False
+    owner: int = 0
+    shared: bool = True
+    presentation: Presentation = field(default_factory=Presentation)
+
+    def visible_to(self, uid: int | None) -> bool:
+        """Whether a process of `uid` may see this datastore (None: the core itself)."""
+        return self.shared or uid is None or uid in (0, self.owner)
 
     @property
     def key(self) -> str:
@@ -60,6 +97,9 @@ class Datastore:
             "kind": self.backend.kind,
             "immutable": self.immutable,
             "open_files": self.open_files,
+            "owner": self.owner,
+            "owner_name": user_name(self.owner),
+            "shared": self.shared,
             "backend": self.backend.describe(),
         }
 

@@ -47,16 +47,19 @@ class DirHandles:
         self.new_fh = new_fh
         self.open: dict[int, DirHandle] = {}
 
-    async def opendir(self, node: Node) -> int:
+    async def opendir(self, node: Node, uid: int | None = None) -> int:
+        """A handle listing `node` as a process of `uid` sees it (the root's and a NAME of
+        versions' entries hide private datastores of others; None: everything)."""
         if not node.is_dir:
             raise NotFound("not a directory")
         handle = DirHandle(node)
         ds = node.datastore
         if ds is None:
             if node.ino == ROOT_INODE:
-                names = self.namespace.names()
+                names = [n for n in self.namespace.names()
+                         if self.lookups.visible(n, uid) is not None]
             else:
-                item = self.namespace.item(node.path)
+                item = self.lookups.visible(node.path, uid)
                 names = sorted(item) if isinstance(item, dict) else []
             handle.entries = [Entry(n, True, 0, self.lookups.started_ns) for n in names]
             handle.complete = True

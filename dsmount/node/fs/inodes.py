@@ -17,7 +17,7 @@ from dsmount.storage.base import Entry
 ROOT_INODE = 1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a million-entry version means a million nodes
 class Node:
     ino: int
     datastore: Datastore | None  # None: the root or a virtual directory (NAME of versions)
@@ -34,6 +34,10 @@ class Node:
     @property
     def is_dir(self) -> bool:
         return self.entry.is_dir
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.entry.symlink is not None
 
 
 class InodeTable:
@@ -61,8 +65,11 @@ class InodeTable:
         ino = self._by_key.get(key)
         if ino is not None:
             node = self._by_ino[ino]
-            if node.entry.is_dir != entry.is_dir:
-                # A file became a directory (or back): a new inode, so the kernel never mixes them.
+            old = node.entry
+            # (Entry.kind, spelled out: this runs for every entry of every warm listing.)
+            if old.is_dir != entry.is_dir or (old.symlink is None) != (entry.symlink is None):
+                # A file became a directory or a symlink (or back): a new inode, so the kernel
+                # never mixes them.
                 self._by_key.pop(key)
             else:
                 node.entry = entry

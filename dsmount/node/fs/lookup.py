@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import cachetools
 import trio
@@ -73,25 +74,44 @@ class Lookups:
     def datastore_root(self, ds: Datastore) -> Node:
         node = self.inodes.find(ds, "")
         if node is None:
-            entry = Entry(ds.version or ds.name, True, 0, int(ds.attached_at * 1e9))
-            node = self.inodes.ensure(ds, "", entry, math.inf)
+            name = ds.version or ds.name
+            known = ds.backend.root_entry
+            if known is not None:
+                # The source's own root directory (owner, mode), revalidated like any node.
+                node = self.inodes.ensure(ds, "", replace(known, name=name), self.clock())
+            else:
+                entry = Entry(name, True, 0, int(ds.attached_at * 1e9))
+                node = self.inodes.ensure(ds, "", entry, math.inf)
         return node
 
-    def lookup_virtual(self, parent: Node, name: str) -> Node:
+    def visible(self, name: str, uid: int | None) -> Datastore | dict[str, Datastore] | None:
+        """The root's entry `name` as a process of `uid` sees it: private datastores of others
+        are not there (a NAME of versions, only with the versions it may see)."""
+        item = self.namespace.item(name)
+        if isinstance(item, dict):
+            seen = {v: ds for v, ds in item.items() if ds.visible_to(uid)}
+            return seen or None
+        if item is not None and not item.visible_to(uid):
+            return None
+        return item
+
+    def lookup_virtual(self, parent: Node, name: str, uid: int | None = None) -> Node:
         if parent.ino == ROOT_INODE:
-            item = self.namespace.item(name)
+            item = self.visible(name, uid)
             if item is None:
                 raise NotFound(f"no datastore {name!r} is attached")
             if isinstance(item, dict):
                 return self._virtual_node(name, self.started_ns)
             return self.datastore_root(item)
-        item = self.namespace.item(parent.path)
+        item = self.visible(parent.path, uid)
         if not isinstance(item, dict) or name not in item:
             raise NotFound(f"{parent.path}/{name} is not attached")
         return self.datastore_root(item[name])
 
     # -- names inside datastores -------------------------------------------------------------------
-    async def lookup(self, parent_ino: int, name: str) -> Node:
+    async def lookup(self, parent_ino: int, name: str, uid: int | None = None) -> Node:
+        """The node `name` in directory `parent_ino`, for a process of `uid` (None: no
+        visibility rule; the core's own callers)."""
         parent = self.node(parent_ino)
         if not parent.is_dir:
             raise NotFound("not a directory")
@@ -101,7 +121,7 @@ class Lookups:
             raise NotFound("name too long")
         ds = parent.datastore
         if ds is None:
-            return self.lookup_virtual(parent, name)
+            return self.lookup_virtual(parent, name, uid)
         if ds.detached:
             raise NotFound(f"datastore {ds.key!r} was detached")
         path = join(parent.path, name)
@@ -115,11 +135,27 @@ class Lookups:
         """Refresh a stale node's entry from storage (a type change keeps the old entry: the
         kernel meets the new object under a new inode at its next lookup)."""
         ds = node.datastore
-        if ds is not None and node.path and not is_fresh(node, self.clock) and not ds.detached:
+        if ds is None or ds.detached or is_fresh(node, self.clock):
+            return
+        if node.path:
             entry = await self.stat(ds, node.path)
-            if entry.is_dir == node.entry.is_dir:
-                node.entry = entry
-                node.entry_time = self.clock()
+        elif ds.backend.root_entry is not None:
+            entry = replace(await self._stat_root(ds), name=node.entry.name)
+        else:
+            return
+        if entry.kind == node.entry.kind:
+            node.entry = entry
+            node.entry_time = self.clock()
+
+    async def _stat_root(self, ds: Datastore) -> Entry:
+        """The datastore root's own entry again; the one known if that fails (the root of an
+        attached datastore always exists; what is below it tells the errors)."""
+        with trio.move_on_after(self.settings.request_deadline):
+            try:
+                return await ds.backend.stat("")
+            except DsmountError as e:
+                log.debug("[%s] stat of the root: %s", ds.key, e)
+        return ds.backend.root_entry or Entry("", True)
 
     async def stat(self, ds: Datastore, path: str) -> Entry:
         now = self.clock()

@@ -1,0 +1,137 @@
+"""A version served from its manifest: the mount's face of `storage.manifest`.
+
+`ManifestBackend` wraps the datastore's own backend. `stat` and `list` are answered from the
+local manifest (zero LIST and HEAD calls, whatever the size of the version); `read` maps a
+file to its bytes (its own object, or a byte range of a pack) and reads them through the
+wrapped backend, pinned to the ETag the manifest recorded, so an object changed since the
+version was made gives Changed (ESTALE), never mixed bytes.
+
+`fetch_manifest` copies a manifest object to local disk with plain ranged reads (no HEAD), so
+attaching costs the GETs of the manifest and nothing else; a manifest already on disk (a
+restarted daemon) costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from dsmount.errors import Changed, NotFound
+from dsmount.storage.base import Backend, Entry
+from dsmount.storage.manifest import Location, Manifest, Row
+
+FETCH_CHUNK = 8 * 1024 * 1024
+
+
+def _entry(name: str, row: Row, location: Location | None) -> Entry:
+    if row.is_dir:
+        return Entry(name, True, 0, row.mtime_ns)
+    # The cache identity of this file's bytes (with its path, in the block cache's keys):
+    # short, because a million-entry version holds a million of them in the daemon.
+    tag = row.md5.hex()[:16] if row.md5 else f"{row.size:x}-{row.mtime_ns:x}"
+    if location is not None and location.etag:
+        tag = f"{location.etag[-8:]}{location.offset:x}:{tag}"
+    return Entry(name, False, row.size, row.mtime_ns, tag)
+
+
+class ManifestBackend(Backend):
+    """A read-only version: namespace from a manifest, bytes from the wrapped backend."""
+
+    list_on_lookup = False  # a lookup is one local query: cheaper than any listing
+
+    def __init__(self, inner: Backend, manifest: Manifest, *, name: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.manifest = manifest
+        self.name = name  # the manifest object, for status
+        self.kind = inner.kind
+        self.stats = inner.stats  # one set of counters: the requests are the inner backend's
+
+    def _row(self, path: str) -> Row:
+        row = self.manifest.row(path.strip("/"))
+        if row is None:
+            raise NotFound(f"{path or '/'}: not in this version")
+        return row
+
+    async def stat(self, path: str) -> Entry:
+        path = path.strip("/")
+        row = self._row(path)
+        where = None if row.is_dir else self.manifest.location(path, row)
+        return _entry(path.rsplit("/", 1)[-1], row, where)
+
+    async def list(self, path: str) -> AsyncIterator[list[Entry]]:
+        path = path.strip("/")
+        if not self._row(path).is_dir:
+            raise NotFound(f"{path}: not a directory")
+        for page in self.manifest.pages(path):
+            out = []
+            for row in page:
+                child = f"{path}/{row.name}" if path else row.name
+                where = None if row.is_dir else self.manifest.location(child, row)
+                out.append(_entry(row.name, row, where))
+            yield out
+
+    def locate(self, path: str) -> Location:
+        """Where the bytes of file `path` are (for a cache that keys by pack object)."""
+        path = path.strip("/")
+        row = self._row(path)
+        if row.is_dir:
+            raise NotFound(f"{path}: is a directory")
+        return self.manifest.location(path, row)
+
+    async def read(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
+        path = path.strip("/")
+        row = self._row(path)
+        if row.is_dir:
+            raise NotFound(f"{path}: is a directory")
+        where = self.manifest.location(path, row)
+        if etag is not None and etag != _entry("", row, where).etag:
+            raise Changed(f"{path}: not the version it was opened as")
+        if offset >= row.size or length <= 0:
+            return b""
+        length = min(length, row.size - offset)
+        return await self.inner.read(where.object, where.offset + offset, length, where.etag)
+
+    async def check(self) -> None:
+        """The manifest is local and complete; the data's reachability shows at the first read
+        (a LIST here would cost the call this backend exists to avoid)."""
+
+    async def aclose(self) -> None:
+        self.manifest.close()
+        await self.inner.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "manifest": self.name, "files": self.manifest.files}
+
+
+def manifest_cache_path(directory: Path, location: str, name: str) -> Path:
+    """Where a manifest object is kept on local disk: named by a hash of where it came from,
+    so two datastores never share one and a restart finds its own."""
+    digest = hashlib.sha256(f"{location}\0{name}".encode()).hexdigest()[:32]
+    return directory / f"{digest}.manifest"
+
+
+async def fetch_manifest(inner: Backend, name: str, dest: Path) -> Path:
+    """`dest`, holding the object `name` of `inner` (fetched unless already there)."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as out:
+            offset = 0
+            while True:
+                chunk = await inner.read(name, offset, FETCH_CHUNK)
+                out.write(chunk)
+                offset += len(chunk)
+                if len(chunk) < FETCH_CHUNK:
+                    break
+        if offset == 0:
+            raise NotFound(f"manifest {name!r} is empty or missing")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

@@ -1,0 +1,102 @@
+"""Manifests (storage/manifest.py) and the backend that serves a version from one
+(storage/manifest_backend.py), over the in-memory backend: namespace from the manifest alone,
+bytes through the wrapped backend at the recorded place, pinned to the recorded ETag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dsmount.errors import Changed, InvalidRequest, NotFound
+from dsmount.storage.manifest import FileRecord, Manifest, write_manifest
+from dsmount.storage.manifest_backend import ManifestBackend, fetch_manifest
+from dsmount.storage.memory import MemoryBackend
+
+
+def build(tmp_path: Path, inner: MemoryBackend) -> Manifest:
+    pack = b"aaaa" + b"bbbbbb" + b"c"
+    inner.put("v/.packs/p1", pack)
+    inner.put("v/big.bin", b"B" * 5000)
+    pack_etag = inner.files["v/.packs/p1"][1]
+    big_etag = inner.files["v/big.bin"][1]
+    records = [
+        FileRecord("d/a.txt", 4, 11, b"\x01" * 16, pack="v/.packs/p1", offset=0),
+        FileRecord("d/e/b.txt", 6, 12, None, pack="v/.packs/p1", offset=4),
+        FileRecord("c.txt", 1, 13, None, pack="v/.packs/p1", offset=10),
+        FileRecord("big.bin", 5000, 14, None, big_etag),
+    ]
+    path = tmp_path / "m"
+    counts = write_manifest(path, records, root="v", kind="version",
+                            packs=[("v/.packs/p1", len(pack), pack_etag)], dir_mtime_ns=99)
+    assert counts == {"files": 4, "bytes": 5011}
+    return Manifest(path)
+
+
+def test_the_manifest_answers_the_namespace(tmp_path: Path) -> None:
+    m = build(tmp_path, MemoryBackend())
+    assert [r.name for page in m.pages("") for r in page] == ["big.bin", "c.txt", "d"]
+    assert [(r.name, r.is_dir) for page in m.pages("d") for r in page] == [
+        ("a.txt", False), ("e", True)]
+    row = m.row("d/e/b.txt")
+    assert row is not None and (row.size, row.mtime_ns, row.offset) == (6, 12, 4)
+    assert m.row("d/e").is_dir and m.row("d/e").mtime_ns == 99  # type: ignore[union-attr]
+    assert m.row("nope") is None and m.row("d/nope") is None
+    assert [p for p, _ in m.walk("")] == ["big.bin", "c.txt", "d/a.txt", "d/e/b.txt"]
+    assert [p for p, _ in m.walk("d/e/b.txt")] == ["d/e/b.txt"]
+    with pytest.raises(NotFound):
+        list(m.pages("x"))
+
+
+def test_listing_pages_are_complete_and_ordered(tmp_path: Path) -> None:
+    records = [FileRecord(f"f{i:05d}", i, i) for i in range(2500)]
+    write_manifest(tmp_path / "m", records, root="", kind="snapshot")
+    pages = list(Manifest(tmp_path / "m").pages("", page=1000))
+    assert [len(p) for p in pages] == [1000, 1000, 500]
+    assert [r.name for p in pages for r in p] == [f"f{i:05d}" for i in range(2500)]
+
+
+@pytest.mark.parametrize(
+    "paths", [["a", "a/b"], ["x/../y"], ["ok", "ok"], ["a//b"], ["n\0ul"]]
+)
+def test_an_impossible_tree_is_refused(tmp_path: Path, paths: list[str]) -> None:
+    with pytest.raises(InvalidRequest):
+        write_manifest(tmp_path / "m", [FileRecord(p, 1, 1) for p in paths], root="", kind="x")
+    assert not (tmp_path / "m").exists()
+
+
+async def test_the_backend_serves_bytes_from_packs_pinned(tmp_path: Path) -> None:
+    inner = MemoryBackend()
+    backend = ManifestBackend(inner, build(tmp_path, inner), name="v.manifest")
+    entry = await backend.stat("d/e/b.txt")
+    assert (entry.is_dir, entry.size, entry.mtime_ns) == (False, 6, 12)
+    assert await backend.read("d/e/b.txt", 0, 100, entry.etag) == b"bbbbbb"
+    assert await backend.read("d/e/b.txt", 2, 3) == b"bbb"
+    assert await backend.read("c.txt", 0, 10) == b"c"
+    assert await backend.read("big.bin", 4990, 100) == b"B" * 10
+    names = [e.name for page in [p async for p in backend.list("d")] for e in page]
+    assert names == ["a.txt", "e"]
+    calls = inner.faults.calls
+    await backend.stat("d/a.txt")
+    assert [e async for e in backend.list("")] and inner.faults.calls == calls  # no requests
+    with pytest.raises(NotFound):
+        await backend.stat("missing")
+    with pytest.raises(Changed):  # opened as another version of the file
+        await backend.read("d/a.txt", 0, 4, "some-other-etag")
+    inner.put("v/.packs/p1", b"rewritten!!")  # the pack changed since the version was made
+    with pytest.raises(Changed):
+        await backend.read("d/a.txt", 0, 4)
+
+
+async def test_fetching_a_manifest_needs_no_head_and_happens_once(tmp_path: Path) -> None:
+    inner = MemoryBackend()
+    build(tmp_path, inner)
+    inner.put("v.manifest", (tmp_path / "m").read_bytes())
+    dest = tmp_path / "cache" / "x.manifest"
+    await fetch_manifest(inner, "v.manifest", dest)
+    assert dest.read_bytes() == (tmp_path / "m").read_bytes()
+    reads = len(inner.faults.reads)
+    await fetch_manifest(inner, "v.manifest", dest)
+    assert len(inner.faults.reads) == reads
+    with pytest.raises(NotFound):
+        await fetch_manifest(inner, "absent.manifest", tmp_path / "cache" / "y.manifest")

@@ -1,0 +1,211 @@
+"""Versions as manifests and packs, end to end: a real daemon and mount over a real Azurite
+whose `--debug` log counts every operation the daemon caused.
+
+Covers issue 11's "Done means" for versions: a version is attached and walked with zero LIST
+and HEAD calls; the sha256 of every file of a packed version equals its source; a snapshot
+whose blob changed gives ESTALE (never the new bytes); a version made before manifests (no
+manifest in N.json) still mounts; a restarted daemon re-attaches a version without fetching its
+manifest again; `dsmount run --download` of a packed version copies it exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dsmount.workspace import registry as reg
+from dsmount.workspace import versions as ver
+from dsmount.workspace.entries import CredentialRef, DatastoreInfo
+from dsmount.workspace.registry import Registry
+from tests.support.azurite import Azurite
+from tests.support.azurite_fixture import skip_or_fail_without_azurite
+from tests.support.azurite_ops import HEADS, LISTS, OperationLog
+from tests.support.daemon import REPO_ROOT, DsmountDaemon, clean_env
+from tests.support.trees import describe_tree, make_tree, sha256_file
+
+pytestmark = [pytest.mark.mount, pytest.mark.azurite]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@pytest.fixture(scope="module")
+def debug_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """An Azurite of this module's own, logging every operation."""
+    skip_or_fail_without_azurite()
+    server = Azurite(tmp_path_factory.mktemp("azurite-debug"), debug=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ops(debug_azurite: Azurite) -> OperationLog:
+    return OperationLog(debug_azurite.debug_log_path)
+
+
+@pytest.fixture
+def registry(tmp_path: Path, debug_azurite: Azurite) -> Iterator[Registry]:
+    """A registry with one blob datastore "ds" in a fresh container."""
+    container = f"m-{uuid.uuid4().hex[:12]}"
+    registry = Registry(tmp_path / "registry")
+    info = DatastoreInfo("ds", "blob", account=Azurite.ACCOUNT, container=container,
+                         endpoint=debug_azurite.blob_endpoint,
+                         auth=CredentialRef("account_key", "stored"))
+    reg.register(info, Azurite.KEY, registry=registry, create_if_not_exists=True)
+    yield registry
+    service = debug_azurite.blob_service_client()
+    try:
+        service.delete_container(container)
+    finally:
+        service.close()
+
+
+def dataset(root: Path) -> Path:
+    """Small files of many sizes in several directories, a few big ones, an empty one."""
+    spec: dict[str, bytes | int | None] = {
+        f"train/c{i % 5}/img{i:04d}.jpg": 1 + (i * 7919) % (150 * KiB) for i in range(240)
+    }
+    spec.update({"big/a.bin": 3 * MiB + 17, "big/b.bin": 2 * MiB, "empty.txt": b"",
+                 "labels.csv": b"path,label\n" * 50})
+    return make_tree(root, spec)
+
+
+def spec_of(registry: Registry, version: str) -> dict[str, object]:
+    """The attach request of a version (the registry's listing of versions happens here, in
+    the test process, not in the daemon)."""
+    return ver.attach_spec_for("ds", version, registry=registry)
+
+
+def attach(daemon: DsmountDaemon, spec: dict[str, object]) -> Path:
+    result = daemon.call("attach", name="ds", **spec)
+    return daemon.mountpoint / result["path"]
+
+
+def sha_all(root: Path, rels: list[str]) -> dict[str, str]:
+    with ThreadPoolExecutor(8) as pool:
+        return dict(zip(rels, pool.map(lambda r: sha256_file(root / r), rels), strict=True))
+
+
+def files_of(tree: dict[str, object]) -> list[str]:
+    return sorted(p for p, n in tree.items() if getattr(n, "kind", "") == "file")
+
+
+def test_a_packed_version_mounts_without_listing_and_reads_exactly(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, ops: OperationLog,
+    tmp_path: Path,
+) -> None:
+    src = dataset(tmp_path / "src")
+    number, _ = ver.create_version("ds", src, registry=registry)
+    daemon = make_daemon()
+    spec = spec_of(registry, str(number))
+    mark = ops.mark()
+    root = attach(daemon, spec)
+    mounted = describe_tree(root)
+    source = describe_tree(src)
+    assert {p: (n.kind, n.size) for p, n in mounted.items()} == {
+        p: (n.kind, n.size) for p, n in source.items()
+    }
+    for rel in files_of(source):  # file mtimes are the source's
+        assert mounted[rel].mtime == pytest.approx(source[rel].mtime, abs=1e-6)
+    done = ops.since(mark)
+    assert [o for o in done if o.operation in LISTS | HEADS] == []
+    assert {o.blob for o in done} == {f"_versions/{number}.manifest"}  # and nothing else
+    rels = files_of(source)
+    assert sha_all(root, rels) == sha_all(src, rels)
+    reads = ops.since(mark)
+    assert [o for o in reads if o.operation in LISTS | HEADS] == []
+    # Every byte came from the pack objects and the two big files: never a per-file object.
+    read_blobs = {o.blob for o in reads if o.operation == "Blob_Download"}
+    assert all(
+        b.endswith(".manifest") or "/.packs/" in b or b.startswith(f"_versions/{number}/big/")
+        for b in read_blobs if b
+    ), read_blobs
+
+
+def test_a_restarted_daemon_reattaches_without_fetching_the_manifest(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, ops: OperationLog,
+    tmp_path: Path,
+) -> None:
+    src = make_tree(tmp_path / "src", {"a/x.txt": b"x" * 5000, "b.txt": b"bee"})
+    number, _ = ver.create_version("ds", src, registry=registry)
+    daemon = make_daemon()
+    root = attach(daemon, spec_of(registry, str(number)))
+    assert (root / "a/x.txt").read_bytes() == b"x" * 5000
+    daemon.kill9()
+    mark = ops.mark()
+    daemon.start()
+    assert (root / "b.txt").read_bytes() == b"bee"
+    assert sorted(os.listdir(root)) == ["a", "b.txt"]
+    done = ops.since(mark)
+    assert [o for o in done if o.operation in LISTS | HEADS] == []
+    assert [o for o in done if (o.blob or "").endswith(".manifest")] == []
+
+
+def test_a_snapshot_pins_etags_so_a_changed_blob_is_estale(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, debug_azurite: Azurite,
+) -> None:
+    container = registry.get("ds").container
+    service = debug_azurite.blob_service_client()
+    try:
+        c = service.get_container_client(container)
+        c.upload_blob("data/a.bin", b"A" * 1000)
+        c.upload_blob("data/sub/b.bin", b"B" * 3000)
+        c.upload_blob("elsewhere.txt", b"not in the snapshot")
+        number, files = ver.snapshot("ds", "data", registry=registry)
+        assert files == 2
+        root = attach(make_daemon(), spec_of(registry, str(number)))
+        assert sorted(os.listdir(root)) == ["a.bin", "sub"]
+        c.upload_blob("data/a.bin", b"Z" * 1000, overwrite=True)  # changed after the snapshot
+        with pytest.raises(OSError) as info:
+            (root / "a.bin").read_bytes()
+        assert info.value.errno == errno.ESTALE
+        assert (root / "sub/b.bin").read_bytes() == b"B" * 3000
+    finally:
+        service.close()
+
+
+def test_a_version_made_before_manifests_still_mounts(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, debug_azurite: Azurite,
+) -> None:
+    container = registry.get("ds").container
+    service = debug_azurite.blob_service_client()
+    try:
+        c = service.get_container_client(container)
+        c.upload_blob("_versions/1/train/x.txt", b"old layout")
+        c.upload_blob("_versions/1.json", b'{"version": 1, "files": 1}')
+    finally:
+        service.close()
+    spec = ver.attach_spec_for("ds", "1", registry=registry)
+    assert "manifest" not in spec
+    root = attach(make_daemon(), spec_of(registry, "1"))
+    assert (root / "train/x.txt").read_bytes() == b"old layout"
+
+
+def test_run_download_copies_a_packed_version_exactly(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, tmp_path: Path,
+) -> None:
+    src = dataset(tmp_path / "src")
+    number, _ = ver.create_version("ds", src, registry=registry)
+    daemon = make_daemon()
+    dest = tmp_path / "copy"
+    result = subprocess.run(
+        [sys.executable, "-m", "dsmount", "--socket", str(daemon.socket), "run", "--quiet",
+         "--download", f"d@ds:{number}={dest}", "--", sys.executable, "-c", "pass"],
+        cwd=REPO_ROOT, env=clean_env({"DSMOUNT_REGISTRY": str(registry.dir)}),
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rels = files_of(describe_tree(src))
+    assert files_of(describe_tree(dest)) == rels
+    assert sha_all(dest, rels) == sha_all(src, rels)
