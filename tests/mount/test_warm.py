@@ -199,3 +199,39 @@ def test_ctrl_c_cancels_without_harm_and_a_rerun_completes(
         assert done["state"] == "done" and done["files_done"] == len(files)
         assert done["files_cached"] >= job["files_done"]  # what the first run did stays
         check_all(root, files)
+
+
+def test_only_the_owner_or_root_warms_and_sees_the_job(
+    make_daemon: Callable[..., DsmountDaemon]
+) -> None:
+    import shutil
+    import tempfile
+
+    from tests.support.daemon import NOBODY
+
+    other = (65533, 65534)
+    top = Path(tempfile.mkdtemp(prefix="dsm-warm-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        for name in ("shared", "mine"):
+            (top / name).mkdir()
+            os.chmod(top / name, 0o755)
+            for i in range(5):
+                (top / name / f"{i}.bin").write_bytes(os.urandom(50_000))
+                os.chmod(top / name / f"{i}.bin", 0o644)
+        daemon = make_daemon(config_text='[daemon]\nsocket_group = "nogroup"\n')
+        daemon.attach_local("rootds", top / "shared")
+        refused = daemon.cli("warm", "rootds", user=NOBODY, check=False)
+        assert refused.returncode == 1 and "only its owner or root may warm" in refused.stderr
+        daemon.cli("attach", "mine", "--local", str(top / "mine"), user=NOBODY)
+        mine = json.loads(daemon.cli("warm", "mine", "--json", user=NOBODY).stdout
+                          .splitlines()[-1])
+        assert mine["state"] == "done" and mine["files_done"] == 5
+        # Another user neither warms it nor sees its job; root sees every job.
+        assert daemon.cli("warm", "mine", user=other, check=False).returncode == 1
+        seen = json.loads(daemon.cli("status", "--json", user=other).stdout)["warm"]["jobs"]
+        assert seen == []
+        by_root = daemon.call("status")["warm"]["jobs"]
+        assert [j["job"] for j in by_root] == [mine["job"]]
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
