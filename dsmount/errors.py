@@ -70,6 +70,55 @@ class ReadOnly(DsmountError):
     code = "read_only"
 
 
+class NotEmpty(DsmountError):
+    """A directory that must be empty (rmdir, rename over it) is not."""
+
+    code = "not_empty"
+
+
+class IsADirectory(DsmountError):
+    """A file operation named a directory (unlink of a directory, a file renamed over one)."""
+
+    code = "is_a_directory"
+
+
+class NotADirectory(DsmountError):
+    """A directory operation named a file (rmdir of a file, a directory renamed over one)."""
+
+    code = "not_a_directory"
+
+
+class NotSupported(DsmountError):
+    """The datastore cannot do this at all (hard links, symbolic links, special files)."""
+
+    code = "not_supported"
+
+
+class XattrNotSupported(NotSupported):
+    """Extended attributes are not stored."""
+
+    code = "xattr_not_supported"
+
+
+class CrossDevice(DsmountError):
+    """A rename dsmount will not do in one step (across datastores, or a blob directory with
+    more entries than the rename limit): `mv` then copies and deletes by itself."""
+
+    code = "cross_device"
+
+
+class NoSpace(DsmountError):
+    """The write staging area (its byte budget or its disk) is full."""
+
+    code = "no_space"
+
+
+class TooManyWriters(DsmountError):
+    """The daemon's cap on files open for writing is reached."""
+
+    code = "too_many_writers"
+
+
 class Busy(DsmountError):
     """The resource is in use (a datastore with open files)."""
 
@@ -106,6 +155,15 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
     (PermissionDenied, errno.EACCES),
     (AuthFailed, errno.EACCES),
     (ReadOnly, errno.EROFS),
+    (NotEmpty, errno.ENOTEMPTY),
+    (IsADirectory, errno.EISDIR),
+    (NotADirectory, errno.ENOTDIR),
+    (XattrNotSupported, errno.ENOTSUP),
+    # Linux's answer for link(2)/symlink(2)/mknod(2) on a filesystem that has no such thing.
+    (NotSupported, errno.EPERM),
+    (CrossDevice, errno.EXDEV),
+    (NoSpace, errno.ENOSPC),
+    (TooManyWriters, errno.ENFILE),
     (Changed, errno.ESTALE),
     (Busy, errno.EBUSY),
     (InvalidRequest, errno.EINVAL),
@@ -134,6 +192,12 @@ def from_oserror(e: OSError, what: str) -> DsmountError:
         return PermissionDenied(f"{what}: permission denied")
     if e.errno == errno.EEXIST:
         return AlreadyExists(f"{what}: already exists")
+    if e.errno == errno.ENOTEMPTY:
+        return NotEmpty(f"{what}: directory not empty")
+    if e.errno == errno.EISDIR:
+        return IsADirectory(f"{what}: is a directory")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: no space left")
     return BackendError(f"{what}: {e.strerror}")
 
 
@@ -141,7 +205,8 @@ ERROR_CODES: dict[str, type[DsmountError]] = {
     cls.code: cls
     for cls in (
         NotFound, AlreadyExists, AuthFailed, PermissionDenied, Transient, TimedOut, Changed,
-        IntegrityError, ReadOnly, Busy, InvalidRequest, UnsupportedVersion, ConfigError,
-        BackendError, DsmountError,
+        IntegrityError, ReadOnly, NotEmpty, IsADirectory, NotADirectory, NotSupported,
+        XattrNotSupported, CrossDevice, NoSpace, TooManyWriters, Busy, InvalidRequest,
+        UnsupportedVersion, ConfigError, BackendError, DsmountError,
     )
 }

@@ -4,8 +4,9 @@
 # Idempotent: every step first checks whether it is already done and skips fast, so a warm
 # re-run takes a second or two. Runs as root; uses sudo only when not root.
 #
-# Steps: Debian packages (FUSE, build tools for pyfuse3, rclone for the benchmark, systemd for
-# `systemd-analyze verify` / `systemd-tmpfiles` in tests, node+npm only when missing), Azurite
+# Steps: Debian packages (FUSE, build tools for pyfuse3, rclone for the benchmark, rsync for
+# the write tests, systemd for `systemd-analyze verify` / `systemd-tmpfiles` in tests, node+npm
+# only when missing), Azurite
 # from npm, /dev/fuse + user_allow_other, then the project venv `.venv` with
 # `.[test,dataframe]` (the optional dataframe helpers are tested too).
 set -euo pipefail
@@ -35,7 +36,7 @@ is_installed() {
 }
 
 # --- Debian packages -----------------------------------------------------------------------
-wanted=(fuse3 libfuse3-dev pkg-config gcc rclone systemd)
+wanted=(fuse3 libfuse3-dev pkg-config gcc rclone systemd rsync)
 if ! command -v python3 >/dev/null 2>&1; then
     wanted+=(python3)
 fi

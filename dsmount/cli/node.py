@@ -89,13 +89,17 @@ def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foregr
               help="Root only: show files with these permission bits (e.g. 0440).")
 @click.option("--dir-mode", default=None, metavar="MODE",
               help="Root only: show directories with these permission bits (e.g. 0550).")
+@click.option("--read-write/--read-only", "read_write", default=None,
+              help="Allow writes (blob containers and file shares, not versions) [read-only, "
+                   "or the registered datastore's default].")
 @auth_options()
 @click.pass_obj
 def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshare: bool,
            container: str | None, share: str | None, account: str | None,
            endpoint: str | None, prefix: str, version: str | None, immutable: bool,
            ttl: float | None, shared: bool, uid: int | None, gid: int | None,
-           file_mode: str | None, dir_mode: str | None, **auth: Any) -> None:
+           file_mode: str | None, dir_mode: str | None, read_write: bool | None,
+           **auth: Any) -> None:
     """Attach a datastore at MOUNTPOINT/NAME (or NAME/VERSION)."""
     kinds = [k for k, on in (("local", local_path), ("blob", blob), ("fileshare", fileshare))
              if on]
@@ -130,6 +134,8 @@ def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshar
             spec.update(kind=kinds[0], account=account or choice.account, endpoint=endpoint,
                         prefix=prefix, auth=choice.to_wire())
             spec.update({"container": container} if blob else {"share": share})
+        if read_write is not None:
+            spec["read_write"] = read_write
         result = obj.call("attach", **{k: v for k, v in spec.items() if v is not None})
         click.echo(f"attached {result['path']} ({result['kind']})")
 
@@ -164,14 +170,14 @@ def list_(obj: Context, as_json: bool) -> None:
             x for x in (b.get("account"), b.get("container") or b.get("share"), b.get("prefix"))
             if x)
         rows.append([d["path"], d["kind"], _owner(d), "yes" if d["immutable"] else "no",
-                     str(d["open_files"]), where])
+                     "rw" if d.get("read_write") else "ro", str(d["open_files"]), where])
     for f in result.get("failed", []):
-        rows.append([f["path"], f.get("kind") or "?", _owner(f), "-", "-",
+        rows.append([f["path"], f.get("kind") or "?", _owner(f), "-", "-", "-",
                      f"FAILED: {f['error']}"])
     if not rows:
         click.echo("no datastores attached")
         return
-    print_table(rows, ["NAME", "KIND", "OWNER", "IMMUTABLE", "OPEN", "SOURCE"])
+    print_table(rows, ["NAME", "KIND", "OWNER", "IMMUTABLE", "MODE", "OPEN", "SOURCE"])
 
 
 def _owner(d: dict[str, Any]) -> str:
@@ -199,6 +205,13 @@ def status(obj: Context, as_json: bool) -> None:
     if memory:
         click.echo(f"budget {format_size(memory['budget_bytes'])} ({memory['budget_from']}); "
                    f"limit: {memory['limit']}")
+    writers = sum(d.get("writers_open", 0) for d in result["datastores"])
+    written = sum(d.get("bytes_written", 0) for d in result["datastores"])
+    if any(d.get("read_write") for d in result["datastores"]):
+        commits = sum(d.get("commits", 0) for d in result["datastores"])
+        failed = sum(d.get("failed_commits", 0) for d in result["datastores"])
+        click.echo(f"writes {format_size(written)} written, {commits} commit(s), "
+                   f"{failed} failed, {writers} writer(s) open")
     rows = []
     for d in result["datastores"]:
         ratio = d["cache_hit_ratio"]

@@ -121,6 +121,8 @@ def _location_options(what: str, endpoint_help: str) -> Callable[..., Any]:
                 click.option("--account", help="Storage account name."),
                 click.option("--prefix", default="", help=f"Only this {what}."),
                 click.option("--endpoint", help=endpoint_help),
+                click.option("--read-write", is_flag=True,
+                             help="`dsmount attach NAME` attaches it read-write by default."),
             ]
         ):
             fn = opt(fn)
@@ -141,13 +143,14 @@ def _register_azure(
     create_if_not_exists: bool,
     skip_validation: bool,
     set_default: bool,
+    read_write: bool = False,
     **auth: Any,
 ) -> None:
     """What `register-blob` and `register-fileshare` do (`where`: container or share)."""
     ref, secret, env_account = _credential(account=account, **auth)
     info = DatastoreInfo.azure(
         name, kind, where, account=account or env_account, endpoint=endpoint, prefix=prefix,
-        auth=ref,
+        auth=ref, read_write=read_write,
     )
     _register(info, secret, overwrite, create_if_not_exists, skip_validation, set_default)
 
@@ -350,7 +353,7 @@ def _refs(
     out = []
     for v in values:
         r = parse(v)
-        if overwrite and r.mode != "mount":
+        if overwrite and r.mode not in ("mount", "mount-rw"):
             r = runwrap.Reference(r.mode, r.datastore, r.path, r.version, r.local, r.ref, True)
         out.append(r)
     return out
@@ -365,6 +368,13 @@ def _refs(
     multiple=True,
     metavar="[REF@]NAME[:VERSION][/PATH]",
     help="Attach (if needed) and pass the path under the mountpoint.",
+)
+@click.option(
+    "--mount-rw",
+    "mounts_rw",
+    multiple=True,
+    metavar="[REF@]NAME[/PATH]",
+    help="Attach read-write; outputs written there reach the datastore as files close.",
 )
 @click.option(
     "--download",
@@ -389,6 +399,7 @@ def _refs(
 def run(
     ctx: click.Context,
     mounts: tuple[str, ...],
+    mounts_rw: tuple[str, ...],
     downloads: tuple[str, ...],
     uploads: tuple[str, ...],
     workdir: str | None,
@@ -401,9 +412,11 @@ def run(
 
     \b
     dsmount run --mount cats:1 --upload cats/out=./out -- python train.py {cats} ./out
+    dsmount run --mount cats:1 --mount-rw out@cats/runs/42 -- python train.py {cats} {out}
     """
     refs = (
         _refs(runwrap.parse_mount, mounts, False)
+        + _refs(runwrap.parse_mount_rw, mounts_rw, False)
         + _refs(runwrap.parse_download, downloads, overwrite)
         + _refs(runwrap.parse_upload, uploads, overwrite)
     )

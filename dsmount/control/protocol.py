@@ -182,7 +182,7 @@ def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:
 
 
 ATTACH_FIELDS = frozenset({"name", "version", "immutable", "ttl", "owner", "shared", "uid",
-                           "gid", "file_mode", "dir_mode", "manifest"})
+                           "gid", "file_mode", "dir_mode", "manifest", "read_write"})
 OVERRIDES = ("uid", "gid", "file_mode", "dir_mode")  # root-only presentation overrides
 MAX_ID = 2**32 - 2  # the largest uid/gid (2**32 - 1 is the kernel's "no id")
 
@@ -228,7 +228,11 @@ class AttachRequest:
 
     `owner`/`shared` as a client sends them are wishes: the control service decides them from
     the peer's credentials (a non-root peer always owns what it attaches) before anything is
-    attached or saved."""
+    attached or saved.
+
+    `read_write`: only a blob container or a file share, attached without a version and not
+    immutable, can be read-write: a version is an immutable snapshot, and the (root) daemon
+    does not write local directories on a caller's behalf."""
 
     name: str
     storage: DatastoreSpec
@@ -244,6 +248,20 @@ class AttachRequest:
     # A version's manifest object (relative to the datastore root): namespace from it, no
     # LIST or HEAD; None: the datastore's own listings.
     manifest: str | None = None
+    read_write: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.read_write:
+            return
+        if self.version is not None:
+            raise InvalidRequest(
+                f"version {self.version} of {self.name!r} is immutable: attach the datastore "
+                "itself read-write to write into it"
+            )
+        if self.immutable:
+            raise InvalidRequest("a read-write datastore cannot be immutable")
+        if self.storage.kind == "local":
+            raise InvalidRequest("local datastores are attached read-only")
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> AttachRequest:
@@ -264,6 +282,7 @@ class AttachRequest:
             file_mode=get_mode(args, "file_mode"),
             dir_mode=get_mode(args, "dir_mode"),
             manifest=get_str(args, "manifest", required=False) or None,
+            read_write=get_bool(args, "read_write"),
         )
 
     @property
@@ -298,4 +317,6 @@ class AttachRequest:
             out[key] = f"{value:04o}" if key.endswith("_mode") else value
         if self.manifest is not None:
             out["manifest"] = self.manifest
+        if self.read_write:
+            out["read_write"] = True
         return out

@@ -243,6 +243,8 @@ class ControlService:
                     f"{local_root(request.storage)} changed while being attached; try again")
             if request.manifest is not None:
                 backend = await self._with_manifest(backend, request.storage, request.manifest)
+            if request.read_write and not backend.writable:
+                raise InvalidRequest(f"a {backend.kind} datastore cannot be attached read-write")
             await backend.check()
         except BaseException:
             await backend.aclose()
@@ -258,12 +260,17 @@ class ControlService:
             owner=request.effective_owner,
             shared=request.effective_shared,
             presentation=self._presentation(request, backend),
+            read_write=request.read_write,
         )
         try:
             self.core.attach(ds)
         except BaseException:
             await backend.aclose()
             raise
+        try:
+            await self.core.attached(ds)
+        except DsmountError as e:  # leftovers stay journaled; the next attach tries again
+            log.warning("[%s] cleaning up interrupted writes: %s", ds.key, e)
         self.failed.pop(ds.key, None)
         self.specs[ds.key] = request.to_dict(secrets=True)
         return ds

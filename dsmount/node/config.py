@@ -48,10 +48,12 @@ class DaemonSection:
 class FsSection:
     #: Owner shown for the mount's own directories and for every file of a cloud datastore
     #: (blob, file share: they have no owners of their own): root, so the modes below decide
-    #: who reads. Local datastores show their source's owners and modes instead.
+    #: who reads, and only the owner writes into a read-write datastore. Local datastores show
+    #: their source's owners and modes instead.
     uid: int = 0
     gid: int = 0
-    #: World-readable, never writable: shared training data, read by every job on the node.
+    #: World-readable, not writable: shared training data, read by every job on the node. A
+    #: datastore attached --read-write adds the owner's write bit (the owner is uid/gid).
     file_mode: int = 0o444
     dir_mode: int = 0o555
 
@@ -112,6 +114,31 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class WritesSection:
+    #: Where writes are staged on local disk: random writes, updates, and the shadow copy of
+    #: a sequential writer. Empty: `staging/` below [cache] disk_dir if set (the node's scratch
+    #: disk), else below [daemon] state_dir. Holds a journal of temporary objects, so a daemon
+    #: that was killed cleans up after itself at the next start.
+    staging_dir: str = ""
+    #: Disk bytes all staged writes may use together; beyond it a write that needs the disk
+    #: gets ENOSPC (a sequential one keeps streaming without its shadow copy).
+    staging_budget: int = 10 * 1024**3
+    #: One staged part (a Put Block): 8 MiB, like a read block, reaches full bandwidth per
+    #: request and keeps the 50,000-block limit of a blob at 390 GiB.
+    part_size: int = 8 * 1024**2
+    #: Parts of one file uploading at once: 4 keep the link busy while the writer fills the
+    #: next; every buffer comes out of [cache] memory_budget.
+    parts_in_flight: int = 4
+    #: Files open for writing at once: beyond it open() fails with ENFILE, so many writers
+    #: share the memory budget instead of each waiting on a sliver of it.
+    max_open_files: int = 64
+    #: Objects a blob directory rename moves one by one (copy + delete); beyond it EXDEV.
+    dir_rename_limit: int = 1000
+    #: Keep a disk copy of sequential writes so a writer that seeks back (zip, HDF5) works.
+    shadow: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     fs: FsSection = field(default_factory=FsSection)
@@ -119,6 +146,7 @@ class Config:
     metadata: MetadataSection = field(default_factory=MetadataSection)
     retry: RetrySection = field(default_factory=RetrySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    writes: WritesSection = field(default_factory=WritesSection)
     datastores: tuple[dict[str, Any], ...] = ()
     source: str | None = None  # the file it came from, for messages
 
@@ -130,8 +158,10 @@ _SECTIONS: dict[str, type] = {
     "metadata": MetadataSection,
     "retry": RetrySection,
     "metrics": MetricsSection,
+    "writes": WritesSection,
 }
-_SIZE_KEYS = {"memory_budget", "block_size", "disk_budget", "readahead_max"}
+_SIZE_KEYS = {"memory_budget", "block_size", "disk_budget", "readahead_max", "staging_budget",
+              "part_size"}
 _MODE_KEYS = {"file_mode", "dir_mode"}
 
 
@@ -200,6 +230,11 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("[retry] max_attempts must be at least 1")
     if cfg.metrics.address:
         parse_address(cfg.metrics.address)
+    w = cfg.writes
+    if w.part_size < 64 * 1024 or w.part_size > 256 * 1024**2:
+        raise ConfigError("[writes] part_size must be between 64KiB and 256MiB")
+    if w.parts_in_flight < 1 or w.max_open_files < 1:
+        raise ConfigError("[writes] parts_in_flight and max_open_files must be at least 1")
     return cfg
 
 

@@ -26,9 +26,9 @@ from dsmount.node import mountpoint as mp
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
 from dsmount.node.config import Config, parse_address
-from dsmount.node.fs.core import FileSystem, FsSettings
+from dsmount.node.fs.core import FileSystem, FsSettings, WriteSettings
 from dsmount.node.fuse_adapter import FuseSession
-from dsmount.node.malloc import pin_mmap_threshold
+from dsmount.node.malloc import limit_arenas, pin_mmap_threshold
 from dsmount.node.memory_limit import choose_budget, effective_limit
 from dsmount.node.metrics import MetricsServer
 from dsmount.node.sdnotify import Notifier, watchdog_loop
@@ -47,7 +47,8 @@ def mount_options() -> set[str]:
         f"subtype={mp.FSNAME}",
         "allow_other",  # a Jupyter user must read a mount owned by root
         "default_permissions",  # the kernel enforces the modes we report
-        "ro",
+        # No "ro": a datastore attached --read-write takes writes; every other one answers
+        # each write with EROFS from the core, as the whole mount did before.
         "noatime",
     }
 
@@ -61,6 +62,18 @@ def _config_spec(entry: dict[str, Any]) -> dict[str, Any]:
         auth["secret"] = resolve({k: auth.pop(k) for k in ("env", "file") if k in auth})
         spec["auth"] = auth
     return spec
+
+
+def write_settings(c: Config) -> WriteSettings:
+    """The write path's settings; staging below the cache directory, else the state one."""
+    w = c.writes
+    staging = w.staging_dir or os.path.join(c.cache.disk_dir or c.daemon.state_dir, "staging")
+    return WriteSettings(
+        part_size=w.part_size, parts_in_flight=w.parts_in_flight,
+        max_open_files=w.max_open_files, staging_dir=os.path.abspath(staging),
+        staging_budget=w.staging_budget, shadow=w.shadow, dir_rename_limit=w.dir_rename_limit,
+        deadline=c.retry.request_deadline,
+    )
 
 
 @dataclass
@@ -89,6 +102,7 @@ class Daemon:
             invalidate_entry=self._invalidate_entry,
             invalidate_inode=self._invalidate_inode,
             disk=DiskCache(c.cache.disk_dir, c.cache.disk_budget) if c.cache.disk_dir else None,
+            writes=write_settings(c),
         )
         self.state = StateStore(c.daemon.state_dir)
         self.warmer = Warmer(self.core, parallel=c.cache.max_concurrent_gets)
@@ -143,6 +157,7 @@ class Daemon:
         extra["memory"] = self.memory.describe()
         if self.metrics is not None:
             extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
+        extra["staging"] = self.core.writes.staging.as_dict()
         return extra
 
     def summary(self) -> str:
@@ -164,6 +179,7 @@ class Daemon:
                 self._nursery = nursery
                 await nursery.start(self.cache.run)
                 await nursery.start(self.warmer.run)
+                await nursery.start(self.core.writes.run)
                 nursery.start_soon(self._fuse_main, nursery)
                 await self._tune_after_init()
                 await self._attach_initial()
@@ -253,6 +269,7 @@ class Daemon:
 def run_daemon(config: Config, ready_fd: int | None = None) -> int:
     """Run until signalled. Returns the process exit code."""
     pin_mmap_threshold()  # freed cache blocks go back to the system: RSS tracks the budget
+    limit_arenas()  # and small extents freed in worker threads are reused, not kept per thread
     # Relative paths in the config were resolved by Daemon; "/" so we never pin a directory
     # (and fusermount never resolves our fsname against the cwd).
     try:

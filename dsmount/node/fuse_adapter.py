@@ -17,7 +17,7 @@ from typing import Any
 
 import pyfuse3
 
-from dsmount.errors import DsmountError, ReadOnly, to_errno
+from dsmount.errors import DsmountError, to_errno
 from dsmount.node.fs.core import Attributes, FileSystem
 
 log = logging.getLogger(__name__)
@@ -180,11 +180,71 @@ class FuseOperations(pyfuse3.Operations):
             await self.core.release(fh)
 
     async def flush(self, fh: int) -> None:
-        return None
+        # pyfuse3 hands this errno to close(2): the writer learns its upload failed.
+        with _guard("flush"):
+            await self.core.flush(fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        with _guard("fsync"):
+            await self.core.fsync(fh)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        with _guard("create"):
+            fh, attrs = await self.core.create(parent_inode, _name(name), flags)
+            return pyfuse3.FileInfo(fh=fh), self.attributes.get(attrs)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        with _guard("write"):
+            return await self.core.write(fh, off, buf)
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
+                      ) -> pyfuse3.EntryAttributes:
+        with _guard("setattr"):
+            size = attr.st_size if fields.update_size else None
+            return self.attributes.get(await self.core.setattr(inode, size=size, fh=fh))
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with _guard("unlink"):
+            await self.core.unlink(parent_inode, _name(name))
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
+                    ) -> pyfuse3.EntryAttributes:
+        with _guard("mkdir"):
+            return self.attributes.get(await self.core.mkdir(parent_inode, _name(name)))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with _guard("rmdir"):
+            await self.core.rmdir(parent_inode, _name(name))
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        with _guard("rename"):
+            await self.core.rename(parent_inode_old, _name(name_old), parent_inode_new,
+                                   _name(name_new), flags)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        with _guard("link"):
+            self.core.not_supported(new_parent_inode, "a hard link")
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        with _guard("symlink"):
+            self.core.not_supported(parent_inode, "a symbolic link")
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+                    ) -> Any:
+        with _guard("mknod"):
+            self.core.not_supported(parent_inode, "a special file")
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
-        # default_permissions makes the kernel check modes; W_OK can never be granted.
-        return not mode & os.W_OK
+        # Not called with default_permissions (the kernel checks the modes we report); kept
+        # right for a mount without it: W_OK only where a datastore takes writes.
+        if not mode & os.W_OK:
+            return True
+        try:
+            return self.core.writable(inode)
+        except Exception:
+            return False
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         with _guard("statfs"):
@@ -201,15 +261,17 @@ class FuseOperations(pyfuse3.Operations):
             out.f_namemax = s["namemax"]
             return out
 
-    # -- everything that would change the tree: read-only -------------------------------------
-    async def _erofs(self, *args: Any, **kwargs: Any) -> Any:
-        raise pyfuse3.FUSEError(to_errno(ReadOnly("dsmount is read-only")))
+    # -- extended attributes are not stored ----------------------------------------------------
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        with _guard("setxattr"):
+            self.core.not_supported(inode, "an extended attribute", xattr=True)
 
-    create = mkdir = mknod = symlink = link = unlink = rmdir = rename = _erofs
-    write = setxattr = removexattr = fsync = fsyncdir = _erofs
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        with _guard("removexattr"):
+            self.core.not_supported(inode, "an extended attribute", xattr=True)
 
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
-        raise pyfuse3.FUSEError(to_errno(ReadOnly("dsmount is read-only")))
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # a directory change is on storage once its call returned
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

@@ -41,7 +41,6 @@ from dsmount.node.fs.core import FileSystem
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import Node
 from dsmount.node.fs.lookup import close_listing, join
-from dsmount.shared.histogram import Histogram
 from dsmount.shared.sizes import format_size
 from dsmount.storage.base import Backend, Entry
 from dsmount.storage.names import clean_path
@@ -350,7 +349,7 @@ class Warmer:
         """Read one file through the read path; the bytes this downloaded."""
         ds = job.datastore
         counting = CountingBackend(ds.backend)
-        view = replace(ds, backend=counting, counters=ReadCounters(), stalls=Histogram())
+        view = replace(ds, backend=counting, counters=ReadCounters())
         node = self.core.inodes.find(ds, path)
         if node is None or node.entry.etag != entry.etag or node.entry.size != entry.size:
             # Not known to the kernel: a private node (ino 0 is never handed out).

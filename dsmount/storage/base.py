@@ -7,6 +7,10 @@ hides that behind these methods.
 
 Errors: backends raise only the typed errors of `dsmount.errors` (NotFound, AuthFailed,
 Transient, Changed, IntegrityError, BackendError). `is_transient` decides what is retried.
+
+Writing: a backend with `writable = True` implements the write verbs below (uploads are
+`dsmount.storage.writes.Upload`s); the others answer every one with ReadOnly. Whether a
+datastore is *attached* read-write is the node's decision, not the backend's.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import abc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dsmount.errors import ReadOnly
 from dsmount.storage.retry import BackendStats
+
+if TYPE_CHECKING:
+    from dsmount.storage.writes import Upload
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +99,51 @@ class Backend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """What `status`/`list` show about this backend. Never contains a secret."""
         return {"kind": self.kind}
+
+    # -- writing (only where `writable`) ---------------------------------------------------------
+    writable: bool = False
+    # Whether `rename` of a directory is one server-side operation (file shares); otherwise it
+    # is a copy and a delete per entry, done only up to `max_entries`.
+    native_dir_rename: bool = False
+
+    def _read_only(self, what: str) -> ReadOnly:
+        return ReadOnly(f"{what}: the {self.kind} backend cannot write")
+
+    async def begin_upload(
+        self, path: str, *, base: Entry | None = None, append: bool = False
+    ) -> Upload:
+        """Start writing a new version of file `path`.
+
+        `base` is the version it replaces (None for a new file). With `append`, the new
+        version starts with the whole base version, kept server-side where the kind can (the
+        Upload's `kept` says how much); a later `commit` fails with Changed if the base was
+        replaced meanwhile.
+        """
+        raise self._read_only(f"write {path!r}")
+
+    async def delete(self, path: str) -> None:
+        """Delete file `path` (NotFound if there is none)."""
+        raise self._read_only(f"delete {path!r}")
+
+    async def make_dir(self, path: str) -> Entry:
+        """Create directory `path` (its parent exists); AlreadyExists if the name is taken.
+        On object stores, an empty marker object with metadata hdi_isfolder=true."""
+        raise self._read_only(f"mkdir {path!r}")
+
+    async def remove_dir(self, path: str) -> None:
+        """Remove the empty directory `path` (NotEmpty if it has entries)."""
+        raise self._read_only(f"rmdir {path!r}")
+
+    async def copy(self, src: str, dst: str) -> Entry:
+        """Server-side copy of file `src` to `dst`, replacing `dst` atomically."""
+        raise self._read_only(f"copy {src!r}")
+
+    async def rename(
+        self, src: str, dst: str, *, is_dir: bool = False, max_entries: int = 1000
+    ) -> Entry | None:
+        """Rename file (or, with `is_dir`, directory) `src` to `dst`, replacing a file `dst`
+        (the caller checks that a directory `dst` does not exist or is empty). Without a
+        native directory rename, a directory with more than `max_entries` objects below it is
+        refused with CrossDevice before anything changes. Returns the renamed file's new Entry
+        where the service gives one."""
+        raise self._read_only(f"rename {src!r}")

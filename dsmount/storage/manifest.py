@@ -86,6 +86,7 @@ class Location:
     offset: int
     length: int
     etag: str | None
+    object_size: int  # the whole object's size (a pack's, or the file's own)
 
 
 def write_manifest(
@@ -178,8 +179,8 @@ class Manifest:
             raise IntegrityError(f"{path.name}: manifest format {self.meta.get('format')!r} "
                                  f"is not {FORMAT!r}; upgrade dsmount")
         self.root = self.meta.get("root", "")
-        self._packs = {i: (name, etag) for i, name, etag in
-                       self._db.execute("SELECT id, name, etag FROM packs")}
+        self._packs = {i: (name, etag, size or 0) for i, name, etag, size in
+                       self._db.execute("SELECT id, name, etag, size FROM packs")}
 
     def close(self) -> None:
         self._db.close()
@@ -187,6 +188,10 @@ class Manifest:
     @property
     def files(self) -> int:
         return int(self.meta.get("files", 0))
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.meta.get("bytes", 0))
 
     def _dir_id(self, path: str) -> int | None:
         row = self._db.execute("SELECT id FROM dirs WHERE path = ?", (path,)).fetchone()
@@ -226,9 +231,9 @@ class Manifest:
 
     def location(self, path: str, row: Row) -> Location:
         if row.pack is None:
-            return Location(join(self.root, path), 0, row.size, row.etag)
-        name, etag = self._packs[row.pack]
-        return Location(name, row.offset, row.size, etag)
+            return Location(join(self.root, path), 0, row.size, row.etag, row.size)
+        name, etag, size = self._packs[row.pack]
+        return Location(name, row.offset, row.size, etag, max(size, row.offset + row.size))
 
     def walk(self, prefix: str = "") -> Iterator[tuple[str, Row]]:
         """Every file at or below `prefix`, as (path, row), in path order."""

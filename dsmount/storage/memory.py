@@ -1,8 +1,13 @@
 """An in-memory backend for core tests, with fault injection.
 
-Objects are a dict of path -> bytes; directories are implied by paths (as in blob storage).
-`faults` lets a test make the next N calls fail with a given error, or every call slow, to
-drive the retry policy, deadlines and errno mapping without a network.
+Objects are a dict of path -> bytes; directories are implied by paths (as in blob storage) or
+made explicit by `make_dir` (a marker, as hdi_isfolder blobs are). `faults` lets a test make
+the next N calls fail with a given error, or every call slow, to drive the retry policy,
+deadlines and errno mapping without a network; `faults.ops` limits them to some operations
+("put", "commit", "delete", "read", ...).
+
+It writes like a blob container: parts are staged out of sight and `commit` swaps the new
+bytes in at once (`memory_writes.MemoryUpload`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import trio
 
 from dsmount.errors import Changed, NotFound
 from dsmount.storage.base import Backend, Entry
+from dsmount.storage.memory_writes import MemoryWrites
 from dsmount.storage.retry import RetryPolicy, with_retry
 
 _etags = itertools.count(1)
@@ -27,9 +33,14 @@ class Faults:
     delay: float = 0.0
     calls: int = 0
     reads: list[tuple[str, int, int]] = field(default_factory=list)
+    ops: set[str] | None = None  # only these operations fail / wait (None: every one)
+    by_op: dict[str, int] = field(default_factory=dict)  # calls per operation
 
-    async def apply(self) -> None:
+    async def apply(self, op: str = "") -> None:
         self.calls += 1
+        self.by_op[op] = self.by_op.get(op, 0) + 1
+        if self.ops is not None and op not in self.ops:
+            return
         if self.delay:
             await trio.sleep(self.delay)
         if self.fail_next > 0 and self.error is not None:
@@ -37,7 +48,7 @@ class Faults:
             raise self.error
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(MemoryWrites, Backend):
     kind = "memory"
 
     def __init__(
@@ -49,6 +60,7 @@ class MemoryBackend(Backend):
     ) -> None:
         super().__init__()
         self.files: dict[str, tuple[bytes, str, int]] = {}
+        self.dirs: set[str] = set()  # explicit (empty-capable) directories, like marker blobs
         self.page_size = page_size
         self.faults = Faults()
         self.retry = retry or RetryPolicy(base_delay=0.001, max_delay=0.01)
@@ -58,18 +70,21 @@ class MemoryBackend(Backend):
     def put(self, path: str, data: bytes, mtime_ns: int = 1_700_000_000_000_000_000) -> None:
         self.files[path.strip("/")] = (data, f"e{next(_etags)}", mtime_ns)
 
-    def delete(self, path: str) -> None:
+    def remove(self, path: str) -> None:
+        """Delete a file behind the filesystem's back (tests); `delete` is the write verb."""
         del self.files[path.strip("/")]
 
     def _is_dir(self, path: str) -> bool:
-        if path == "":
+        if path == "" or path in self.dirs:
             return True
         prefix = path + "/"
-        return any(p.startswith(prefix) for p in self.files)
+        return any(p.startswith(prefix) for p in self.files) or any(
+            d.startswith(prefix) for d in self.dirs
+        )
 
-    async def _call(self, fn):  # type: ignore[no-untyped-def]
+    async def _call(self, fn, op: str = ""):  # type: ignore[no-untyped-def]
         async def attempt():  # type: ignore[no-untyped-def]
-            await self.faults.apply()
+            await self.faults.apply(op)
             return fn()
 
         self.stats.requests += 1
@@ -93,6 +108,11 @@ class MemoryBackend(Backend):
                 raise NotFound(path)
             prefix = path + "/" if path else ""
             seen: dict[str, Entry] = {}
+            for d in sorted(self.dirs):
+                if d.startswith(prefix) and d != path:
+                    seen[d[len(prefix) :].partition("/")[0]] = Entry(
+                        d[len(prefix) :].partition("/")[0], True
+                    )
             for p, (data, etag, mtime) in sorted(self.files.items()):
                 if not p.startswith(prefix):
                     continue
@@ -118,6 +138,6 @@ class MemoryBackend(Backend):
             self.faults.reads.append((path, offset, length))
             return data[offset : offset + length]
 
-        out = await self._call(do)
+        out = await self._call(do, "read")
         self.stats.bytes_fetched += len(out)
         return out

@@ -37,6 +37,7 @@ class BackendStats:
     errors: int = 0
     retries: int = 0
     bytes_fetched: int = 0
+    bytes_uploaded: int = 0  # parts of uploads (Put Block, Put Range) that succeeded
     last_error: str | None = None
     last_error_time: float | None = None
     degraded: bool = False
@@ -60,6 +61,7 @@ class BackendStats:
             "errors": self.errors,
             "retries": self.retries,
             "bytes_fetched": self.bytes_fetched,
+            "bytes_uploaded": self.bytes_uploaded,
             "last_error": self.last_error,
             "degraded": self.degraded,
             "calls": by_op,

@@ -87,6 +87,8 @@ class DatastoreInfo:
     prefix: str = ""
     auth: CredentialRef | None = None  # None for local datastores
     registered: str = field(default="", compare=False)
+    # `dsmount attach NAME` attaches it read-write unless told --read-only (blob, file share).
+    read_write: bool = False
 
     @classmethod
     def azure(
@@ -99,6 +101,7 @@ class DatastoreInfo:
         endpoint: str | None,
         prefix: str,
         auth: CredentialRef,
+        read_write: bool = False,
     ) -> DatastoreInfo:
         """A blob (`where`: the container) or file share (`where`: the share) datastore, as
         the API and the CLI register it (`prefix` normalized)."""
@@ -109,6 +112,7 @@ class DatastoreInfo:
             endpoint=endpoint,
             prefix=clean_path(prefix, what="prefix"),
             auth=auth,
+            read_write=read_write,
             **{"container" if kind == "blob" else "share": where},
         )
 
@@ -124,6 +128,8 @@ class DatastoreInfo:
         if self.kind == "local":
             if not self.path or not os.path.isabs(self.path):
                 raise InvalidRequest("a local datastore needs an absolute path")
+            if self.read_write:
+                raise InvalidRequest("local datastores are attached read-only")
             return self
         if self.kind == "blob" and not self.container:
             raise InvalidRequest("a blob datastore needs a container (--container)")
@@ -175,6 +181,8 @@ class DatastoreInfo:
             "registered": self.registered,
         }
         d = {k: v for k, v in d.items() if v not in (None, "")}
+        if self.read_write:
+            d["read_write"] = True
         if self.auth is not None:
             d["auth"] = self.auth.to_toml()
         return d
@@ -206,8 +214,9 @@ class DatastoreInfo:
             "prefix",
             "registered",
             "auth",
+            "read_write",
         }
-        strings = {k: d[k] for k in known - {"auth"} if k in d}
+        strings = {k: d[k] for k in known - {"auth", "read_write"} if k in d}
         if any(not isinstance(v, str) for v in strings.values()):
             raise ConfigError(f"registry entry {name!r}: values must be strings")
         auth = d.get("auth")
@@ -219,6 +228,9 @@ class DatastoreInfo:
                 ref = CredentialRef(
                     **{k: auth[k] for k in ("kind", "source", "ref", "client_id") if k in auth}
                 )
-            return cls(name=name, auth=ref, **strings).validate()
+            read_write = d.get("read_write", False)
+            if not isinstance(read_write, bool):
+                raise InvalidRequest("read_write must be true or false")
+            return cls(name=name, auth=ref, read_write=read_write, **strings).validate()
         except (InvalidRequest, TypeError) as e:
             raise ConfigError(f"registry entry {name!r} is invalid: {e}") from None

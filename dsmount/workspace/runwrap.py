@@ -4,8 +4,10 @@ as_upload.
     dsmount run --mount cats:1/train --download val@cats/val --upload cats/results=./out \
         -- python train.py --data {cats} --val {val} --out {cats_1}
 
-Reference syntax (parsing is pure: `parse_mount`, `parse_download`, `parse_upload`):
+Reference syntax (parsing is pure: `parse_mount`, `parse_mount_rw`, `parse_download`,
+`parse_upload`):
     --mount    [REF@]NAME[:VERSION][/PATH]           VERSION: 1, 2, ... or "latest"
+    --mount-rw [REF@]NAME[/PATH]                     attached read-write; PATH created
     --download [REF@]NAME[:VERSION][/PATH][=LOCAL_DIR]
     --upload   [REF@]NAME[/PATH]=LOCAL_PATH          PATH is the target directory
 REF, the reference name, defaults to NAME; give one when a datastore is referenced twice. For
@@ -17,7 +19,10 @@ PATH in --download/--upload cannot contain "=" (the separator).
 What happens, in order:
 1. every datastore is looked up in the registry (an unknown name fails before anything runs);
 2. mounts: a datastore (version) already attached to the daemon is reused, otherwise it is
-   attached through the control socket and detached at the end; downloads go to LOCAL_DIR,
+   attached through the control socket and detached at the end; a read-write mount
+   (`--mount-rw`, what Azure ML calls rw_mount: outputs reach the datastore while the command
+   runs, each file committed when the command closes it) attaches the datastore read-write,
+   reuses it only if it is attached read-write already, and creates PATH; downloads go to LOCAL_DIR,
    else to `<workdir>/<REF>` (workdir: --workdir, else a temp dir removed at the end); an
    upload's LOCAL_PATH gets its parent directory created (the command creates the path);
 3. the command runs. SIGTERM/SIGHUP sent to dsmount are forwarded to it; Ctrl-C reaches it
@@ -56,14 +61,14 @@ ENV_PREFIX = "DSMOUNT_DATAREFERENCE_"
 EXIT_DSMOUNT_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
-MODES = ("mount", "download", "upload")
+MODES = ("mount", "mount-rw", "download", "upload")
 
 
 @dataclass(frozen=True)
 class Reference:
     """One data reference of a run."""
 
-    mode: str  # mount | download | upload
+    mode: str  # mount | mount-rw | download | upload
     datastore: str
     path: str = ""  # inside the datastore ("" = its root)
     version: str | None = None  # mount / download: a version number or "latest"
@@ -136,6 +141,16 @@ def parse_mount(value: str) -> Reference:
     part, _, path = rest.partition("/")
     name, version = _name_version("--mount", value, part, versions=True)
     return Reference("mount", name, _path("--mount", value, path), version, ref=ref)
+
+
+def parse_mount_rw(value: str) -> Reference:
+    """`[REF@]NAME[/PATH]`: a read-write mount (no version: versions are immutable)."""
+    ref, rest = _split_ref("--mount-rw", value)
+    if "=" in rest.split("/", 1)[0]:
+        raise _fail("--mount-rw", value, "a mount has no local path (no '=')")
+    part, _, path = rest.partition("/")
+    name, _ = _name_version("--mount-rw", value, part, versions=False)
+    return Reference("mount-rw", name, _path("--mount-rw", value, path), ref=ref)
 
 
 def parse_download(value: str) -> Reference:
@@ -217,8 +232,13 @@ class _Session:
     def mount(self, r: Reference, state: dict[str, Any]) -> str:
         if "mountpoint" not in state:
             state["mountpoint"] = self.client().call("status")["mountpoint"]
-            state["attached"] = {d["path"] for d in self.client().call("list")["datastores"]}
+            listed = self.client().call("list")["datastores"]
+            state["attached"] = {d["path"] for d in listed}
+            state["writable"] = {d["path"] for d in listed if d.get("read_write")}
+        write = r.mode == "mount-rw"
         spec = attach_spec_for(r.datastore, r.version, registry=self.registry)
+        if write:
+            spec["read_write"] = True
         version = spec.get("version")
         key = r.datastore if version is None else f"{r.datastore}/{version}"
         if key not in state["attached"]:
@@ -227,14 +247,33 @@ class _Session:
             except DsmountError as e:
                 if e.code != "already_exists":  # attached by someone else meanwhile: reuse
                     raise
+                if write:
+                    state["writable"].update(self._writable())
             else:
                 self.attached.append((r.datastore, version))
-                self.note(f"attached {key}")
+                self.note(f"attached {key}" + (" read-write" if write else ""))
+                if write:
+                    state["writable"].add(key)
             state["attached"].add(key)
+        if write and key not in state["writable"]:
+            raise InvalidRequest(
+                f"{r.ref}: datastore {key} is attached read-only; detach it (or attach it "
+                "--read-write) to write into it"
+            )
         where = Path(state["mountpoint"]) / key / r.path
+        if write:
+            try:
+                where.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise DsmountError(f"{r.ref}: cannot create {r.path} in {key}: "
+                                   f"{e.strerror}") from None
         if not where.exists():
             raise NotFound(f"{r.ref}: {r.path or '/'} does not exist in datastore {key}")
         return str(where)
+
+    def _writable(self) -> set[str]:
+        return {d["path"] for d in self.client().call("list")["datastores"]
+                if d.get("read_write")}
 
     def download(self, r: Reference) -> str:
         from dsmount.workspace import transfer
@@ -304,7 +343,7 @@ def run(
     try:
         state: dict[str, Any] = {}
         for r in refs:
-            if r.mode == "mount":
+            if r.mode in ("mount", "mount-rw"):
                 values[r.ref] = session.mount(r, state)
             elif r.mode == "download":
                 values[r.ref] = session.download(r)

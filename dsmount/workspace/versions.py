@@ -211,7 +211,8 @@ def attach_spec_for(
     reg = registry or Registry()
     info = reg.get(name)
     spec = info.storage_spec(reg.credential(info))
-    extra: dict[str, Any] = {}
+    # A version is immutable; the datastore itself is attached the way it was registered.
+    extra: dict[str, Any] = {"read_write": True} if info.read_write else {}
     if version is not None:
         number = _resolve(name, version, reg)
         with reg.store(name) as store:

@@ -218,7 +218,7 @@ async def test_list_and_status_shapes(service: Harness, data_dir: Path) -> None:
     assert {"pid", "uptime", "cache", "open", "datastores", "failed"} <= set(status)
     assert status["pid"] == os.getpid() and status["uptime"] >= 0
     assert status["cache"]["budget_bytes"] == 16 * 1024**2
-    assert set(status["open"]) == {"files", "dirs", "inodes"}
+    assert set(status["open"]) == {"files", "writers", "dirs", "inodes"}
     for d in status["datastores"]:
         assert d["state"] == "ok"
         assert {"bytes_read", "cache_hits", "cache_hit_ratio", "backend_requests"} <= set(d)

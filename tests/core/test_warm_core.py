@@ -63,7 +63,7 @@ async def test_each_byte_is_fetched_once_and_a_second_warm_fetches_nothing() -> 
         assert done["bytes_done"] == total == done["bytes_fetched"]
         fetched = sum(n for _, _, n in backend.faults.reads)
         assert fetched == total  # no byte twice
-        assert ds.counters.bytes_read == 0 and ds.stalls.count == 0
+        assert ds.counters.bytes_read == 0 and ds.counters.stalls.count == 0
         calls = backend.faults.calls
         again = await finish(warmer, warmer.start(ds, ["a", "top.bin"]).id)
         assert again["bytes_fetched"] == 0 and again["files_cached"] == len(data)

@@ -195,8 +195,11 @@ def test_403_404_412_are_not_retried(
     proxy: FaultProxy,
 ) -> None:
     body = pattern_bytes(7, 0, 100 * 1024)
-    for name in ("gone.bin", "replaced.bin", "secret.bin"):
+    for name in ("gone.bin", "secret.bin"):
         blob_container.upload_blob(name, body)
+    # Bigger than one block (1 MiB here): a file that fits in one is fetched whole at open,
+    # which could race the replacement below; this one is fetched by the read itself.
+    blob_container.upload_blob("replaced.bin", pattern_bytes(7, 0, 2 * 1024 * 1024 + 1))
     blob_container.upload_blob("sub/here.bin", body)
     root = attach_blob(
         daemon,

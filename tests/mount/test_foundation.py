@@ -911,9 +911,9 @@ def test_list_and_status_json_and_tables(daemon: DsmountDaemon, small_src: Path)
         assert st["bytes_read"] >= len(b"hello\n")
 
         table = daemon.cli("list").stdout.splitlines()
-        assert table[0].split() == ["NAME", "KIND", "OWNER", "IMMUTABLE", "OPEN", "SOURCE"]
+        assert table[0].split() == ["NAME", "KIND", "OWNER", "IMMUTABLE", "MODE", "OPEN", "SOURCE"]
         row = next(line.split() for line in table[1:] if line.split()[0] == name)
-        assert row == [name, "local", "root", "no", "0", str(small_src)]
+        assert row == [name, "local", "root", "no", "ro", "0", str(small_src)]
         assert (entry["owner"], entry["owner_name"], entry["shared"]) == (0, "root", True)
         human = daemon.cli("status").stdout
         assert f"daemon pid {daemon.pid}" in human
@@ -929,7 +929,9 @@ def test_mount_table_shows_dsmount(daemon: DsmountDaemon) -> None:
     assert len(lines) == 1
     fsname, _, fstype, options = lines[0][:4]
     assert (fsname, fstype) == ("dsmount", "fuse.dsmount")
-    assert {"allow_other", "default_permissions", "ro"} <= set(options.split(","))
+    # Not "ro": read-write datastores can be attached; every other one answers EROFS itself.
+    assert {"allow_other", "default_permissions"} <= set(options.split(","))
+    assert "ro" not in options.split(",")
     shown = subprocess.run(["mount"], capture_output=True, text=True, timeout=30).stdout
     assert f"dsmount on {daemon.mountpoint} type fuse.dsmount" in shown
 

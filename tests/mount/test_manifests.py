@@ -209,3 +209,49 @@ def test_run_download_copies_a_packed_version_exactly(
     rels = files_of(describe_tree(src))
     assert files_of(describe_tree(dest)) == rels
     assert sha_all(dest, rels) == sha_all(src, rels)
+
+
+def _shuffled_epoch(root: Path, rels: list[str], seed: int) -> dict[str, str]:
+    import random
+
+    order = list(rels)
+    random.Random(seed).shuffle(order)
+    return sha_all(root, order)
+
+
+def test_a_shuffled_epoch_over_a_cached_version_fetches_each_pack_block_about_once(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, ops: OperationLog,
+    tmp_path: Path,
+) -> None:
+    spec_tree = {f"img/{i:04d}.jpg": 20 * KiB + (i * 7919) % (60 * KiB) for i in range(400)}
+    src = make_tree(tmp_path / "src", spec_tree)
+    number, _ = ver.create_version("ds", src, registry=registry)
+    daemon = make_daemon()
+    spec = spec_of(registry, str(number))
+    mark = ops.mark()
+    root = attach(daemon, spec)
+    rels = sorted(spec_tree)
+    total = sum(spec_tree.values())
+    assert _shuffled_epoch(root, rels, 1) == sha_all(src, rels)
+    gets = [o for o in ops.since(mark) if o.operation == "Blob_Download"]
+    pack_gets = [o for o in gets if "/.packs/" in (o.blob or "")]
+    blocks = -(-total // (8 * MiB))  # the pack's 8 MiB blocks
+    assert 1 <= len(pack_gets) <= 2 * blocks, (len(pack_gets), blocks)
+    assert len(gets) - len(pack_gets) == 1  # the manifest, nothing per file
+
+
+def test_a_version_larger_than_the_cache_fetches_about_each_files_own_bytes(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, tmp_path: Path,
+) -> None:
+    spec_tree = {f"img/{i:04d}.jpg": 100 * KiB + i for i in range(200)}  # ~20 MiB
+    src = make_tree(tmp_path / "src", spec_tree)
+    number, _ = ver.create_version("ds", src, registry=registry)
+    # 32 MiB of cache: the version does not fit in half of it, so no pack blocks are spread.
+    daemon = make_daemon(extra_args=["--cache-budget", "32MiB"])
+    root = attach(daemon, spec_of(registry, str(number)))
+    rels = sorted(spec_tree)
+    assert _shuffled_epoch(root, rels, 2) == sha_all(src, rels)
+    status = daemon.call("status")
+    ds = next(d for d in status["datastores"] if d["name"] == "ds")
+    total = sum(spec_tree.values())
+    assert ds["bytes_fetched"] <= 2 * total, (ds["bytes_fetched"], total)

@@ -432,3 +432,37 @@ def test_python_api_run_shares_the_implementation(
     assert code == 3
     assert (data / "results/out.txt").read_bytes() == b"api input\n"  # uploaded after the run
     assert dsmount_daemon.call("list")["datastores"] == []  # attached for the run only
+
+
+def test_run_with_a_read_write_mount_writes_outputs_while_it_runs(
+    dsm: Cli, azurite: Azurite, container: str, dsmount_daemon: DsmountDaemon, tmp_path: Path
+) -> None:
+    register_blob(dsm, "outs", container, azurite, extra=("--create-if-not-exists",))
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, sys\n"
+        "out = sys.argv[1]\n"
+        "assert out == os.environ['DSMOUNT_DATAREFERENCE_OUT']\n"
+        "for step in range(3):\n"
+        "    with open(os.path.join(out, f'ckpt-{step}.bin'), 'wb') as f:\n"
+        "        f.write(bytes([step]) * 100000)\n"
+        "    # each checkpoint is on the datastore as soon as it is closed\n"
+        "    print('written', step, flush=True)\n"
+    )
+    result = dsm("run", "--mount-rw", "out@outs/runs/42", "--", sys.executable, str(script),
+                 "{out}")
+    assert "attached outs read-write" in result.stderr and "detached outs" in result.stderr
+    service = azurite.blob_service_client()
+    try:
+        client = service.get_container_client(container)
+        for step in range(3):
+            blob = client.get_blob_client(f"runs/42/ckpt-{step}.bin")
+            assert blob.download_blob().readall() == bytes([step]) * 100000
+    finally:
+        service.close()
+    assert "outs" not in {d["path"] for d in dsmount_daemon.call("list")["datastores"]}
+    # Attached read-only by someone else: a read-write mount of it is refused, clearly.
+    dsm("attach", "outs")
+    refused = dsm("run", "--mount-rw", "outs/runs", "--", "true", check=False)
+    one_error_line(refused, "attached read-only")
+    assert refused.returncode == 125

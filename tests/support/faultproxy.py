@@ -352,6 +352,9 @@ class FaultProxy:
         # fault state (loop thread only once started)
         self._drop_every: int | None = None
         self._drop_left = 0
+        self._drop_up_every: int | None = None
+        self._drop_up_left = 0
+        self._drop_up_times: int | None = None
         self._reset_left = 0
         self._delay = 0.0
         self._latency = 0.0
@@ -436,6 +439,20 @@ class FaultProxy:
 
         self._call(apply)
 
+    def drop_up_every(self, nbytes: int | None, times: int | None = None) -> None:
+        """Cut (FIN both sides) the connection that relays each `nbytes`-th upstream byte (a
+        request body being sent: uploads), counted across all connections from now on, at most
+        `times` times (None: no limit); None turns it off. Counted in stats["drops"]."""
+        if nbytes is not None and nbytes < 1:
+            raise ValueError("nbytes must be >= 1 or None")
+
+        def apply() -> None:
+            self._drop_up_every = nbytes
+            self._drop_up_left = nbytes or 0
+            self._drop_up_times = times
+
+        self._call(apply)
+
     def reset_next(self, n: int) -> None:
         """Reset (RST) the next `n` new connections right after accepting them: the client sees
         ConnectionResetError from connect() (if it checks late) or its first read/write."""
@@ -484,6 +501,7 @@ class FaultProxy:
     def clear(self) -> None:
         """Remove all faults."""
         self.drop_every(None)
+        self.drop_up_every(None)
         self.reset_next(0)
         self.delay(0.0)
         self.latency(0.0)
@@ -659,6 +677,19 @@ class FaultProxy:
             return True
         return False
 
+    def _take_up_cut(self, n: int) -> int | None:
+        """How many of the next `n` upstream bytes to send before cutting, or None (reserved
+        before awaiting the send, so concurrent connections share one count)."""
+        if self._drop_up_every is None or self._drop_up_times == 0:
+            return None
+        if n < self._drop_up_left:
+            self._drop_up_left -= n
+            return None
+        cut, self._drop_up_left = self._drop_up_left, self._drop_up_every
+        if self._drop_up_times is not None:
+            self._drop_up_times -= 1
+        return cut
+
     async def _pump_up(self, conn: _Conn) -> None:
         """client -> upstream, with request tracking for 503 injection."""
         loop = asyncio.get_running_loop()
@@ -682,8 +713,14 @@ class FaultProxy:
                             # Nothing else is read from this client meanwhile: it does not
                             # pipeline, so the next request cannot overtake this one.
                             await asyncio.sleep(self._latency)
-                    await loop.sock_sendall(upstream, action.data)
-                    self._stats["bytes_up"] += len(action.data)
+                    cut = self._take_up_cut(len(action.data))
+                    data = action.data if cut is None else action.data[:cut]
+                    await loop.sock_sendall(upstream, data)
+                    self._stats["bytes_up"] += len(data)
+                    if cut is not None:
+                        self._stats["drops"] += 1
+                        conn.mode = _Close.FIN
+                        raise _Dropped
                     continue
                 if self._delay > 0:
                     await asyncio.sleep(self._delay)

@@ -25,8 +25,8 @@ def _status() -> dict:
     ds = Datastore(name="cats", backend=MemoryBackend({"a": b"x"}), version="2")
     ds.counters.bytes_read = 10
     ds.counters.reads = 2
-    ds.stalls.observe(0.02)
-    ds.stalls.observe(3.0)
+    ds.counters.stalls.observe(0.02)
+    ds.counters.stalls.observe(3.0)
     ds.backend.stats.record("read", "ok", 0.004)
     ds.backend.stats.record("read", "transient", 1.5)
     ds.backend.stats.degraded = True

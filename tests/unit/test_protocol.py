@@ -197,3 +197,20 @@ def test_attach_request_carries_owner_sharing_and_overrides() -> None:
 def test_attach_request_refuses_bad_owners_and_modes(key: str, value: object) -> None:
     with pytest.raises(InvalidRequest, match=key):
         AttachRequest.from_args({"name": "ds", "kind": "local", "path": "/d", key: value})
+
+
+def test_read_write_attach_requests() -> None:
+    blob = {"name": "out", "kind": "blob", "container": "c", "account": "a"}
+    request = AttachRequest.from_args({**blob, "read_write": True})
+    assert request.read_write and request.to_dict(secrets=False)["read_write"] is True
+    # What the state file keeps comes back read-write after a restart.
+    assert AttachRequest.from_args(request.to_dict(secrets=True)).read_write
+    assert "read_write" not in AttachRequest.from_args(blob).to_dict(secrets=False)
+    with pytest.raises(InvalidRequest, match="immutable: attach the datastore itself"):
+        AttachRequest.from_args({**blob, "read_write": True, "version": 2})
+    with pytest.raises(InvalidRequest, match="cannot be immutable"):
+        AttachRequest.from_args({**blob, "read_write": True, "immutable": True})
+    with pytest.raises(InvalidRequest, match="local datastores are attached read-only"):
+        AttachRequest.from_args({"name": "l", "kind": "local", "path": "/tmp", "read_write": True})
+    with pytest.raises(InvalidRequest, match="'read_write' must be true or false"):
+        AttachRequest.from_args({**blob, "read_write": "yes"})

@@ -233,6 +233,18 @@ def test_attach_spec_for_blob_includes_the_secret(registry: Registry) -> None:
         attach_spec_for("dogs", None, registry=registry)
 
 
+def test_a_read_write_default_survives_the_registry_and_spares_versions(
+    registry: Registry, tmp_path: Path
+) -> None:
+    info = DatastoreInfo("outs", "blob", account="acct", container="c",
+                         auth=CredentialRef("account_key", "stored"), read_write=True)
+    registry.add(info, KEY)
+    assert Registry(registry.dir).get("outs").read_write  # written to and read from the file
+    assert attach_spec_for("outs", None, registry=registry)["read_write"] is True
+    with pytest.raises(InvalidRequest, match="attached read-only"):
+        DatastoreInfo("l", "local", path=str(tmp_path), read_write=True).validate()
+
+
 def test_versions_of_a_local_datastore(registry: Registry, tmp_path: Path) -> None:
     root = tmp_path / "store"
     root.mkdir()

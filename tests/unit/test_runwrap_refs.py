@@ -16,6 +16,7 @@ from dsmount.workspace.runwrap import (
     expand,
     parse_download,
     parse_mount,
+    parse_mount_rw,
     parse_upload,
 )
 
@@ -134,3 +135,12 @@ def test_expand_replaces_only_known_placeholders() -> None:
         "{}",
     ]
     assert expand(["{a}{a}"], {"a": "x"}) == ["xx"]
+
+
+def test_parse_mount_rw() -> None:
+    assert parse_mount_rw("out@cats/runs/42") == Reference("mount-rw", "cats", "runs/42", ref="out")
+    assert parse_mount_rw("cats") == Reference("mount-rw", "cats")
+    with pytest.raises(InvalidRequest, match="versions are immutable"):
+        parse_mount_rw("cats:2/out")
+    with pytest.raises(InvalidRequest, match="no local path"):
+        parse_mount_rw("cats=./x")

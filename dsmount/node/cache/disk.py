@@ -2,8 +2,10 @@
 
 Each block is one file named by a hash of its key, where the key names the datastore's
 storage location (not the per-attachment id), the object path, its ETag, the block index and
-the block size — so a block is only ever found again for the very same bytes. A file holds a
-header (magic, key digest, length, BLAKE2b checksum of the payload) then the payload; it is
+the block size — so a block is only ever found again for the very same bytes. (The memory
+cache keys byte ranges; the fetcher writes a block here once all of its bytes are in memory.)
+A file holds a header (magic, key digest, length, BLAKE2b checksum of the payload) then the
+payload; it is
 written to a temp name and renamed (atomic), and verified on every read: a corrupt or foreign
 file is deleted and reported as a miss, never served.
 
@@ -67,6 +69,10 @@ class DiskCache:
 
     def _name(self, key: str) -> str:
         return _digest(key).hex() + ".blk"
+
+    def has(self, key: str) -> bool:
+        """Whether a block is stored under `key` (by the index: no file is read)."""
+        return self._name(key) in self._index
 
     async def get(self, key: str) -> bytes | None:
         name = self._name(key)

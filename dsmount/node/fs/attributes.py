@@ -37,9 +37,9 @@ class FsSettings:
     file_mode: int = 0o444
     dir_mode: int = 0o555
     block_size: int = 8 * 1024**2
-    # Reads that are not part of a sequential stream fetch this much around themselves rather
-    # than a whole block: a random 64 KiB pread must not cost an 8 MiB GET.
-    random_block_size: int = 256 * 1024
+    # A read that is not part of a sequential stream fetches its own range rounded out to this
+    # (see node/cache/readahead.py): a random 64 KiB pread must not cost an 8 MiB GET.
+    read_align: int = 4096
     readahead_max: int = 128 * 1024**2
     request_deadline: float = 60.0
 
@@ -88,10 +88,18 @@ def _compute(node: Node, s: FsSettings) -> Attributes:
     elif e.symlink is not None:
         mode = stat.S_IFLNK | 0o777  # never checked by the kernel; the target's bits are
     else:
-        mode = stat.S_IFREG | _first(p.file_mode, e.mode, s.file_mode)
+        mode = stat.S_IFREG | _first(p.file_mode, e.mode, s.file_mode) | _owner_write(node)
     if node.path == "" and p.private_to is not None:
         uid, mode, timeout = p.private_to, stat.S_IFDIR | PRIVATE_ROOT_MODE, 0.0
+    if e.is_dir:
+        mode |= _owner_write(node)
     return Attributes(node.ino, e.is_dir, e.size, e.mtime_ns, mode, uid, gid, timeout)
+
+
+def _owner_write(node: Node) -> int:
+    """The owner's write bit on a read-write datastore (the kernel checks it)."""
+    ds = node.datastore
+    return stat.S_IWUSR if ds is not None and ds.read_write else 0
 
 
 def is_fresh(node: Node, clock: Callable[[], float]) -> bool:

@@ -3,12 +3,14 @@
 `FileSystem` is the one object the FUSE adapter and the control service talk to. It composes
 the parts that hold the logic: `namespace` (which datastores are attached where), `lookup`
 (names to nodes, and what is known of them), `attributes` (what getattr answers), `dirs`
-(directory handles) and `reads` (file handles and the read path, over `node.cache.fetcher`).
+(directory handles), `reads` (file handles and the read path, over `node.cache.fetcher`),
+`writes` (files open for writing, their uploads and commits) and `mutations` (create, unlink,
+mkdir, rmdir, rename, setattr).
 
 Invariants:
 - Every method either returns or raises a `dsmount.errors` error (or OSError); the FUSE
   adapter maps those to errno. Nothing here knows errno numbers.
-- Everything is read-only.
+- Only datastores attached read-write change; every change to anything else is ReadOnly.
 - Detaching a datastore with open files is refused unless forced; a forced detach is lazy:
   the name disappears at once, open handles keep reading until they are closed.
 """
@@ -19,8 +21,9 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from dsmount.errors import Busy, InvalidRequest, NotFound, ReadOnly
+from dsmount.errors import Busy, InvalidRequest, NotFound
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
 from dsmount.node.cache.fetcher import Fetcher
@@ -30,11 +33,13 @@ from dsmount.node.fs.dirs import DirHandles
 from dsmount.node.fs.inodes import ROOT_INODE, InodeTable, Node
 from dsmount.node.fs.lookup import Lookups
 from dsmount.node.fs.metadata import MetadataCache
+from dsmount.node.fs.mutations import Mutations
 from dsmount.node.fs.namespace import NAME_MAX, Namespace, check_name
 from dsmount.node.fs.reads import FileHandle, ReadPath
+from dsmount.node.fs.writes import WriteHandle, WritePath, WriteSettings
 from dsmount.storage.base import Entry
 
-__all__ = ["Attributes", "FileSystem", "FsSettings"]
+__all__ = ["Attributes", "FileSystem", "FsSettings", "WriteSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ class FileSystem:
         invalidate_entry: Callable[[int, str], None] | None = None,
         invalidate_inode: Callable[[int], None] | None = None,
         disk: DiskCache | None = None,
+        writes: WriteSettings | None = None,
     ) -> None:
         self.cache = cache
         self.disk = disk
@@ -70,12 +76,34 @@ class FileSystem:
             self._new_fh,
         )
         self.reads = ReadPath(
-            Fetcher(cache, disk, self.settings.block_size), self.metadata, self.settings,
-            self._invalidate_inode,
+            Fetcher(cache, disk), self.metadata, self.settings, self._invalidate_inode
         )
+        self.writes = WritePath(
+            cache, writes or WriteSettings(staging_dir="", deadline=self.settings.request_deadline),
+            self._on_commit, self._on_abandon,
+        )
+        self.mutations = Mutations(self.lookups, self.inodes, self.metadata, self.writes, clock,
+                                   self._invalidate_inode, self._invalidate_entry)
         self._files: dict[int, FileHandle] = {}
+        self._writers: dict[int, WriteHandle] = {}
         self._next_fh = 1
         self.inodes.add_root(Node(ROOT_INODE, None, "", Entry("", True, 0, started)))
+
+    def _on_commit(self, node: Node, entry: Entry) -> None:
+        self.mutations.on_commit(node, entry)
+
+    def _on_abandon(self, node: Node) -> None:
+        self.mutations.on_abandon(node)
+
+    def _attributes(self, node: Node) -> Attributes:
+        attrs = attributes_of(node, self.settings)
+        pending = self.writes.size_of(node) if self.writes.by_node else None
+        if pending is not None and pending != attrs.size:
+            return replace(attrs, size=pending)  # what a writer here wrote, not yet committed
+        return attrs
+
+    def _invalidate_entry(self, parent: int, name: str) -> None:
+        self.invalidate_entry(parent, name)  # late-bound, like invalidate_inode
 
     def _invalidate_inode(self, ino: int) -> None:
         self.invalidate_inode(ino)  # late-bound: the daemon may set the hook after building us
@@ -154,12 +182,13 @@ class FileSystem:
         are not found; None: no such rule); counts one kernel lookup reference on success."""
         node = await self.lookups.lookup(parent_ino, name, uid)
         node.lookups += 1
-        return attributes_of(node, self.settings)
+        return self._attributes(node)
 
     async def getattr(self, ino: int) -> Attributes:
         node = self.lookups.node(ino)
-        await self.lookups.revalidate(node)
-        return attributes_of(node, self.settings)
+        if not self.writes.writing(node):
+            await self.lookups.revalidate(node)
+        return self._attributes(node)
 
     async def readlink(self, ino: int) -> str:
         """Where a symbolic link points: relative, and always inside its datastore."""
@@ -197,10 +226,10 @@ class FileSystem:
 
     # -- files --------------------------------------------------------------------------------
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a file read-only. Returns (fh, keep_cache)."""
-        if flags & _WRITE_FLAGS:
-            raise ReadOnly("dsmount is read-only")
+        """Open a file. Returns (fh, keep_cache)."""
         node = self.lookups.node(ino)
+        if flags & _WRITE_FLAGS:
+            self.mutations.writable(node)  # ReadOnly unless attached read-write
         if node.is_dir:
             raise InvalidRequest("is a directory")
         if node.is_symlink:  # the kernel follows links before opening; never served as a file
@@ -209,6 +238,8 @@ class FileSystem:
         assert ds is not None
         if ds.detached:
             raise NotFound(f"datastore {ds.key!r} was detached")
+        if flags & _WRITE_FLAGS:
+            return await self._open_writer(node, ds, flags), False
         if not is_fresh(node, self.clock):
             entry = await self.lookups.stat(ds, node.path)
             if entry.kind != "file":
@@ -217,12 +248,98 @@ class FileSystem:
             node.entry_time = self.clock()
         etag = node.entry.etag
         # The kernel may keep pages it cached for this inode only if they are of this version.
-        keep_cache = ds.immutable or (etag is not None and etag == node.last_open_etag)
+        seen = etag is not None and etag == node.last_open_etag
+        keep_cache = ds.immutable or seen
         node.last_open_etag = etag
         fh = self._new_fh()
-        self._files[fh] = self.reads.handle(node, ds)
+        self._files[fh] = h = self.reads.handle(node, ds)
         ds.open_files += 1
+        self.reads.opened(h, pages_kept=seen)
         return fh, keep_cache
+
+    async def _open_writer(self, node: Node, ds: Datastore, flags: int) -> int:
+        if not self.writes.writing(node) and not is_fresh(node, self.clock):
+            entry = await self.lookups.stat(ds, node.path)
+            if entry.is_dir:
+                raise NotFound(f"{node.path} is now a directory")
+            node.entry, node.entry_time = entry, self.clock()
+        h = self.writes.open(node, ds, flags, created=False)
+        try:
+            if flags & os.O_TRUNC:
+                await self.writes.truncate(h, 0)
+        except BaseException:
+            await self.writes.release(h)
+            raise
+        return self._add_writer(h)
+
+    def _add_writer(self, h: WriteHandle) -> int:
+        fh = self._new_fh()
+        self._writers[fh] = h
+        h.ds.open_files += 1
+        return fh
+
+    def _writer(self, fh: int) -> WriteHandle:
+        h = self._writers.get(fh)
+        if h is None:
+            raise NotFound("bad file handle (not open for writing)")
+        return h
+
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attributes]:
+        """Create and open a new file (a FUSE create); counts one kernel lookup reference."""
+        node, h = await self.mutations.create(parent_ino, name, flags)
+        return self._add_writer(h), self._attributes(node)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        return await self.writes.write(self._writer(fh), offset, data)
+
+    async def flush(self, fh: int) -> None:
+        """close(2) of a descriptor: what was written is committed, its error returned."""
+        h = self._writers.get(fh)
+        if h is not None:
+            await self.writes.commit(h)
+
+    async def fsync(self, fh: int) -> None:
+        h = self._writers.get(fh)
+        if h is not None:
+            await self.writes.commit(h)
+
+    async def setattr(self, ino: int, *, size: int | None = None, fh: int | None = None
+                      ) -> Attributes:
+        """Truncate (`size`); mode, owner and times are accepted and not stored."""
+        node = self.lookups.node(ino)
+        handle = self._writers.get(fh) if fh is not None else None
+        await self.mutations.setattr(node, size=size, handle=handle)
+        return self._attributes(node)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        await self.mutations.unlink(parent_ino, name)
+
+    async def mkdir(self, parent_ino: int, name: str) -> Attributes:
+        """Make a directory; counts one kernel lookup reference."""
+        return self._attributes(await self.mutations.mkdir(parent_ino, name))
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        await self.mutations.rmdir(parent_ino, name)
+
+    async def rename(self, old_parent: int, old: str, new_parent: int, new: str, flags: int = 0
+                     ) -> None:
+        await self.mutations.rename(old_parent, old, new_parent, new, flags,
+                                    self.writes.settings.dir_rename_limit)
+
+    def not_supported(self, ino: int, what: str, *, xattr: bool = False) -> None:
+        """Hard links, symbolic links, special files, extended attributes: ReadOnly on a
+        read-only datastore, NotSupported on a read-write one."""
+        self.mutations.not_supported(self.lookups.node(ino), what, xattr=xattr)
+
+    def writable(self, ino: int) -> bool:
+        node = self.inodes.get(ino)
+        ds = node.datastore if node is not None else None
+        return ds is not None and ds.read_write and not ds.detached
+
+    async def attached(self, ds: Datastore) -> None:
+        """After attaching a read-write datastore: remove what an interrupted run left."""
+        if ds.read_write:
+            await self.writes.recover(ds)
 
     def _handle(self, fh: int) -> FileHandle:
         h = self._files.get(fh)
@@ -231,13 +348,25 @@ class FileSystem:
         return h
 
     async def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
+        writer = self._writers.get(fh)
+        if writer is not None:
+            return await self.writes.read(writer, offset, length)
         return await self.reads.read(self._handle(fh), offset, length)
 
     async def release(self, fh: int) -> None:
+        writer = self._writers.pop(fh, None)
+        if writer is not None:
+            try:
+                await self.writes.release(writer)
+            finally:
+                await self._closed(writer.ds)
+            return
         h = self._files.pop(fh, None)
         if h is None:
             return
-        ds = h.datastore
+        await self._closed(h.datastore)
+
+    async def _closed(self, ds: Datastore) -> None:
         ds.open_files -= 1
         if ds.detached and ds.open_files == 0:
             await self._close_backend(ds)
@@ -256,4 +385,5 @@ class FileSystem:
         }
 
     def open_counts(self) -> dict[str, int]:
-        return {"files": len(self._files), "dirs": len(self.dirs.open), "inodes": len(self.inodes)}
+        return {"files": len(self._files), "writers": len(self._writers),
+                "dirs": len(self.dirs.open), "inodes": len(self.inodes)}

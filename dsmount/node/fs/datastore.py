@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsmount.node.cache.blocks import ReadCounters
-from dsmount.shared.histogram import Histogram
 from dsmount.storage.base import Backend
 
 _ids = itertools.count(1)
@@ -50,6 +49,24 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+@dataclass(slots=True)
+class WriteCounters:
+    """Per-datastore write counters shown by `dsmount status`."""
+
+    bytes_written: int = 0  # accepted from writers (write(2))
+    commits: int = 0  # new versions made visible (close, fsync)
+    failed_commits: int = 0  # closes/fsyncs that reported an error; nothing was committed
+    writers_open: int = 0  # files open for writing now
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bytes_written": self.bytes_written,
+            "commits": self.commits,
+            "failed_commits": self.failed_commits,
+            "writers_open": self.writers_open,
+        }
+
+
 @dataclass(eq=False)
 class Datastore:
     name: str
@@ -61,12 +78,11 @@ class Datastore:
     options: dict[str, Any] = field(default_factory=dict)  # redacted, as attached (for status)
     id: int = field(default_factory=lambda: next(_ids))
     counters: ReadCounters = field(default_factory=ReadCounters)
-    # How long FUSE reads waited for bytes that were not in memory (reads served from the
-    # cache are not observed): a training job's input stall.
-    stalls: Histogram = field(default_factory=Histogram)
     attached_at: float = field(default_factory=time.time)
     open_files: int = 0
     detached: bool = False
+    read_write: bool = False  # attached with --read-write (and its backend can write)
+    writes: WriteCounters = field(default_factory=WriteCounters)
     owner: int = 0
     shared: bool = True
     presentation: Presentation = field(default_factory=Presentation)
@@ -96,6 +112,7 @@ class Datastore:
             "path": self.key,
             "kind": self.backend.kind,
             "immutable": self.immutable,
+            "read_write": self.read_write,
             "open_files": self.open_files,
             "owner": self.owner,
             "owner_name": user_name(self.owner),
@@ -106,7 +123,7 @@ class Datastore:
     def status(self) -> dict[str, Any]:
         s = self.describe()
         s.update(self.counters.as_dict())
+        s.update(self.writes.as_dict())
         s.update({f"backend_{k}": v for k, v in self.backend.stats.as_dict().items()})
         s["state"] = "degraded" if self.backend.stats.degraded else "ok"
-        s["read_stall_seconds"] = self.stalls.as_dict()
         return s

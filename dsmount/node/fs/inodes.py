@@ -91,6 +91,28 @@ class InodeTable:
             if self._by_key.get(key) == ino:
                 del self._by_key[key]
 
+    def forget_path(self, datastore: Datastore, path: str) -> None:
+        """`path` (and everything below it) no longer exists: stop resolving it. Its nodes
+        live on until the kernel forgets them (open handles keep working)."""
+        below = path + "/"
+        for key in [k for k in self._by_key
+                    if k[0] == datastore.id and (k[1] == path or k[1].startswith(below))]:
+            del self._by_key[key]
+
+    def move(self, datastore: Datastore, old: str, new: str) -> None:
+        """`old` (and everything below it) is now `new`: the same nodes under new paths (the
+        kernel keeps its inode numbers across a rename); what `new` named before is gone."""
+        self.forget_path(datastore, new)
+        below = old + "/"
+        moved = [(k, ino) for k, ino in self._by_key.items()
+                 if k[0] == datastore.id and (k[1] == old or k[1].startswith(below))]
+        for key, _ in moved:
+            del self._by_key[key]
+        for key, ino in moved:
+            path = new + key[1][len(old):]
+            self._by_key[(datastore.id, path)] = ino
+            self._by_ino[ino].path = path
+
     def unlink_datastore(self, datastore: Datastore) -> None:
         """Stop resolving paths of a detached datastore; nodes live on until forgotten."""
         for key in [k for k in self._by_key if k[0] == datastore.id]:

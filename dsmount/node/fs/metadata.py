@@ -63,6 +63,20 @@ class MetadataCache:
         if ttl > 0:
             self._negative[(ds_id, path)] = now + ttl
 
+    def put_entry(self, ds_id: int, parent: str, entry: Entry) -> None:
+        """A name created or changed in `parent` by this node: a cached listing of it says so
+        at once (and a negative lookup of it is forgotten)."""
+        listing = self._listings.get((ds_id, parent))
+        if listing is not None:
+            listing.entries[entry.name] = entry
+        self._negative.pop((ds_id, f"{parent}/{entry.name}" if parent else entry.name), None)
+
+    def remove_entry(self, ds_id: int, parent: str, name: str) -> None:
+        """A name removed from `parent` by this node."""
+        listing = self._listings.get((ds_id, parent))
+        if listing is not None:
+            listing.entries.pop(name, None)
+
     def drop(self, ds_id: int, path: str | None = None) -> int:
         """Forget listings and negative entries of a datastore, or of `path` and below."""
 

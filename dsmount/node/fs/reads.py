@@ -1,11 +1,18 @@
 """The read path: open file handles pinned to one object version, and reads through the
-fetcher with the read-ahead policy deciding what to fetch ahead.
+block cache with the read policy (node/cache/readahead.py) deciding what to fetch.
 
 Invariants:
-- An open handle is pinned to the ETag seen at open: its blocks are cached under that ETag and
+- An open handle is pinned to the ETag seen at open: its bytes are cached under that ETag and
   every backend read is conditional on it, so a reader never sees a mix of versions.
+- A file that fits in one block is fetched whole with one GET started at open (unless the
+  kernel probably still holds its pages), so it overlaps the FUSE round trips of open and read.
 - A read never waits longer than `request_deadline`; after it the reader gets TimedOut.
-- A read that falls inside one cached block is answered with a zero-copy memoryview.
+- A read that falls inside one cached extent is answered with a zero-copy memoryview.
+- A packed file of a version (a byte range of a pack object, `ManifestBackend.locate`) is read
+  as that range of its pack: the cache keys the pack's bytes, so files sharing a pack share
+  what was fetched. While the whole version fits in half the cache budget a read fetches the
+  pack block (`block_size`) around it, so a shuffled epoch fetches each pack block about once;
+  otherwise only the file's own bytes, so bytes fetched per file stay within its size.
 """
 
 from __future__ import annotations
@@ -16,34 +23,39 @@ from dataclasses import dataclass
 import trio
 
 from dsmount.errors import Changed, NotFound, TimedOut
+from dsmount.node.cache.blocks import Source
 from dsmount.node.cache.fetcher import Fetcher, ObjectRef
 from dsmount.node.cache.readahead import (
     ReadaheadConfig,
     ReadaheadState,
-    blocks_for_read,
-    blocks_to_prefetch,
+    fetch_range,
+    ranges_ahead,
 )
 from dsmount.node.fs.attributes import FsSettings, mark_stale
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import Node
 from dsmount.node.fs.metadata import MetadataCache
 
+# The first read-ahead window of a sequential stream (at most a block): small, so that two
+# random reads which happen to be neighbours fetch little more than they read.
+READAHEAD_INITIAL = 1024**2
+
 
 @dataclass(eq=False)
 class FileHandle:
     node: Node
     datastore: Datastore
-    obj: ObjectRef
+    obj: ObjectRef  # the object holding the file's bytes (its own, or its pack)
+    source: Source
     readahead: ReadaheadState
-    prefetched_to: int = -1  # highest block index read-ahead has asked for
+    size: int  # the file's
+    base: int = 0  # where the file starts in `obj` (a pack); 0 for a file of its own
+    spread: bool = False  # fetch whole blocks of the pack around a read
+    frontier: int = 0  # read-ahead has asked for the bytes up to here (file offsets)
 
     @property
     def etag(self) -> str | None:
         return self.obj.etag
-
-    @property
-    def size(self) -> int:
-        return self.obj.size
 
 
 class ReadPath:
@@ -55,51 +67,88 @@ class ReadPath:
         invalidate_inode: Callable[[int], None],
     ) -> None:
         self.fetcher = fetcher
+        self.cache = fetcher.cache
         self.metadata = metadata
         self.settings = settings
         self.invalidate_inode = invalidate_inode
+        bs = settings.block_size
+        initial = min(bs, READAHEAD_INITIAL)
         self.readahead_config = ReadaheadConfig(
-            block_size=settings.block_size,
-            initial=settings.block_size,
-            maximum=max(settings.block_size, settings.readahead_max),
-            seek_tolerance=min(settings.block_size, 1024**2),
+            block_size=bs,
+            initial=initial,
+            maximum=max(initial, settings.readahead_max),
+            seek_tolerance=min(bs, 1024**2),
+            align=settings.read_align,
         )
 
     def handle(self, node: Node, ds: Datastore) -> FileHandle:
         """A handle pinned to the version `node.entry` describes now."""
+        state = ReadaheadState(self.readahead_config)
+        locate = getattr(ds.backend, "locate", None)
+        if locate is not None:  # a version served from its manifest
+            where = locate(node.path)
+            obj = ObjectRef(ds.id, ds.cache_identity, ds.backend.inner, where.object,
+                            where.etag, where.object_size)
+            source = self.fetcher.source(obj, self.settings.block_size)
+            packed = where.object_size > where.length
+            spread = packed and 2 * ds.backend.manifest.total_bytes <= self.cache.budget
+            return FileHandle(node, ds, obj, source, state, where.length, where.offset, spread)
         obj = ObjectRef(ds.id, ds.cache_identity, ds.backend, node.path, node.entry.etag,
                         node.entry.size)
-        return FileHandle(node, ds, obj, ReadaheadState(self.readahead_config))
+        source = self.fetcher.source(obj, self.settings.block_size)
+        return FileHandle(node, ds, obj, source, state, node.entry.size)
+
+    def _in_object(self, h: FileHandle, start: int, end: int) -> tuple[int, int]:
+        """[start, end) of the file as a range of its object; widened to the pack blocks
+        around it when the handle spreads."""
+        start, end = start + h.base, end + h.base
+        if h.spread:
+            bs = self.settings.block_size
+            start = start - start % bs
+            end = min(h.obj.size, -(-end // bs) * bs)
+        return start, end
+
+    def opened(self, h: FileHandle, *, pages_kept: bool) -> None:
+        """Start the one GET of a file that fits in one block, unless the kernel probably
+        still holds its pages (`pages_kept`: this version was open before) - then a read may
+        never come. Read-ahead, so it gives way under memory pressure. Not for local files:
+        a pread takes microseconds (nothing to overlap), and one replaced between open and
+        read must still fail the read (ESTALE) rather than serve the version opened."""
+        if (0 < h.size <= self.settings.block_size and not pages_kept
+                and h.obj.backend.kind != "local"):
+            self.cache.prefetch(h.source, *self._in_object(h, 0, h.size), h.datastore.counters)
+            h.frontier = h.size
 
     async def read(self, h: FileHandle, offset: int, length: int) -> bytes | memoryview:
         size = h.size
         if offset >= size or length <= 0:
             return b""
         length = min(length, size - offset)
-        h.datastore.counters.reads += 1
-        bs = self.settings.block_size
+        counters = h.datastore.counters
+        counters.reads += 1
         window = h.readahead.observe(offset, length)
-        if window:
-            self._prefetch(h, offset, length, window)
-        elif h.prefetched_to >= 0:
-            h.prefetched_to = -1  # random access: start the window afresh next time
-        # Fast path: the whole read lies in one cached block (the common case for streaming
+        if not window:
+            h.frontier = 0  # random access: the read-ahead window starts afresh next time
+        # Fast path: the whole read lies in one cached extent (the common case for streaming
         # readers): no timeout scope, no copy (pyfuse3 takes any buffer).
-        idx = offset // bs
-        if (offset + length - 1) // bs == idx:
-            block = self.fetcher.peek(h.obj, idx, bs)
-            if block is not None:
-                self.fetcher.count_hit(h.obj, idx, bs, h.datastore.counters)
-                h.datastore.counters.bytes_read += length
-                start = offset - idx * bs
-                return memoryview(block)[start : start + length]
-            small = self.settings.random_block_size
-            if not window and length <= small < bs:
-                bs = small  # not sequential: fetch only the neighbourhood of this read
+        view = self.cache.cached(h.source.key, h.base + offset, length, counters)
+        if view is not None:
+            if window:
+                self._ahead(h, offset, length, window)
+            counters.bytes_read += length
+            return view
+        cfg = self.readahead_config
+        want = self._in_object(h, *fetch_range(offset, length, window, cfg, size))
+
+        def ahead() -> None:
+            if window:
+                self._ahead(h, offset, length, window)
+
         deadline = self.settings.request_deadline
         with trio.move_on_after(deadline) as scope:
             try:
-                return await self._read_timed(h, offset, length, bs)
+                data = await self.cache.read(h.source, h.base + offset, length, want, counters,
+                                             ahead)
             except (Changed, NotFound):
                 # The object was replaced or deleted: stop trusting what we know about it, and
                 # make the kernel drop its cached attributes too.
@@ -107,46 +156,16 @@ class ReadPath:
                 self.metadata.drop(h.datastore.id, h.node.path)
                 self.invalidate_inode(h.node.ino)
                 raise
+            counters.bytes_read += len(data)
+            return data
         assert scope.cancelled_caught
         raise TimedOut(f"{h.datastore.key}/{h.node.path}: read took longer than {deadline:.0f}s")
 
-    def _prefetch(self, h: FileHandle, offset: int, length: int, window: int) -> None:
-        """Start GETs for the blocks of the read-ahead window not yet asked for."""
-        bs = self.settings.block_size
-        ahead = blocks_to_prefetch(offset, length, window, bs, h.size)
-        first = max(ahead.start, h.prefetched_to + 1)
-        for idx in range(first, ahead.stop):
-            if not self.fetcher.prefetch(h.obj, idx, bs, h.datastore.counters):
+    def _ahead(self, h: FileHandle, offset: int, length: int, window: int) -> None:
+        """Start GETs for the read-ahead window not yet asked for."""
+        for start, end in ranges_ahead(h.frontier, offset, length, window,
+                                       self.readahead_config, h.size):
+            if not self.cache.prefetch(h.source, *self._in_object(h, start, end),
+                                       h.datastore.counters):
                 return  # no room: read-ahead is the first thing to give way
-            h.prefetched_to = idx
-
-    async def _read_timed(self, h: FileHandle, offset: int, length: int, bs: int
-                          ) -> bytes | memoryview:
-        """`_read`, timed into the datastore's stall histogram when a block it needs is not in
-        memory yet (missing or in flight): reads served from memory are never observed."""
-        needed = blocks_for_read(offset, length, bs, h.size)
-        if all(self.fetcher.peek(h.obj, idx, bs) is not None for idx in needed):
-            return await self._read(h, offset, length, bs)
-        started = trio.current_time()
-        try:
-            return await self._read(h, offset, length, bs)
-        finally:
-            h.datastore.stalls.observe(trio.current_time() - started)
-
-    async def _read(self, h: FileHandle, offset: int, length: int, bs: int
-                    ) -> bytes | memoryview:
-        counters = h.datastore.counters
-        needed = blocks_for_read(offset, length, bs, h.size)
-        # Start the later blocks of a multi-block read before waiting, so their GETs overlap.
-        for idx in list(needed)[1:]:
-            self.fetcher.prefetch(h.obj, idx, bs, counters, readahead=False)
-        parts = []
-        for idx in needed:
-            block = await self.fetcher.get(h.obj, idx, bs, counters)
-            start = max(offset - idx * bs, 0)
-            end = min(offset + length - idx * bs, len(block))
-            parts.append(memoryview(block)[start:end])
-        # One block: a view of it, no copy (as the fast path; the cache keeps the block alive).
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        counters.bytes_read += len(data)
-        return data
+            h.frontier = end

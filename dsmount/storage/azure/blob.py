@@ -1,4 +1,7 @@
-"""Azure Blob Storage backend: one container (optionally below a prefix) as a read-only tree.
+"""Azure Blob Storage backend: one container (optionally below a prefix) as a directory tree.
+
+The read side lives here; the write verbs (staged blocks, commits, deletes, markers, copies)
+in `blob_write`, mixed in.
 
 Requests go through the Azure SDK's asyncio client pipeline, driven from trio by the shared
 `AsyncioThread` (why: see aio_bridge). Authentication, SAS signing and the HTTP transport stay
@@ -53,6 +56,7 @@ from dsmount.storage.azure.blob_listing import (
     parse_http_date,
     parse_list_page,
 )
+from dsmount.storage.azure.blob_write import BlobWrites
 from dsmount.storage.azure.bridge import AsyncioThread
 from dsmount.storage.azure.common import (
     content_range,
@@ -81,8 +85,9 @@ _PREFETCH_MAX = 16  # listing pages fetched ahead and not yet consumed, across a
 _PREFETCH_TTL = 30.0  # seconds an unclaimed prefetched page (an abandoned listing) is kept
 
 
-class BlobBackend(AzureBackend):
-    """One Azure blob container, or a prefix inside one, as a read-only directory tree."""
+class BlobBackend(BlobWrites, AzureBackend):
+    """One Azure blob container, or a prefix inside one, as a directory tree (writable
+    through `blob_write.BlobWrites`)."""
 
     kind = "blob"
     list_on_lookup = True
@@ -181,13 +186,18 @@ class BlobBackend(AzureBackend):
     # --- raw requests (run on the asyncio loop) ---------------------------------------------
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], params: Any = None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        params: Any = None,
+        content: Any = None,
     ) -> Any:
         from azure.core.rest import HttpRequest
 
         client = self._container()
         headers["x-ms-version"] = client.api_version
-        request = HttpRequest(method, url, headers=headers, params=params)
+        request = HttpRequest(method, url, headers=headers, params=params, content=content)
         # Counted here, on the loop thread (the only writer), so prefetches count too.
         self.stats.requests += 1
         # stream=True: with stream=False the pipeline's ContentDecodePolicy would also decode

@@ -286,6 +286,33 @@ def sdk_credential(target: AzureTarget, *, aio: bool = True) -> tuple[Any, Any]:
     return None, None
 
 
+class StreamedBody:
+    """A request body sent in slices of `CHUNK` bytes, each awaited until the transport drained
+    it: handing aiohttp 8 MiB at once makes asyncio copy what the socket did not take into its
+    own buffer (Python 3.11), memory outside every budget (measured: ~250 MiB over the budget
+    with 16 writers). Never copied itself: its deep copy (the SDK's pipeline copies a request
+    for its history when an attempt fails) is itself, and each send iterates afresh."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> StreamedBody:
+        return self
+
+    def __aiter__(self) -> Any:
+        return self._chunks()
+
+    async def _chunks(self) -> Any:
+        view = memoryview(self.data)
+        for start in range(0, len(view), self.CHUNK):
+            yield view[start : start + self.CHUNK]
+
+
 def pipeline_options(
     *,
     max_connections: int,

@@ -1,4 +1,7 @@
-"""Azure Files backend: one file share (optionally a directory inside it) as a read-only tree.
+"""Azure Files backend: one file share (optionally a directory inside it) as a directory tree.
+
+The read side lives here; the write verbs (temporary file + rename, in-place appends,
+directories) in `fileshare_write`, mixed in. Listings skip uploads' temporary files.
 
 Requests go through the asyncio `azure-storage-file-share` client pipeline, driven from trio by
 the shared `AsyncioThread`, exactly like the blob backend: authentication (SharedKey, SAS,
@@ -64,10 +67,12 @@ from dsmount.storage.azure.fileshare_listing import (
     entry_from_headers,
     parse_list_page,
 )
+from dsmount.storage.azure.fileshare_write import FileShareWrites
 from dsmount.storage.base import Entry
 from dsmount.storage.integrity import range_md5_headers, verify_md5
 from dsmount.storage.names import strip_etag
 from dsmount.storage.retry import RetryPolicy
+from dsmount.storage.writes import is_temp_name
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +87,9 @@ _REPORTED_MAX = 10_000  # names remembered for log-once; beyond it, nothing more
 _NOT_A_FILE = {(404, "ResourceNotFound"), (404, None), (409, "ResourceTypeMismatch")}
 
 
-class FileShareBackend(AzureBackend):
-    """One Azure file share, or a directory inside one, as a read-only directory tree."""
+class FileShareBackend(FileShareWrites, AzureBackend):
+    """One Azure file share, or a directory inside one, as a directory tree (writable through
+    `fileshare_write.FileShareWrites`)."""
 
     kind = "fileshare"
     list_on_lookup = True
@@ -175,7 +181,12 @@ class FileShareBackend(AzureBackend):
     # --- raw requests (run on the asyncio loop) ---------------------------------------------
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], params: Any = None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        params: Any = None,
+        content: Any = None,
     ) -> Any:
         from azure.core.rest import HttpRequest
 
@@ -184,7 +195,7 @@ class FileShareBackend(AzureBackend):
         headers["x-ms-allow-trailing-dot"] = "true"
         if self.target.auth == "azure_ad":
             headers["x-ms-file-request-intent"] = "backup"
-        request = HttpRequest(method, url, headers=headers, params=params)
+        request = HttpRequest(method, url, headers=headers, params=params, content=content)
         # stream=True: otherwise the pipeline's ContentDecodePolicy decodes the body by its
         # Content-Type (XML into a tree, file content into text).
         return (await client._pipeline.run(request, stream=True)).http_response
@@ -312,7 +323,8 @@ class FileShareBackend(AzureBackend):
         while True:
             page = await self._call(what, lambda m=marker: self._list_page(full, m))
             marker = page.next_marker
-            batch = entries.feed(page)
+            # An upload's temporary file is an implementation detail of a write in progress.
+            batch = [e for e in entries.feed(page) if not is_temp_name(e.name)]
             if batch or first or marker is None:
                 first = False
                 yield batch

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from . import file_ops, share_ops
+from . import file_ops, rename_ops, share_ops
 from .auth import Access, Credentials, authenticate
 from .errors import StorageError
 from .messages import Call, Request, Response
@@ -69,6 +69,8 @@ def _route(req: Request, share: str | None, path: tuple[str, ...]) -> tuple[Hand
             return file_ops.delete_directory, acc("o", "d")
         if comp == "metadata" and method == "PUT" and path:
             return file_ops.set_metadata, acc("o", "w")
+        if comp == "rename" and method == "PUT" and path:
+            return rename_ops.rename_directory, acc("o", "cw")
     elif restype == "" and path:
         if method == "PUT":
             handlers: dict[str, tuple[Handler, str]] = {
@@ -76,6 +78,7 @@ def _route(req: Request, share: str | None, path: tuple[str, ...]) -> tuple[Hand
                 "range": (file_ops.put_range, "w"),
                 "properties": (file_ops.set_file_properties, "w"),
                 "metadata": (file_ops.set_metadata, "w"),
+                "rename": (rename_ops.rename_file, "cw"),
             }
             if comp in handlers:
                 handler, perms = handlers[comp]

@@ -1,0 +1,161 @@
+"""What one file open for writing holds: its settings, its state, and the part grid.
+
+A `WriteHandle` is in one of three modes (node/fs/writes.py moves it between them):
+- CLEAN: its content is its base version (or, if `emptied`, nothing at all);
+- STREAM: a sequential writer: `[0, origin)` is the base kept server-side (an append) or
+  nothing, `[origin, frontier)` was handed to part uploads (`parts`, by offset), and `fill`
+  holds `[frontier, size)` in memory (a pooled buffer, reserved from the block cache's one
+  budget). `staged`, if not None, is a shadow copy on disk of `[origin, frontier)` (made when
+  the first part is cut, so a small file never touches the disk), so a later seek back can
+  still be served;
+- STAGED: the staging file holds every part in `present`; a part not there still equals the
+  base (all of it lies below `base_valid`). Parts are cut on a grid from `grid` (the kept
+  prefix of an append, else 0): part i is `[grid + i*P, grid + (i+1)*P)` clipped to `size`.
+  `uploaded` are parts already staged on storage that `changed` has not touched since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from dsmount.errors import NoSpace
+from dsmount.node.cache.blocks import BlockCache
+from dsmount.node.fs.datastore import Datastore
+from dsmount.node.fs.inodes import Node
+from dsmount.node.fs.staging import StagedFile
+from dsmount.storage.base import Entry
+from dsmount.storage.writes import Part, Upload
+
+CLEAN, STREAM, STAGED = "clean", "stream", "staged"
+
+
+class PartBuffer(bytearray):
+    """One part being filled by a sequential writer, then uploaded as it is (no copy: the
+    HTTP stack sends it directly). A bytearray whose deepcopy is itself: the SDK's pipeline
+    deep-copies a request for its history when an attempt fails, and the buffer must not be
+    duplicated (nor is it changed while an upload holds it)."""
+
+    def __deepcopy__(self, memo: dict[int, object]) -> PartBuffer:
+        return self
+
+
+class BufferPool:
+    """Part buffers, reused: a new 8 MiB buffer costs 2,048 page faults to fill (the daemon
+    gives big allocations straight back to the system, see node/malloc.py), a reused one
+    none. Every buffer, in use or idle, holds its bytes of the block cache's one budget; idle
+    ones beyond `keep` are freed, and all of them once no file is open for writing."""
+
+    def __init__(self, cache: BlockCache, size: int, keep: int, deadline: float) -> None:
+        self.cache = cache
+        self.size = size
+        self.keep = keep
+        self.deadline = deadline
+        self.idle: list[PartBuffer] = []
+        self.held = 0  # buffers reserved from the budget (idle or in use)
+        self.waiting = 0  # get() calls waiting for room in the budget
+
+    async def get(self) -> PartBuffer:
+        if self.idle:
+            return self.idle.pop()
+        self.waiting += 1
+        try:
+            with trio.move_on_after(self.deadline):
+                await self.cache.reserve(self.size)
+                self.held += 1
+                return PartBuffer(self.size)
+        finally:
+            self.waiting -= 1
+        raise NoSpace(
+            f"no room in the memory budget for a write buffer within {self.deadline:.0f}s: "
+            f"{self.held} buffers of files open for writing hold it"
+        )
+
+    def put(self, buf: PartBuffer) -> None:
+        # A writer waiting for room waits on the cache's budget: give the bytes back there.
+        if len(self.idle) < self.keep and not self.waiting:
+            self.idle.append(buf)
+        else:
+            self._free()
+
+    def _free(self) -> None:
+        self.held -= 1
+        self.cache.release(self.size)
+
+    def drain(self) -> None:
+        while self.idle:
+            self.idle.pop()
+            self._free()
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    #: Bytes per staged part (a Put Block, or Put Ranges of a file share): 8 MiB, the read
+    #: block size, amortises a request's latency over enough bytes to reach full bandwidth.
+    part_size: int = 8 * 1024**2
+    #: Parts of one file uploading at once: 4 keep a link busy while the writer fills the next
+    #: (more only holds more memory per writer).
+    parts_in_flight: int = 4
+    #: Part uploads in flight across all files (like max_concurrent_gets for reads).
+    max_concurrent_puts: int = 16
+    #: Files open for writing at once; beyond it open/creat fails with ENFILE and a log line.
+    #: Write buffers come out of the one memory budget, so this bounds how thinly it is shared.
+    max_open_files: int = 64
+    #: Where writes are staged on disk (the daemon puts it below the cache or state directory).
+    staging_dir: str = "/var/lib/dsmount/staging"
+    #: Bytes all staging files may hold together (random writes, updates, shadow copies).
+    staging_budget: int = 10 * 1024**3
+    #: Keep a disk copy of sequential writes, so a writer that seeks back (zip, HDF5) is
+    #: served; without room for it the write still streams, and a seek back gets EINVAL.
+    shadow: bool = True
+    #: Objects below a blob directory that rename moves one by one; beyond it EXDEV.
+    dir_rename_limit: int = 1000
+    #: A close or fsync waits at most this long for its upload (EIO after).
+    deadline: float = 60.0
+
+
+@dataclass(eq=False)
+class WriteHandle:
+    node: Node
+    ds: Datastore
+    flags: int
+    base: Entry | None  # the committed version the content starts from (None: no such file)
+    size: int
+    mode: str = CLEAN
+    emptied: bool = False  # the content was truncated to nothing (or the file is new)
+    created: bool = False  # a new file not committed yet (never on storage)
+    dirty: bool = False  # the content differs from the base: a commit is due
+    base_valid: int = 0  # bytes of the content still equal to the base where not staged
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    upload: Upload | None = None
+    journal_id: str | None = None
+    # STREAM
+    origin: int = 0
+    frontier: int = 0
+    fill: PartBuffer | None = None  # the part being filled: [frontier, frontier + filled)
+    filled: int = 0
+    parts: dict[int, Part] = field(default_factory=dict)
+    # STAGED (and the shadow of STREAM)
+    staged: StagedFile | None = None
+    shadow_lost: bool = False  # STREAM: a shadow copy could not be kept (budget full)
+    grid: int = 0
+    present: set[int] = field(default_factory=set)
+    changed: set[int] = field(default_factory=set)
+    uploaded: dict[int, Part] = field(default_factory=dict)
+    # part uploads running in the background
+    inflight: int = 0
+    idle: trio.Event = field(default_factory=trio.Event)
+    slots: trio.Semaphore | None = None
+    scopes: set[trio.CancelScope] = field(default_factory=set)
+    error: BaseException | None = None
+    reported: bool = False  # the error was counted as a failed commit
+    orphan: bool = False  # unlinked while open: never committed
+    released: bool = False
+
+    def part_range(self, idx: int, part_size: int) -> tuple[int, int]:
+        start = self.grid + idx * part_size
+        return start, min(start + part_size, self.size)
+
+    def part_count(self, part_size: int) -> int:
+        return max(0, -(-(self.size - self.grid) // part_size))

@@ -1,0 +1,91 @@
+"""Write buffers share the block cache's one budget: `BlockCache.reserve/release` and the
+part-buffer pool of the write path (node/fs/write_handle.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import trio
+
+from dsmount.errors import NoSpace
+from dsmount.node.cache.blocks import BlockCache, ReadCounters, Source
+from dsmount.node.fs.write_handle import BufferPool, PartBuffer
+
+B = 1024
+
+
+class Filler(Source):
+    """A 3-block object whose bytes are all "x"."""
+
+    async def fetch(self, start: int, end: int) -> bytes:
+        return b"x" * (end - start)
+
+
+async def test_reserve_evicts_cached_blocks_then_waits_for_a_release() -> None:
+    cache = BlockCache(4 * B)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+
+        src = Filler((1, "f", "e"), 3 * B, B)
+        for i in range(3):
+            await cache.read(src, i * B, B, (i * B, (i + 1) * B), ReadCounters(), lambda: None)
+        assert cache.cached_bytes == 3 * B
+        await cache.reserve(3 * B)  # cached blocks give way to a write buffer
+        assert cache.used_bytes <= 4 * B and cache.reserved_bytes == 3 * B
+        done = trio.Event()
+
+        async def waiter() -> None:
+            await cache.reserve(2 * B)  # only 1 B free: waits
+            done.set()
+
+        nursery.start_soon(waiter)
+        await trio.sleep(0.05)
+        assert not done.is_set()
+        cache.release(3 * B)
+        with trio.fail_after(5):
+            await done.wait()
+        assert cache.reserved_bytes == 2 * B and cache.peak_bytes <= 4 * B
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_pool_reuses_buffers_inside_the_budget_and_gives_them_back() -> None:
+    cache = BlockCache(4 * B)
+    pool = BufferPool(cache, B, keep=2, deadline=0.2)
+    a, b = await pool.get(), await pool.get()
+    assert cache.reserved_bytes == 2 * B
+    pool.put(a)
+    assert await pool.get() is a  # reused: no new allocation, no new reservation
+    assert cache.reserved_bytes == 2 * B
+    c, d = await pool.get(), await pool.get()
+    with pytest.raises(NoSpace, match="memory budget"):  # a bounded wait, not a hang
+        await pool.get()
+    for buf in (a, b, c, d):
+        pool.put(buf)
+    assert cache.reserved_bytes == 2 * B  # two kept idle, two freed
+    pool.drain()
+    assert cache.reserved_bytes == 0
+
+
+async def test_a_waiting_writer_gets_the_bytes_of_a_returned_buffer() -> None:
+    cache = BlockCache(2 * B)
+    pool = BufferPool(cache, B, keep=4, deadline=5)
+    a, b = await pool.get(), await pool.get()
+    got: list[PartBuffer] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _take(pool, got))
+        await trio.sleep(0.05)
+        pool.put(a)  # someone waits: released to the cache rather than kept idle
+    assert len(got) == 1 and cache.reserved_bytes == 2 * B
+    pool.put(b)
+    pool.put(got[0])
+
+
+def test_a_part_buffer_is_never_duplicated_by_a_deep_copy() -> None:
+    buf = PartBuffer(b"abc")
+    assert copy.deepcopy({"body": buf})["body"] is buf
+
+
+async def _take(pool: BufferPool, out: list[PartBuffer]) -> None:
+    out.append(await pool.get())
+
