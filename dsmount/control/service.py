@@ -133,7 +133,9 @@ class ControlService:
         status_extra: Callable[[], dict[str, Any]] | None = None,
         manifest_dir: Path | None = None,
         warmer: Warmer | None = None,
+        writes_enabled: bool = True,
     ) -> None:
+        self.writes_enabled = writes_enabled
         self.manifest_dir = manifest_dir
         self.core = core
         self.retry = retry
@@ -243,6 +245,11 @@ class ControlService:
                     f"{local_root(request.storage)} changed while being attached; try again")
             if request.manifest is not None:
                 backend = await self._with_manifest(backend, request.storage, request.manifest)
+            if request.read_write and not self.writes_enabled:
+                raise InvalidRequest(
+                    "this daemon's mount is read-only: set [writes] enabled = true in its "
+                    "config to attach datastores read-write"
+                )
             if request.read_write and not backend.writable:
                 raise InvalidRequest(f"a {backend.kind} datastore cannot be attached read-write")
             await backend.check()

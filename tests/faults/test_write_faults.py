@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.mount, pytest.mark.azurite]
 
 DEADLINE = 5.0
 MARGIN = 4.0  # scheduling slack on a loaded 2-core machine
-WRITES = '[writes]\npart_size = "1MiB"\n'
+WRITES = '[writes]\nenabled = true\npart_size = "1MiB"\n'
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_the_cap_on_files_open_for_writing(
     blob_container: ContainerClient, proxy: FaultProxy
 ) -> None:
     daemon = make_daemon(
-        config_text=fault_config() + '[writes]\nmax_open_files = 2\n'
+        config_text=fault_config() + '[writes]\nenabled = true\nmax_open_files = 2\n'
     )
     root = attach_rw(daemon, azurite, blob_container, proxy, "capped")
     a, b = open(root / "a", "wb"), open(root / "b", "wb")  # noqa: SIM115

@@ -36,6 +36,12 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
+def dsmount_daemon(make_daemon: Callable[..., DsmountDaemon]) -> DsmountDaemon:
+    """A daemon whose mount takes writes: `dsmount run --mount-rw` is tested here too."""
+    return make_daemon(config_text="[writes]\nenabled = true\n")
+
+
+@pytest.fixture
 def registry_dir(tmp_path: Path) -> Path:
     return tmp_path / "registry"
 

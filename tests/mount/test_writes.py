@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.mount, pytest.mark.azurite]
 
 CONFIG = (
     '[cache]\nblock_size = "1MiB"\nmemory_budget = "64MiB"\n'
-    '[writes]\npart_size = "1MiB"\n'
+    '[writes]\nenabled = true\npart_size = "1MiB"\n'
 )
 
 

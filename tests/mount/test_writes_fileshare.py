@@ -24,7 +24,10 @@ from tests.support.trees import MiB, default_tree_spec, make_tree
 pytestmark = pytest.mark.mount
 
 KEY_VAR = "DSMOUNT_TEST_FILES_KEY"
-CONFIG = '[cache]\nblock_size = "1MiB"\nmemory_budget = "64MiB"\n[writes]\npart_size = "1MiB"\n'
+CONFIG = (
+    '[cache]\nblock_size = "1MiB"\nmemory_budget = "64MiB"\n'
+    '[writes]\nenabled = true\npart_size = "1MiB"\n'
+)
 
 
 def sha(data: bytes) -> str:
