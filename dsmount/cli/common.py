@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
+from dsmount.cli.azure_env import from_environment
 from dsmount.control.client import ControlClient
 from dsmount.errors import DsmountError
 from dsmount.shared.secretref import read_secret_env, read_secret_file
@@ -89,7 +90,10 @@ def auth_options(*, registry: bool = False) -> Callable[[Callable[..., Any]], Ca
                                  help=f"0600 file holding {_HELP[kind]}."))
     opts += [
         click.option("--azure-ad", is_flag=True,
-                     help="Azure AD (managed identity, az login, env credentials) [default]."),
+                     help="Azure AD (managed identity, az login, env credentials). The "
+                     "default when no flag is given and no AZURE_STORAGE_CONNECTION_STRING, "
+                     "AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN are "
+                     "set (Azure's own conventions, read as with --*-env)."),
         click.option("--client-id", default=None, help="User-assigned managed identity id."),
         click.option("--anonymous", is_flag=True, help="Public container: no credential."),
     ]
@@ -116,6 +120,10 @@ class AuthChoice:
     env: str | None = None
     file: str | None = None
     client_id: str | None = None
+    #: The account the environment named (AZURE_STORAGE_ACCOUNT), for when no --account is given.
+    account: str | None = None
+    #: Where the credential came from, when it was not a flag (shown to the user on stderr).
+    note: str | None = None
 
     def secret(self) -> str | None:
         if self.env:
@@ -131,8 +139,17 @@ class AuthChoice:
         return {"kind": self.kind, **({"client_id": self.client_id} if self.client_id else {})}
 
 
-def choose_auth(options: dict[str, Any]) -> AuthChoice:
-    """The AuthChoice of the flags in `options` (as click passes them); exactly one source."""
+def choose_auth(
+    options: dict[str, Any],
+    *,
+    account: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    use_environment: bool = True,
+) -> AuthChoice:
+    """The AuthChoice of the flags in `options` (as click passes them); exactly one source.
+
+    With no auth flag at all and `use_environment`, Azure's own variables decide (see
+    `dsmount.cli.azure_env`; `account` is the --account flag), else Azure AD."""
     given = [
         (kind, options.get(f"{kind}_env"), options.get(f"{kind}_file"))
         for kind in SECRET_KINDS
@@ -149,4 +166,9 @@ def choose_auth(options: dict[str, Any]) -> AuthChoice:
         return AuthChoice(kind, env, file)
     if anonymous:
         return AuthChoice("anonymous")
+    if use_environment and not azure_ad and not client_id:
+        found = from_environment(account, environ)
+        if found is not None:
+            return AuthChoice(found.kind, env=found.env, account=found.account,
+                              note=found.note())
     return AuthChoice("azure_ad", client_id=client_id)

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from dsmount.cli.common import Context, auth_options, choose_auth, fail, print_table, run_guarded
+from dsmount.cli.daemon_options import daemon_extra_options, daemon_extra_overrides
 from dsmount.errors import DsmountError
 from dsmount.shared.sizes import format_size
 
@@ -26,26 +27,34 @@ from dsmount.shared.sizes import format_size
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default=None)
 @click.option("--log-file", default=None, help="Without --foreground: where the daemon logs.")
-@click.option("--cache-budget", default=None, help="Memory for cached blocks, e.g. 1GiB.")
+@click.option("--cache-budget", default=None,
+              help="Memory for cached blocks, e.g. 1GiB [min(1GiB, 1/4 of the memory limit)].")
 @click.option("--block-size", default=None, help="Block size, e.g. 8MiB.")
 @click.option("--cache-dir", default=None, help="Optional on-disk block cache directory.")
 @click.option("--state-dir", default=None, help="Where attachments are persisted.")
+@click.option("--socket", "socket_path", default=None, metavar="PATH",
+              help="Control socket to serve [the global --socket, env DSMOUNT_SOCKET, else "
+              "[daemon] socket].")
+@daemon_extra_options
 @click.pass_obj
 def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foreground: bool,
            log_level: str | None, log_file: str | None, cache_budget: str | None,
-           block_size: str | None, cache_dir: str | None, state_dir: str | None) -> None:
+           block_size: str | None, cache_dir: str | None, state_dir: str | None,
+           socket_path: str | None, **extra: Any) -> None:
     """Run the daemon: mount the datastore tree and serve the control socket."""
     from dsmount.node.config import load_config
     from dsmount.node.daemon import daemonize_and_run, run_daemon
     from dsmount.shared.logs import setup_logging
 
-    explicit_socket = click.get_current_context().find_root().params.get("socket_path")
+    explicit_socket = socket_path or click.get_current_context().find_root().params.get(
+        "socket_path")
     try:
         config = load_config(config_path, {
             "daemon": {"mountpoint": mountpoint, "log_level": log_level, "state_dir": state_dir,
                        "socket": explicit_socket},
             "cache": {"memory_budget": cache_budget, "block_size": block_size,
                       "disk_dir": cache_dir},
+            **daemon_extra_overrides(extra),
         })
     except DsmountError as e:
         fail(str(e))
@@ -119,8 +128,11 @@ def attach(obj: Context, name: str, local_path: str | None, blob: bool, fileshar
                 raise click.UsageError("--blob needs --container")
             if fileshare and not share:
                 raise click.UsageError("--fileshare needs --share")
-            spec.update(kind=kinds[0], account=account, endpoint=endpoint, prefix=prefix,
-                        auth=choose_auth(auth).to_wire())
+            choice = choose_auth(auth, account=account)
+            if choice.note:
+                click.echo(f"dsmount: {choice.note}", err=True)
+            spec.update(kind=kinds[0], account=account or choice.account, endpoint=endpoint,
+                        prefix=prefix, auth=choice.to_wire())
             spec.update({"container": container} if blob else {"share": share})
         if read_write is not None:
             spec["read_write"] = read_write
@@ -189,6 +201,10 @@ def status(obj: Context, as_json: bool) -> None:
     click.echo(f"cache {format_size(c['cached_bytes'])} cached + "
                f"{format_size(c['in_flight_bytes'])} in flight of "
                f"{format_size(c['budget_bytes'])} (peak {format_size(c['peak_bytes'])})")
+    memory = result.get("memory")
+    if memory:
+        click.echo(f"budget {format_size(memory['budget_bytes'])} ({memory['budget_from']}); "
+                   f"limit: {memory['limit']}")
     writers = sum(d.get("writers_open", 0) for d in result["datastores"])
     written = sum(d.get("bytes_written", 0) for d in result["datastores"])
     if any(d.get("read_write") for d in result["datastores"]):
@@ -199,16 +215,18 @@ def status(obj: Context, as_json: bool) -> None:
     rows = []
     for d in result["datastores"]:
         ratio = d["cache_hit_ratio"]
+        stall = d.get("read_stall_seconds") or {"count": 0, "sum": 0.0}
         rows.append([
             d["path"], d["state"], format_size(d["bytes_read"]), str(d["blocks_fetched"]),
             "-" if ratio is None else f"{ratio:.0%}", str(d["readahead_hits"]),
+            f"{stall['count']}/{stall['sum']:.1f}s",
             f"{d['backend_errors']}/{d['backend_retries']}", d.get("backend_last_error") or "",
         ])
     for f in result.get("failed", []):
-        rows.append([f["path"], "failed", "-", "-", "-", "-", "-", f["error"]])
+        rows.append([f["path"], "failed", "-", "-", "-", "-", "-", "-", f["error"]])
     if rows:
-        print_table(rows, ["NAME", "STATE", "READ", "BLOCKS", "HIT", "RA-HITS", "ERR/RETRY",
-                           "LAST ERROR"])
+        print_table(rows, ["NAME", "STATE", "READ", "BLOCKS", "HIT", "RA-HITS", "STALLS",
+                           "ERR/RETRY", "LAST ERROR"])
     else:
         click.echo("no datastores attached")
 

@@ -20,7 +20,14 @@ from typing import Any
 
 import click
 
-from dsmount.cli.common import SECRET_KINDS, auth_options, choose_auth, guarded, print_table
+from dsmount.cli.common import (
+    SECRET_KINDS,
+    AuthChoice,
+    auth_options,
+    choose_auth,
+    guarded,
+    print_table,
+)
 from dsmount.errors import InvalidRequest
 from dsmount.workspace import registry as reg
 from dsmount.workspace import runwrap, transfer
@@ -29,9 +36,20 @@ from dsmount.workspace.entries import CredentialRef, DatastoreInfo
 from dsmount.workspace.registry import Registry
 
 
-def _credential(by_reference: bool = False, **auth: Any) -> tuple[CredentialRef, str | None]:
-    """(credential reference, secret to store) from the auth options: exactly one source."""
-    choice = choose_auth(auth)
+def _credential(
+    by_reference: bool = False, account: str | None = None, **auth: Any
+) -> tuple[CredentialRef, str | None, str | None]:
+    """(credential reference, secret to store, account the environment named) from the auth
+    options: exactly one source. Azure's env variables (no auth flag) are taken like
+    `--*-env VAR`: the secret is stored, or with --by-reference the variable's name is."""
+    choice = choose_auth(auth, account=account)
+    if choice.note:
+        click.echo(f"dsmount: {choice.note}", err=True)
+    ref, secret = _reference(choice, by_reference)
+    return ref, secret, choice.account
+
+
+def _reference(choice: AuthChoice, by_reference: bool) -> tuple[CredentialRef, str | None]:
     if choice.kind not in SECRET_KINDS:
         if by_reference:
             raise click.UsageError("--by-reference needs a --*-env or --*-file option")
@@ -129,10 +147,10 @@ def _register_azure(
     **auth: Any,
 ) -> None:
     """What `register-blob` and `register-fileshare` do (`where`: container or share)."""
-    ref, secret = _credential(**auth)
+    ref, secret, env_account = _credential(account=account, **auth)
     info = DatastoreInfo.azure(
-        name, kind, where, account=account, endpoint=endpoint, prefix=prefix, auth=ref,
-        read_write=read_write,
+        name, kind, where, account=account or env_account, endpoint=endpoint, prefix=prefix,
+        auth=ref, read_write=read_write,
     )
     _register(info, secret, overwrite, create_if_not_exists, skip_validation, set_default)
 

@@ -22,7 +22,8 @@ DEFAULT_SOCKET = "/run/dsmount/control.sock"
 PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # a request larger than this is refused and the connection closed
 MAX_MESSAGE = 1000  # characters of an error message in a reply
-OPERATIONS = frozenset({"ping", "attach", "detach", "list", "status", "refresh"})
+OPERATIONS = frozenset({"ping", "attach", "detach", "list", "status", "refresh",
+                        "warm", "warm_status", "warm_cancel"})
 
 
 @dataclass
@@ -161,6 +162,16 @@ def get_number(args: dict[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise InvalidRequest(f"argument {key!r} must be a number >= 0")
     return float(value)
+
+
+def get_paths(args: dict[str, Any], key: str = "paths") -> list[str]:
+    """A list of path strings (absent: an empty list)."""
+    value = args.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"argument {key!r} must be a list of strings")
+    if len(value) > 10_000:
+        raise InvalidRequest(f"argument {key!r} has more than 10000 entries")
+    return value
 
 
 def get_bool(args: dict[str, Any], key: str, default: bool = False) -> bool:

@@ -35,6 +35,7 @@ from dsmount.control.protocol import (
     Request,
     Response,
     get_bool,
+    get_paths,
     get_str,
     get_version,
 )
@@ -54,6 +55,7 @@ from dsmount.node.fs.datastore import (
     Presentation,
     user_name,
 )
+from dsmount.node.warm import Warmer, WarmJob, warm_capacity_note
 from dsmount.storage.base import Backend
 from dsmount.storage.factory import local_root, make_backend
 from dsmount.storage.local import LocalBackend
@@ -130,6 +132,7 @@ class ControlService:
         on_change: Callable[[], None] | None = None,
         status_extra: Callable[[], dict[str, Any]] | None = None,
         manifest_dir: Path | None = None,
+        warmer: Warmer | None = None,
         writes_enabled: bool = True,
     ) -> None:
         self.writes_enabled = writes_enabled
@@ -142,6 +145,7 @@ class ControlService:
         self.backend_factory = backend_factory
         self.on_change = on_change or (lambda: None)
         self.status_extra = status_extra or (lambda: {})
+        self.warmer = warmer
         self.started = time.time()
         self.failed: dict[str, dict[str, Any]] = {}  # restored datastores that did not come up
         # Full specs (secrets included, memory only) of everything attached or failed, by key;
@@ -377,6 +381,17 @@ class ControlService:
 
     async def op_status(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         shown, failed = self._visible(peer)
+        return self.status(shown, failed, peer)
+
+    def status(self, shown: list[Datastore] | None = None,
+               failed: list[dict[str, Any]] | None = None, peer: Peer | None = None
+               ) -> dict[str, Any]:
+        """What `dsmount status --json` shows `peer`; with no arguments everything, as the
+        metrics endpoint (an operator's port) exports it."""
+        if shown is None:
+            shown, failed = self.core.datastores(), list(self.failed.values())
+        warm = {} if self.warmer is None else {"warm": self.warmer.summary(
+            lambda job: peer is None or self._job_visible(peer, job))}
         return {
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),
@@ -385,6 +400,7 @@ class ControlService:
             "datastores": [ds.status() for ds in shown],
             "failed": failed,
             **self.status_extra(),
+            **warm,
         }
 
     async def op_refresh(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -396,6 +412,46 @@ class ControlService:
         self._may(peer, ds.owner, ds.shared, ds.key, "refresh")
         dropped = self.core.refresh(name, version, path)
         return {"refreshed": name if version is None else f"{name}/{version}", "dropped": dropped}
+
+    # -- warm (node/warm.py runs the jobs; these only start, report and cancel them) ----------
+    def _warmer(self) -> Warmer:
+        if self.warmer is None:
+            raise InvalidRequest("this daemon does not warm datastores")
+        return self.warmer
+
+    async def op_warm(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        warmer = self._warmer()
+        name, version = self._target(args)
+        if version is None and "/" in name:
+            name, version = name.split("/", 1)
+        paths = get_paths(args)
+        if any(".." in p.split("/") for p in paths):
+            raise InvalidRequest("paths must not contain '..'")
+        parallel = args.get("parallel")
+        if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int)
+                                     or not 1 <= parallel <= 256):
+            raise InvalidRequest("argument 'parallel' must be an integer from 1 to 256")
+        ds = self.core.find(name, version)
+        # Warming reads everything (and reports names and sizes): the owner's or root's call.
+        self._may(peer, ds.owner, ds.shared, ds.key, "warm")
+        job = warmer.start(ds, paths, parallel, started_by=peer.uid)
+        return {**job.as_dict(), "note": warm_capacity_note(job)}
+
+    def _job(self, args: dict[str, Any], peer: Peer) -> WarmJob:
+        job = self._warmer().job(get_str(args, "job") or "")
+        if not self._job_visible(peer, job):
+            raise NotFound(f"no warm job {job.id!r}")
+        return job
+
+    @staticmethod
+    def _job_visible(peer: Peer, job: WarmJob) -> bool:
+        return peer.privileged or peer.uid == job.started_by
+
+    async def op_warm_status(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return self._job(args, peer).as_dict()
+
+    async def op_warm_cancel(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return self._warmer().cancel(self._job(args, peer).id).as_dict()
 
 
 def _owner_of(spec: dict[str, Any]) -> tuple[int, bool]:

@@ -25,12 +25,15 @@ from dsmount.errors import DsmountError
 from dsmount.node import mountpoint as mp
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
-from dsmount.node.config import Config
+from dsmount.node.config import Config, parse_address
 from dsmount.node.fs.core import FileSystem, FsSettings, WriteSettings
 from dsmount.node.fuse_adapter import FuseSession
 from dsmount.node.malloc import limit_arenas, pin_mmap_threshold
+from dsmount.node.memory_limit import choose_budget, effective_limit
+from dsmount.node.metrics import MetricsServer
 from dsmount.node.sdnotify import Notifier, watchdog_loop
 from dsmount.node.state import StateStore
+from dsmount.node.warm import Warmer
 from dsmount.shared.secretref import resolve
 from dsmount.shared.sizes import format_size
 from dsmount.storage.retry import RetryPolicy
@@ -87,7 +90,9 @@ class Daemon:
             attempt_timeout=c.retry.attempt_timeout,
             deadline=c.retry.request_deadline,
         )
-        self.cache = BlockCache(c.cache.memory_budget,
+        self.memory = choose_budget(c.cache.memory_budget, c.cache.block_size,
+                                    effective_limit())
+        self.cache = BlockCache(self.memory.budget,
                                 max_concurrent_gets=c.cache.max_concurrent_gets)
         self.core = FileSystem(
             self.cache,
@@ -102,14 +107,19 @@ class Daemon:
             writes=write_settings(c),
         )
         self.state = StateStore(c.daemon.state_dir)
+        self.warmer = Warmer(self.core, parallel=c.cache.max_concurrent_gets)
         self.service = ControlService(
             self.core, retry=self.retry, ttl=c.metadata.ttl, negative_ttl=c.metadata.negative_ttl,
             allow_shared=c.daemon.allow_shared, on_change=self._changed,
             status_extra=self._status_extra,
             manifest_dir=Path(c.daemon.state_dir) / "manifests",
-            writes_enabled=c.writes.enabled,
+            writes_enabled=c.writes.enabled, warmer=self.warmer,
         )
         self.server = ControlServer(self.service, c.daemon.socket, group=c.daemon.socket_group)
+        self.metrics: MetricsServer | None = None
+        if c.metrics.address:
+            host, port = parse_address(c.metrics.address)
+            self.metrics = MetricsServer(host, port, self.service.status)
         self.notifier = Notifier()
         self._mounted = False
         self._restoring = False
@@ -147,6 +157,9 @@ class Daemon:
                                  "config": self.config.source}
         if self.core.disk is not None:
             extra["disk_cache"] = self.core.disk.as_dict()
+        extra["memory"] = self.memory.describe()
+        if self.metrics is not None:
+            extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
         extra["staging"] = self.core.writes.staging.as_dict()
         return extra
 
@@ -168,11 +181,14 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.cache.run)
+                await nursery.start(self.warmer.run)
                 await nursery.start(self.core.writes.run)
                 nursery.start_soon(self._fuse_main, nursery)
                 await self._tune_after_init()
                 await self._attach_initial()
                 await nursery.start(self.server.serve)
+                if self.metrics is not None:
+                    await nursery.start(self.metrics.serve)
                 nursery.start_soon(self._signals, nursery)
                 nursery.start_soon(watchdog_loop, self.notifier)
                 self.notifier.ready(self.summary())
@@ -259,7 +275,14 @@ def run_daemon(config: Config, ready_fd: int | None = None) -> int:
     limit_arenas()  # and small extents freed in worker threads are reused, not kept per thread
     # Relative paths in the config were resolved by Daemon; "/" so we never pin a directory
     # (and fusermount never resolves our fsname against the cwd).
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)
+    except DsmountError as e:  # a refused config (e.g. a budget above the memory limit)
+        log.error("%s", e)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error: {e}\n".encode())
+        return 1
     os.chdir("/")
 
     async def main() -> None:

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from dsmount.errors import Transient
+from dsmount.errors import DsmountError, Transient
+from dsmount.shared.histogram import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,11 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class BackendStats:
-    """Counters a backend keeps for `dsmount status`."""
+    """Counters a backend keeps for `dsmount status` (and the metrics endpoint).
+
+    `calls` counts every attempt by operation ("read", "stat", "list", ...) and outcome ("ok",
+    or the error's code: "not_found", "transient", "timed_out", ...); `latency` holds each
+    operation's attempt durations."""
 
     requests: int = 0
     errors: int = 0
@@ -36,8 +41,21 @@ class BackendStats:
     last_error: str | None = None
     last_error_time: float | None = None
     degraded: bool = False
+    calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    latency: dict[str, Histogram] = field(default_factory=dict)
+
+    def record(self, op: str, outcome: str, seconds: float) -> None:
+        key = (op, outcome)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        histogram = self.latency.get(op)
+        if histogram is None:
+            histogram = self.latency[op] = Histogram()
+        histogram.observe(seconds)
 
     def as_dict(self) -> dict[str, Any]:
+        by_op: dict[str, dict[str, int]] = {}
+        for (op, outcome), n in sorted(self.calls.items()):
+            by_op.setdefault(op, {})[outcome] = n
         return {
             "requests": self.requests,
             "errors": self.errors,
@@ -46,7 +64,16 @@ class BackendStats:
             "bytes_uploaded": self.bytes_uploaded,
             "last_error": self.last_error,
             "degraded": self.degraded,
+            "calls": by_op,
+            "latency_seconds": {op: h.as_dict() for op, h in sorted(self.latency.items())},
         }
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """"ok", or the stable code of a dsmount error ("error" for anything else)."""
+    if exc is None:
+        return "ok"
+    return str(getattr(exc, "code", "error")) if isinstance(exc, DsmountError) else "error"
 
 
 @dataclass(frozen=True)
@@ -88,17 +115,21 @@ async def with_retry(
     *,
     stats: BackendStats | None = None,
     what: str = "request",
+    op: str | None = None,
 ) -> T:
     """Run `operation` under `policy`: retry Transient errors, raise others at once.
 
+    Each attempt is recorded in `stats` under `op` (default: the first word of `what`).
     Raises TimedOut (a Transient) when the overall deadline passes.
     """
     from dsmount.errors import TimedOut
 
+    op = op or what.split(" ", 1)[0]
     deadline = trio.current_time() + policy.deadline
     attempt = 0
     while True:
-        remaining = deadline - trio.current_time()
+        started = trio.current_time()
+        remaining = deadline - started
         if remaining <= 0:
             raise TimedOut(f"{what}: no answer within {policy.deadline:.0f}s")
         try:
@@ -110,14 +141,18 @@ async def with_retry(
             exc = e
         except Exception as e:
             if stats is not None:
+                stats.record(op, outcome_of(e), trio.current_time() - started)
                 stats.errors += 1
                 stats.last_error = f"{type(e).__name__}: {e}"
                 stats.last_error_time = trio.current_time()
             raise
         else:
             if stats is not None:
+                stats.record(op, "ok", trio.current_time() - started)
                 stats.degraded = False
             return result
+        if stats is not None:
+            stats.record(op, outcome_of(exc), trio.current_time() - started)
         attempt += 1
         # A failed attempt's traceback and chained exceptions reach the frames of the HTTP
         # stack, which hold the partly read body (up to a block); and a traceback makes a

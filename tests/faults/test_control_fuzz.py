@@ -75,6 +75,9 @@ KNOWN_KEYS = [
     "endpoint",
     "prefix",
     "auth",
+    "paths",
+    "job",
+    "parallel",
 ]
 HOSTILE_STRINGS = [
     "",
@@ -202,6 +205,9 @@ class Generator:
                     "list",
                     "status",
                     "refresh",
+                    "warm",
+                    "warm_status",
+                    "warm_cancel",
                     "nope",
                     "",
                     "ATTACH",

@@ -130,9 +130,17 @@ def as_user(uid: int, gid: int) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
 
 
+# dsmount's own variables, and Azure's (the CLI reads them when no auth flag is given): a
+# developer's shell never changes what a test sees.
+_HOST_ONLY = ("DSMOUNT_SOCKET", "DSMOUNT_CONFIG", "AZURE_STORAGE_CONNECTION_STRING",
+              "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
+              "AZURE_STORAGE_AUTH_MODE")
+
+
 def clean_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for dsmount processes: ours minus dsmount's own variables, plus `env`."""
-    out = {k: v for k, v in os.environ.items() if k not in ("DSMOUNT_SOCKET", "DSMOUNT_CONFIG")}
+    """The environment for dsmount processes: ours minus dsmount's and Azure's own variables,
+    plus `env`."""
+    out = {k: v for k, v in os.environ.items() if k not in _HOST_ONLY}
     out.update(env or {})
     return out
 

@@ -244,7 +244,7 @@ def test_example_config_documents_every_key_with_its_real_default() -> None:
     cfg = Config()
     expected = {
         (section, key)
-        for section in ("daemon", "fs", "cache", "metadata", "retry")
+        for section in ("daemon", "fs", "cache", "metadata", "retry", "metrics")
         for key in vars(getattr(cfg, section))
     }
     assert documented == expected

@@ -38,6 +38,7 @@ from typing import Any
 import trio
 
 from dsmount.errors import DsmountError, IntegrityError
+from dsmount.node.cache.counters import ReadCounters
 from dsmount.node.cache.extents import ExtentIndex, split
 
 log = logging.getLogger(__name__)
@@ -46,41 +47,6 @@ ObjectKey = tuple[int, str, str]  # (datastore id, path, etag or "")
 
 FAILURE_TTL = 0.5  # seconds; the kernel's re-read of a failed read-ahead comes within ms
 _FAILURES_MAX = 4096  # failed objects remembered at most (oldest forgotten first)
-
-
-@dataclass(slots=True)
-class ReadCounters:
-    """Per-datastore read counters shown by `dsmount status`.
-
-    A read is a hit when all its bytes were cached, a miss when it started a GET of its own
-    (a read that only waited for GETs already in flight is neither); `blocks_fetched` counts
-    GETs (extents fetched), `readahead_hits` extents fetched ahead that a read then used.
-    """
-
-    bytes_read: int = 0
-    blocks_fetched: int = 0
-    bytes_fetched: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    readahead_hits: int = 0
-    readahead_started: int = 0
-    readahead_skipped: int = 0
-    fetch_errors: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        total = self.cache_hits + self.cache_misses
-        return {
-            "bytes_read": self.bytes_read,
-            "blocks_fetched": self.blocks_fetched,
-            "bytes_fetched": self.bytes_fetched,
-            "cache_hits": self.cache_hits,
-            "cache_misses": self.cache_misses,
-            "cache_hit_ratio": round(self.cache_hits / total, 4) if total else None,
-            "readahead_hits": self.readahead_hits,
-            "readahead_started": self.readahead_started,
-            "readahead_skipped": self.readahead_skipped,
-            "fetch_errors": self.fetch_errors,
-        }
 
 
 class Source:
@@ -185,6 +151,8 @@ class BlockCache:
             return False
         while self.used_bytes + size > self.budget and self._lru:
             extent, key = self._lru.popitem(last=False)
+            if extent.prefetch and extent.data is not None:  # read ahead, never read: waste
+                extent.counters.readahead_unread_bytes += len(extent.data)
             self._forget(extent, key, cached=True)
         return self.used_bytes + size <= self.budget
 
@@ -280,7 +248,28 @@ class BlockCache:
         the read are fetched, cut at `src.unit`; everything else comes from cached or in-flight
         extents. `then` runs once the GETs are started and before waiting for them (the
         caller's read-ahead: it must queue behind the bytes a reader is waiting for).
+
+        A read that had to wait for bytes (its own GETs, ones in flight, or room) is timed into
+        `counters.stalls`, however it ends; one served from cached extents is not.
         """
+        stalled: list[bool] = []
+        started = trio.current_time()
+        try:
+            return await self._read(src, offset, length, want, counters, then, stalled)
+        finally:
+            if stalled:
+                counters.stalls.observe(trio.current_time() - started)
+
+    async def _read(
+        self,
+        src: Source,
+        offset: int,
+        length: int,
+        want: tuple[int, int],
+        counters: ReadCounters,
+        then: Callable[[], object] | None,
+        stalled: list[bool],
+    ) -> bytes | memoryview:
         end = min(offset + length, src.size)
         if end <= offset:
             return b""
@@ -329,11 +318,13 @@ class BlockCache:
                 n = len(mine)
                 room = self._start_all(src, [hole], counters, prefetch=False, started=mine)
                 if len(mine) == n and not room:
+                    stalled.append(True)
                     await self._room.wait()
                 continue
             p.used(counters)
             if p.data is None:
                 waited = True
+                stalled.append(True)
                 await p.done.wait()
                 if p.error is not None:
                     raise p.error
@@ -381,6 +372,7 @@ class BlockCache:
                     started.append(extent)
                 if prefetch:
                     counters.readahead_started += 1
+                    counters.readahead_bytes += end - start
         return True
 
     def _start(self, src: Source, start: int, end: int, size: int, counters: ReadCounters,

@@ -46,6 +46,7 @@ class DiskCache:
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
+        self._writing = 0  # puts under way (see `flushed`)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
         entries = []
@@ -57,13 +58,14 @@ class DiskCache:
             entries.append((st.st_mtime, p.name, st.st_size))
         for _, name, size in sorted(entries):
             self._index[name] = size
+        self._used = sum(self._index.values())  # kept in step with _index: puts are O(1)
         for tmp in self.dir.glob(".tmp-*"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
     @property
     def used_bytes(self) -> int:
-        return sum(self._index.values())
+        return self._used
 
     def _name(self, key: str) -> str:
         return _digest(key).hex() + ".blk"
@@ -109,7 +111,7 @@ class DiskCache:
         return data
 
     def _discard(self, name: str) -> None:
-        self._index.pop(name, None)
+        self._used -= self._index.pop(name, 0)
         with contextlib.suppress(OSError):
             (self.dir / name).unlink()
 
@@ -118,6 +120,22 @@ class DiskCache:
         if size > self.budget:
             return
         name = self._name(key)
+        self._writing += 1
+        try:
+            await self._put(name, key, data, size)
+        finally:
+            self._writing -= 1
+
+    async def flushed(self, timeout: float = 30.0) -> bool:
+        """Wait until no put is under way (so what was fetched is on disk); False on timeout."""
+        with trio.move_on_after(timeout):
+            await trio.sleep(0)  # let puts spawned just now start
+            while self._writing:
+                await trio.sleep(0.005)
+            return True
+        return False
+
+    async def _put(self, name: str, key: str, data: bytes, size: int) -> None:
         while self._index and self.used_bytes + size > self.budget:
             oldest = next(iter(self._index))
             self._discard(oldest)
@@ -134,6 +152,7 @@ class DiskCache:
         except OSError as e:
             log.warning("disk cache: cannot write block: %s", e)
             return
+        self._used += size - self._index.get(name, 0)
         self._index[name] = size
         self._index.move_to_end(name)
 

@@ -125,6 +125,7 @@ class ReadPath:
             return b""
         length = min(length, size - offset)
         counters = h.datastore.counters
+        counters.reads += 1
         window = h.readahead.observe(offset, length)
         if not window:
             h.frontier = 0  # random access: the read-ahead window starts afresh next time

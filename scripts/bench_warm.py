@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Measure `dsmount warm` against the direct asyncio SDK, and the read path with metrics on
+against metrics off (not a test; run as root on a quiet machine).
+
+    python scripts/bench_warm.py [--quick] [--only warm|metrics] [--rounds N] [--workdir DIR]
+
+Starts a private in-memory Azurite, uploads 5,000 x 100 KiB files in 50 directories and one
+1 GiB blob (--quick: 500 files, 128 MiB), then:
+- warm: the direct asyncio SDK downloads (small files: 16 in flight; the blob: 8 MiB ranged
+  GETs, 16 in flight) and `dsmount warm` of the same data into a fresh daemon's memory cache
+  (2 GiB budget) and into its disk cache, each into a cold cache, the SDK measured right
+  before dsmount in each of N rounds (ratios per round: the machine's load changes); the rate
+  is the job's own (listing included, CLI start-up not); then the blob is read through the
+  mount from the cache.
+- metrics: the daemon CPU of one scrape; then a cold sequential read of the blob and the small
+  files (8 threads) through the mount, with no metrics and with --metrics-address scraped
+  every second, alternated three times: throughput and daemon CPU, and their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.azurite import Azurite  # noqa: E402
+from tests.support.daemon import DsmountDaemon  # noqa: E402
+
+KiB, MiB, GiB, MB = 1024, 1024**2, 1024**3, 1e6
+BLOCK = 8 * MiB
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def small_name(i: int) -> str:
+    return f"small/d{i % 50:03d}/f{i:05d}.bin"
+
+
+async def upload(conn: str, n_small: int, big: int) -> None:
+    from azure.storage.blob.aio import BlobServiceClient
+
+    base = os.urandom(BLOCK)
+    sem = asyncio.Semaphore(64)
+    async with BlobServiceClient.from_connection_string(conn) as svc:
+        cc = svc.get_container_client("bench")
+        await cc.create_container()
+
+        async def put(i: int) -> None:
+            async with sem:
+                data = i.to_bytes(8, "little") + base[(i * 4096) % MiB:][: 100 * KiB - 8]
+                await cc.upload_blob(small_name(i), data)
+
+        bc = cc.get_blob_client("big/blob.bin")
+        ids = [base64.b64encode(f"{k:08d}".encode()).decode() for k in range(big // BLOCK)]
+
+        async def stage(k: int) -> None:
+            async with sem:
+                await bc.stage_block(ids[k], k.to_bytes(8, "little") + base[8:], length=BLOCK)
+
+        await asyncio.gather(*(put(i) for i in range(n_small)), *(stage(k) for k in
+                                                                   range(len(ids))))
+        await bc.commit_block_list(ids)
+
+
+async def sdk_small(conn: str, n: int, in_flight: int) -> float:
+    from azure.storage.blob.aio import BlobServiceClient
+
+    async with BlobServiceClient.from_connection_string(conn) as svc:
+        cc = svc.get_container_client("bench")
+        await cc.get_container_properties()
+        sem = asyncio.Semaphore(in_flight)
+
+        async def one(i: int) -> int:
+            async with sem:
+                stream = await cc.get_blob_client(small_name(i)).download_blob()
+                return len(await stream.readall())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return n / (time.perf_counter() - t0)
+
+
+async def sdk_blob(conn: str, size: int, in_flight: int) -> float:
+    from azure.storage.blob.aio import BlobServiceClient
+
+    async with BlobServiceClient.from_connection_string(conn) as svc:
+        cc = svc.get_container_client("bench")
+        await cc.get_container_properties()
+        sem = asyncio.Semaphore(in_flight)
+        bc = cc.get_blob_client("big/blob.bin")
+
+        async def one(o: int) -> int:
+            async with sem:
+                stream = await bc.download_blob(offset=o, length=min(BLOCK, size - o))
+                return len(await stream.readall())
+
+        t0 = time.perf_counter()
+        total = sum(await asyncio.gather(*(one(o) for o in range(0, size, BLOCK))))
+        assert total == size
+        return size / (time.perf_counter() - t0) / MB
+
+
+def daemon_for(workdir: Path, config: str, extra: list[str] | None = None) -> DsmountDaemon:
+    d = DsmountDaemon(Path(tempfile.mkdtemp(prefix="bw-", dir="/tmp")),
+                      config_text=config, extra_args=extra or [])
+    d.start()
+    return d
+
+
+def warm(d: DsmountDaemon, conn: str, path: str) -> dict:
+    d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
+          env={"CS": conn})
+    t0 = time.perf_counter()
+    out = d.cli("warm", "b", path, "--json", timeout=1200).stdout.splitlines()
+    wall = time.perf_counter() - t0
+    final = json.loads(out[-1])
+    assert final["state"] == "done" and final["errors"] == 0, final
+    final["wall"] = wall
+    return final
+
+
+def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int) -> dict:
+    """One `dsmount warm` of `path` into a fresh daemon (`kind`: memory or disk)."""
+    import shutil
+
+    config = {
+        "memory": '[cache]\nmemory_budget = "2GiB"\n',
+        "disk": f'[cache]\ndisk_dir = "{workdir}/disk"\ndisk_budget = "4GiB"\n',
+    }[kind]
+    d = daemon_for(workdir, config)
+    try:
+        got = warm(d, conn, path)
+        if path == "big":  # then read it through the mount: from the cache
+            t0 = time.perf_counter()
+            with open(d.mountpoint / "b/big/blob.bin", "rb", buffering=0) as f:
+                while f.read(MiB):
+                    pass
+            got["read_after_mbps"] = big / (time.perf_counter() - t0) / MB
+    finally:
+        d.cleanup()
+        shutil.rmtree(workdir / "disk", ignore_errors=True)
+    return got
+
+
+def run_warm(workdir: Path, conn: str, n_small: int, big: int, rounds: int) -> None:
+    """Each round measures the SDK right before dsmount, so both see the same machine load;
+    the ratio is taken per round."""
+    rows: list[tuple[int, str, str, float, float, float | None]] = []
+    for r in range(rounds):
+        files = asyncio.run(sdk_small(conn, n_small, 16))
+        for kind in ("memory", "disk"):
+            got = warm_once(workdir, conn, kind, "small", big)
+            rate = got["files_done"] / got["elapsed"]
+            rows.append((r, kind, "small", rate, files, None))
+            log(f"round {r}: small files sdk {files:.0f}/s, warm ({kind}) {rate:.0f}/s "
+                f"(job {got['elapsed']:.2f}s, wall {got['wall']:.2f}s) = {rate / files:.2f}x")
+        blob = asyncio.run(sdk_blob(conn, big, 16))
+        for kind in ("memory", "disk"):
+            got = warm_once(workdir, conn, kind, "big", big)
+            rate = got["bytes_done"] / got["elapsed"] / MB
+            rows.append((r, kind, "big", rate, blob, got["read_after_mbps"]))
+            log(f"round {r}: blob sdk {blob:.0f} MB/s, warm ({kind}) {rate:.0f} MB/s "
+                f"(job {got['elapsed']:.2f}s, wall {got['wall']:.2f}s) = {rate / blob:.2f}x; "
+                f"read after warm {got['read_after_mbps']:.0f} MB/s")
+    print("| round | target | data | dsmount warm | sdk-aio | ratio | read after warm |")
+    print("|---:|---|---|---:|---:|---:|---:|")
+    for r, kind, path, rate, ref, after in rows:
+        unit = "files/s" if path == "small" else "MB/s"
+        shown = f"{after:.0f} MB/s" if after else ""
+        print(f"| {r} | {kind} | {path} | {rate:.0f} {unit} | {ref:.0f} {unit} | "
+              f"{rate / ref:.2f} | {shown} |")
+
+
+def read_all(root: Path, n_small: int, big: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    with open(root / "big/blob.bin", "rb", buffering=0) as f:
+        while f.read(MiB):
+            pass
+    seq = big / (time.perf_counter() - t0) / MB
+
+    def one(i: int) -> int:
+        return len((root / small_name(i)).read_bytes())
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(one, range(n_small))) == n_small * 100 * KiB
+    return seq, n_small / (time.perf_counter() - t0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape_cost(workdir: Path, conn: str, n: int = 200) -> None:
+    """Daemon CPU per scrape, with one datastore that has been read (all families filled)."""
+    d = daemon_for(workdir, "", ["--metrics-address", "127.0.0.1:0"])
+    try:
+        d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
+              env={"CS": conn})
+        (d.mountpoint / "b" / small_name(0)).read_bytes()
+        address = d.call("status")["metrics"]["address"]
+        assert d.pid is not None
+        size = 0
+        c0, t0 = cpu_seconds(d.pid), time.perf_counter()
+        for _ in range(n):
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+                size = len(r.read())
+        c1, t1 = cpu_seconds(d.pid), time.perf_counter()
+    finally:
+        d.cleanup()
+    per = (c1 - c0) / n
+    print(f"| one scrape ({size} bytes) | daemon CPU {per * 1000:.2f} ms | wall "
+          f"{(t1 - t0) / n * 1000:.2f} ms | at one scrape per 15 s: {per / 15:.4%} of a core |")
+
+
+def run_metrics(workdir: Path, conn: str, n_small: int, big: int) -> None:
+    scrape_cost(workdir, conn)
+    results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    for _round in range(3):
+        for mode in ("off", "on"):
+            extra = ["--metrics-address", "127.0.0.1:0"] if mode == "on" else []
+            d = daemon_for(workdir, "", extra)
+            stop = threading.Event()
+            scrapes = 0
+
+            def scrape(d: DsmountDaemon = d, stop: threading.Event = stop) -> None:
+                nonlocal scrapes
+                address = d.call("status")["metrics"]["address"]
+                while not stop.wait(1.0):
+                    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+                        r.read()
+                    scrapes += 1
+
+            scraper = threading.Thread(target=scrape, daemon=True) if mode == "on" else None
+            try:
+                d.cli("attach", "b", "--blob", "--container", "bench",
+                      "--connection-string-env", "CS", env={"CS": conn})
+                if scraper:
+                    scraper.start()
+                assert d.pid is not None
+                c0 = cpu_seconds(d.pid)
+                figures = read_all(d.mountpoint / "b", n_small, big)
+                cpu[mode].append(cpu_seconds(d.pid) - c0)
+            finally:
+                stop.set()
+                if scraper:
+                    scraper.join()
+                d.cleanup()
+            results[mode].append(figures)
+            log(f"metrics {mode}: sequential {figures[0]:.0f} MB/s, small {figures[1]:.0f} "
+                f"files/s, daemon CPU {cpu[mode][-1]:.2f}s"
+                + (f" ({scrapes} scrapes)" if mode == "on" else ""))
+    rounds = len(results["off"])
+    for i, what in enumerate(("cold sequential MB/s", "small files/s (8 threads)")):
+        off = sum(r[i] for r in results["off"]) / rounds
+        on = sum(r[i] for r in results["on"]) / rounds
+        print(f"| {what} | off {off:.0f} | on {on:.0f} | on/off {on / off:.3f} |")
+    off, on = (sum(cpu[m]) / rounds for m in ("off", "on"))
+    print(f"| daemon CPU for the whole read | off {off:.2f}s | on {on:.2f}s | "
+          f"on/off {on / off:.3f} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["warm", "metrics"])
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=2, help="SDK/warm pairs per workload [2]")
+    args = ap.parse_args()
+    n_small, big = (500, 128 * MiB) if args.quick else (5000, GiB)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-warm-", dir="/tmp"))
+    server = Azurite(workdir / "azurite")
+    server.start()
+    try:
+        log(f"uploading {n_small} small files and a {big // MiB} MiB blob")
+        asyncio.run(upload(server.connection_string, n_small, big))
+        log(f"load average {os.getloadavg()[0]:.1f}")
+        if args.only in (None, "warm"):
+            run_warm(workdir, server.connection_string, n_small, big, args.rounds)
+        if args.only in (None, "metrics"):
+            run_metrics(workdir, server.connection_string, n_small, big)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
