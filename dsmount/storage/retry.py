@@ -127,11 +127,13 @@ async def with_retry(
     op = op or what.split(" ", 1)[0]
     deadline = trio.current_time() + policy.deadline
     attempt = 0
+    last: Exception | None = None  # named when the deadline passes: it is the cause
     while True:
         started = trio.current_time()
         remaining = deadline - started
         if remaining <= 0:
-            raise TimedOut(f"{what}: no answer within {policy.deadline:.0f}s")
+            cause = f" (last error: {last})" if last is not None else ""
+            raise TimedOut(f"{what}: no answer within {policy.deadline:.0f}s{cause}")
         try:
             with trio.fail_after(min(policy.attempt_timeout, remaining)):
                 result = await operation()
@@ -159,6 +161,7 @@ async def with_retry(
         # reference cycle that only the cyclic GC frees, which large bytes never trigger.
         # Measured: ~150 MiB kept beyond the cache budget under dropped connections.
         _forget_frames(exc)
+        last = exc
         if stats is not None:
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
