@@ -143,6 +143,7 @@ class BlobBackend(BlobWrites, AzureBackend):
         options = pipeline_options(
             max_connections=self.max_connections,
             attempt_timeout=self.retry.attempt_timeout,
+            endpoint=self.endpoint,
             read_bufsize=4 * 1024 * 1024,
         )
         return ContainerClient(

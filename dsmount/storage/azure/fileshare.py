@@ -146,6 +146,7 @@ class FileShareBackend(FileShareWrites, AzureBackend):
             options = pipeline_options(
                 max_connections=self.max_connections,
                 attempt_timeout=self.retry.attempt_timeout,
+                endpoint=self.endpoint,
                 verify=self.connection_verify,
             )
             if self.target.auth == "azure_ad":
