@@ -92,10 +92,13 @@ def test_outage_fails_fast_status_answers_others_serve_and_it_recovers(
     assert status_of(daemon, "remote")["state"] == "ok"
 
     getattr(proxy, outage)()
+    reads_before = status_of(daemon, "remote")["reads"]
     with ThreadPoolExecutor(2) as pool:
         failing = pool.submit(timed_errno, lambda: read_file(root / "f1.bin"))
-        # While that read waits on the dead backend, the daemon answers at once.
-        time.sleep(0.5)
+        # While that read waits on the dead backend (it reached the daemon), the daemon
+        # answers at once.
+        wait_until(lambda: status_of(daemon, "remote")["reads"] > reads_before, 10,
+                   "the read to reach the daemon")
         started = time.monotonic()
         st = status_of(daemon, "remote", timeout=5)
         assert time.monotonic() - started < 2.0
