@@ -271,7 +271,7 @@ class Daemon:
 
 def run_daemon(config: Config, ready_fd: int | None = None) -> int:
     """Run until signalled. Returns the process exit code."""
-    pin_mmap_threshold()  # freed cache blocks go back to the system: RSS tracks the budget
+    pin_mmap_threshold()  # cache blocks reuse the heap's pages: RSS tracks the budget
     limit_arenas()  # and small extents freed in worker threads are reused, not kept per thread
     # Relative paths in the config were resolved by Daemon; "/" so we never pin a directory
     # (and fusermount never resolves our fsname against the cwd).
