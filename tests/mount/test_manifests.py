@@ -28,7 +28,7 @@ from dsmount.workspace.registry import Registry
 from tests.support.azurite import Azurite
 from tests.support.azurite_fixture import skip_or_fail_without_azurite
 from tests.support.azurite_ops import HEADS, LISTS, OperationLog
-from tests.support.daemon import REPO_ROOT, DsmountDaemon, clean_env
+from tests.support.daemon import REPO_ROOT, DsmountDaemon, clean_env, wait_until
 from tests.support.trees import describe_tree, make_tree, sha256_file
 
 pytestmark = [pytest.mark.mount, pytest.mark.azurite]
@@ -254,4 +254,59 @@ def test_a_version_larger_than_the_cache_fetches_about_each_files_own_bytes(
     status = daemon.call("status")
     ds = next(d for d in status["datastores"] if d["name"] == "ds")
     total = sum(spec_tree.values())
+    assert ds["bytes_fetched"] <= 2 * total, (ds["bytes_fetched"], total)
+
+
+def test_the_first_read_of_a_packed_file_fetches_its_whole_pack_when_the_version_fits(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, ops: OperationLog,
+    tmp_path: Path,
+) -> None:
+    spec_tree = {f"img/{i:04d}.jpg": 50 * KiB + i for i in range(300)}  # ~15 MiB, one pack
+    src = make_tree(tmp_path / "src", spec_tree)
+    number, _ = ver.create_version("ds", src, registry=registry)
+    daemon = make_daemon()
+    root = attach(daemon, spec_of(registry, str(number)))
+    total = sum(spec_tree.values())
+    one = "img/0150.jpg"
+    assert sha256_file(root / one) == sha256_file(src / one)
+
+    def fetched() -> int:
+        ds = next(d for d in daemon.call("status")["datastores"] if d["name"] == "ds")
+        return ds["bytes_fetched"] if ds["bytes_fetched"] >= total else 0
+
+    # One file read; the rest of its pack follows in the background, each byte once.
+    got = wait_until(fetched, 30, "the whole pack to be fetched")
+    assert total <= got <= total + 8 * MiB  # the manifest's own bytes are not in here
+    mark = ops.mark()
+    rels = sorted(spec_tree)
+    assert _shuffled_epoch(root, rels, 3) == sha_all(src, rels)
+    assert [o for o in ops.since(mark) if o.operation == "Blob_Download"] == []
+
+
+def test_a_version_larger_than_memory_but_fitting_the_disk_cache_spreads_its_packs(
+    make_daemon: Callable[..., DsmountDaemon], registry: Registry, ops: OperationLog,
+    tmp_path: Path,
+) -> None:
+    spec_tree = {f"img/{i:04d}.jpg": 100 * KiB + i for i in range(300)}  # ~30 MiB
+    src = make_tree(tmp_path / "src", spec_tree)
+    number, _ = ver.create_version("ds", src, registry=registry)
+    # 4 MiB of memory cannot hold it; 256 MiB of disk cache can.
+    daemon = make_daemon(config_text=(
+        '[cache]\nblock_size = "1MiB"\nmemory_budget = "4MiB"\n'
+        f'disk_dir = "{tmp_path / "disk"}"\ndisk_budget = "256MiB"\n'))
+    mark = ops.mark()
+    root = attach(daemon, spec_of(registry, str(number)))
+    rels = sorted(spec_tree)
+    total = sum(spec_tree.values())
+    assert _shuffled_epoch(root, rels, 4) == sha_all(src, rels)
+    gets = [o for o in ops.since(mark) if o.operation == "Blob_Download"]
+    pack_gets = [o for o in gets if "/.packs/" in (o.blob or "")]
+    blocks = -(-total // MiB)
+    # Pack blocks, about once each (not one GET per file), whatever memory evicted.
+    assert 1 <= len(pack_gets) <= 2 * blocks + 2, (len(pack_gets), blocks)
+    status = daemon.call("status")
+    assert status["disk_cache"]["used_bytes"] >= total
+    # Memory does not churn: a block evicted from memory is not fetched again whole; the
+    # files read later come from disk, each as its own bytes.
+    ds = next(d for d in status["datastores"] if d["name"] == "ds")
     assert ds["bytes_fetched"] <= 2 * total, (ds["bytes_fetched"], total)

@@ -66,6 +66,10 @@ class PinnedSource(Source):
         o = self.obj
         return f"{o.cache_identity}|{o.path}|{o.etag}|{block}|{self.unit}"
 
+    def on_disk(self, offset: int) -> bool:
+        """Whether the block holding `offset` is in the disk cache."""
+        return self.disk is not None and self.disk.has(self._disk_key(offset // self.unit))
+
     def _block_range(self, block: int) -> tuple[int, int]:
         return block * self.unit, min(self.size, (block + 1) * self.unit)
 

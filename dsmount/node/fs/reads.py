@@ -11,8 +11,11 @@ Invariants:
 - A packed file of a version (a byte range of a pack object, `ManifestBackend.locate`) is read
   as that range of its pack: the cache keys the pack's bytes, so files sharing a pack share
   what was fetched. While the whole version fits in half the cache budget a read fetches the
-  pack block (`block_size`) around it, so a shuffled epoch fetches each pack block about once;
-  otherwise only the file's own bytes, so bytes fetched per file stay within its size.
+  pack block (`block_size`) around it and starts fetching the rest of its pack, so a
+  shuffled epoch fetches each pack block about once, mostly before its files are read. While
+  it fits in half the disk cache instead, a read fetches the pack block around it unless that
+  block is on disk (then just its own bytes, from disk), so memory does not churn. Otherwise
+  only the file's own bytes, so bytes fetched per file stay within its size.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from dataclasses import dataclass
 import trio
 
 from dsmount.errors import Changed, NotFound, TimedOut
-from dsmount.node.cache.blocks import Source
-from dsmount.node.cache.fetcher import Fetcher, ObjectRef
+from dsmount.node.cache.fetcher import Fetcher, ObjectRef, PinnedSource
 from dsmount.node.cache.readahead import (
     ReadaheadConfig,
     ReadaheadState,
@@ -46,11 +48,12 @@ class FileHandle:
     node: Node
     datastore: Datastore
     obj: ObjectRef  # the object holding the file's bytes (its own, or its pack)
-    source: Source
+    source: PinnedSource
     readahead: ReadaheadState
     size: int  # the file's
     base: int = 0  # where the file starts in `obj` (a pack); 0 for a file of its own
-    spread: bool = False  # fetch whole blocks of the pack around a read
+    spread: bool = False  # fetch whole blocks of the pack around a read, and the whole pack
+    spread_disk: bool = False  # fetch whole blocks not yet in the disk cache
     frontier: int = 0  # read-ahead has asked for the bytes up to here (file offsets)
 
     @property
@@ -91,18 +94,30 @@ class ReadPath:
                             where.etag, where.object_size)
             source = self.fetcher.source(obj, self.settings.block_size)
             packed = where.object_size > where.length
-            spread = packed and 2 * ds.backend.manifest.total_bytes <= self.cache.budget
-            return FileHandle(node, ds, obj, source, state, where.length, where.offset, spread)
+            twice = 2 * ds.backend.manifest.total_bytes
+            spread = packed and twice <= self.cache.budget
+            disk = self.fetcher.disk
+            spread_disk = packed and not spread and disk is not None and twice <= disk.budget
+            return FileHandle(node, ds, obj, source, state, where.length, where.offset, spread,
+                              spread_disk)
         obj = ObjectRef(ds.id, ds.cache_identity, ds.backend, node.path, node.entry.etag,
                         node.entry.size)
         source = self.fetcher.source(obj, self.settings.block_size)
         return FileHandle(node, ds, obj, source, state, node.entry.size)
 
+    def _spread_pack(self, h: FileHandle) -> None:
+        """A spreading handle's first touch of a pack starts fetching all of it, block by
+        block: a shuffled epoch reads every file of the version, so the pack's other files are
+        coming, and fetching it now overlaps their FUSE round trips instead of making each
+        first reader of a block wait for it. Read-ahead: it gives way under memory pressure."""
+        self.cache.prefetch(h.source, 0, h.obj.size, h.datastore.counters)
+
     def _in_object(self, h: FileHandle, start: int, end: int) -> tuple[int, int]:
         """[start, end) of the file as a range of its object; widened to the pack blocks
         around it when the handle spreads."""
         start, end = start + h.base, end + h.base
-        if h.spread:
+        if h.spread or (h.spread_disk and not (h.source.on_disk(start)
+                                               and h.source.on_disk(end - 1))):
             bs = self.settings.block_size
             start = start - start % bs
             end = min(h.obj.size, -(-end // bs) * bs)
@@ -118,6 +133,8 @@ class ReadPath:
                 and h.obj.backend.kind != "local"):
             self.cache.prefetch(h.source, *self._in_object(h, 0, h.size), h.datastore.counters)
             h.frontier = h.size
+            if h.spread:
+                self._spread_pack(h)
 
     async def read(self, h: FileHandle, offset: int, length: int) -> bytes | memoryview:
         size = h.size
@@ -139,6 +156,8 @@ class ReadPath:
             return view
         cfg = self.readahead_config
         want = self._in_object(h, *fetch_range(offset, length, window, cfg, size))
+        if h.spread:
+            self._spread_pack(h)
 
         def ahead() -> None:
             if window:
