@@ -103,9 +103,10 @@ async def test_fetching_a_manifest_needs_no_head_and_happens_once(tmp_path: Path
 
 
 async def test_a_version_keeps_no_entry_per_inode_and_bounded_attributes(tmp_path: Path) -> None:
-    """The core over a manifest: every listed inode is live (readdirplus), none holds an
-    Entry, attributes come from the manifest and are memoised within a bound, forget releases
-    the nodes, and an inode number is stable while referenced."""
+    """The core over a manifest: every listed inode is live (readdirplus) but cold (no Node)
+    until asked about, none holds an Entry, attributes come from the manifest and are
+    memoised within a bound, forget releases the inodes, and an inode number is stable while
+    referenced."""
     from dsmount.node.cache.blocks import BlockCache
     from dsmount.node.fs.core import FileSystem
     from dsmount.node.fs.datastore import Datastore
@@ -132,8 +133,12 @@ async def test_a_version_keeps_no_entry_per_inode_and_bounded_attributes(tmp_pat
     assert listed[0] == listed[1]
     assert [n for n, _, _ in listed[0]] == names
     assert [size for _, _, size in listed[0]] == list(range(1, 301))
-    nodes = [fs.inodes.get(ino) for _, ino, _ in listed[0]]
-    assert all(n is not None and n._entry is None for n in nodes)  # nothing per inode
+    inos = {ino for _, ino, _ in listed[0]}
+    assert not inos & {n.ino for n in fs.inodes.nodes()}  # cold: no Node object for them
+    assert len(fs.inodes) >= 300
+    nodes = [fs.inodes.get(ino) for ino in sorted(inos)[:10]]  # asked about: promoted
+    assert all(n is not None and n._entry is None for n in nodes)  # still no Entry kept
+    assert [n.entry.size for n in nodes if n] == list(range(1, 11))
     assert len(fs.attributes) <= 64
     assert (await fs.getattr(listed[0][299][1])).size == 300  # answered from the manifest
     assert (await fs.lookup(d.ino, "f0007.bin")).ino == listed[0][7][1]

@@ -207,9 +207,7 @@ class FileSystem:
 
     def remember(self, ino: int) -> None:
         """Count a lookup reference handed to the kernel outside `lookup` (readdirplus)."""
-        node = self.inodes.get(ino)
-        if node is not None:
-            node.lookups += 1
+        self.inodes.remember(ino)
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, count in items:

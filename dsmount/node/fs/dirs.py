@@ -127,7 +127,7 @@ class DirHandles:
                 node = self.lookups.lookup_virtual(parent, e.name)
                 attrs = self.attributes.of(node)  # the datastore root's own entry
             else:
-                node = self.inodes.ensure(parent.datastore, join(parent.path, e.name), e, now)
+                node = self.inodes.listed(parent.datastore, join(parent.path, e.name), e, now)
                 attrs = self.attributes.of(node, e)
             out.append((i + 1, e.name, attrs))
         return out

@@ -10,8 +10,11 @@ Memory: `find` over readdirplus hands the kernel a reference to every entry it l
 number; per datastore by path), about 270 bytes with its path and ino. For a datastore whose
 namespace is local (`Backend.local_namespace`: a version served from its sqlite manifest) the
 node keeps no `Entry` at all: `node.entry` asks the backend (`entry_now`, a small LRU over one
-indexed query), so per-entry sizes, ETags and names live in sqlite, not in the daemon. What is
-computed from an entry (attributes) is memoised in bounded caches, never per node.
+indexed query), so per-entry sizes, ETags and names live in sqlite, not in the daemon. And an
+inode such a listing hands to the kernel stays *cold* (no Node: its number -> path, and its
+count only when not 1; ~170 bytes) until anything asks about it, which promotes it to a Node
+with the same number. What is computed from an entry (attributes) is memoised in bounded
+caches, never per node.
 """
 
 from __future__ import annotations
@@ -68,23 +71,46 @@ class InodeTable:
     def __init__(self) -> None:
         self._next = itertools.count(ROOT_INODE + 1)
         self._by_ino: dict[int, Node] = {}
-        # datastore id (0: the virtual top) -> path -> node. Keyed by the node's own path
-        # string, so resolving a path costs no key object per node.
-        self._by_path: dict[int, dict[str, Node]] = {}
+        # datastore id (0: the virtual top) -> path -> its node, or the number of a cold inode.
+        # Keyed by the node's own path string, so resolving a path costs no key object.
+        self._by_path: dict[int, dict[str, Node | int]] = {}
+        # Cold inodes: of a local namespace, handed to the kernel by a listing (readdirplus)
+        # and never asked about since; only their path and count are kept, no Node (a `find`
+        # of a million-file version makes a million of them). Any use promotes one to a Node.
+        self._cold: dict[int, dict[int, str]] = {}  # datastore id -> ino -> path
+        self._cold_ds: dict[int, Datastore] = {}
+        self._cold_counts: dict[int, int] = {}  # cold inodes whose kernel count is not 1
 
     def __len__(self) -> int:
-        return len(self._by_ino)
+        return len(self._by_ino) + sum(len(c) for c in self._cold.values())
 
     def add_root(self, node: Node) -> None:
         self._by_ino[node.ino] = node
 
     def get(self, ino: int) -> Node | None:
-        return self._by_ino.get(ino)
+        node = self._by_ino.get(ino)
+        if node is not None:
+            return node
+        for ds_id, cold in self._cold.items():
+            path = cold.pop(ino, None)
+            if path is not None:
+                return self._promote(ds_id, ino, path)
+        return None
+
+    def _promote(self, ds_id: int, ino: int, path: str) -> Node:
+        node = Node(ino, self._cold_ds[ds_id], path, None)
+        node.lookups = self._cold_counts.pop(ino, 1)
+        self._by_ino[ino] = node
+        paths = self._by_path.get(ds_id)
+        if paths is not None and paths.get(path) == ino:
+            paths[path] = node
+        return node
 
     def nodes(self) -> list[Node]:
+        """The nodes in the table (not cold inodes: they hold nothing that can go stale)."""
         return list(self._by_ino.values())
 
-    def _paths(self, datastore: Datastore | None) -> dict[str, Node]:
+    def _paths(self, datastore: Datastore | None) -> dict[str, Node | int]:
         key = datastore.id if datastore else 0
         paths = self._by_path.get(key)
         if paths is None:
@@ -93,13 +119,15 @@ class InodeTable:
 
     def find(self, datastore: Datastore | None, path: str) -> Node | None:
         paths = self._by_path.get(datastore.id if datastore else 0)
-        return paths.get(path) if paths is not None else None
+        found = paths.get(path) if paths is not None else None
+        return self.get(found) if isinstance(found, int) else found
 
     def ensure(self, datastore: Datastore | None, path: str, entry: Entry, now: float) -> Node:
         """The node for (datastore, path), created if new; its entry refreshed to `entry`."""
         paths = self._paths(datastore)
         local = datastore is not None and datastore.backend.local_namespace
-        node = paths.get(path)
+        found = paths.get(path)
+        node = self.get(found) if isinstance(found, int) else found
         if node is not None:
             if local:
                 # A local namespace (a manifest) cannot change: nothing to compare or keep.
@@ -120,10 +148,47 @@ class InodeTable:
         paths[path] = node
         return node
 
-    def forget(self, ino: int, count: int) -> bool:
-        """Release `count` kernel references; True if the node is gone from the table."""
+    def listed(self, datastore: Datastore, path: str, entry: Entry, now: float) -> Node:
+        """`ensure` for an entry a listing hands to the kernel. Of a local namespace, a new
+        one becomes a cold inode and what is returned is a view of it, not kept (the caller
+        only needs its number and attributes)."""
+        if not datastore.backend.local_namespace:
+            return self.ensure(datastore, path, entry, now)
+        paths = self._paths(datastore)
+        found = paths.get(path)
+        if isinstance(found, Node):
+            found.entry_time = now
+            return found
+        if found is None:
+            found = next(self._next)
+            cold = self._cold.get(datastore.id)
+            if cold is None:
+                cold = self._cold[datastore.id] = {}
+                self._cold_ds[datastore.id] = datastore
+            cold[found] = path
+            paths[path] = found
+            self._cold_counts[found] = 0  # until the kernel takes it (`remember`)
+        return Node(found, datastore, path, entry, now)
+
+    def remember(self, ino: int) -> None:
+        """One more kernel reference to `ino` (readdirplus)."""
         node = self._by_ino.get(ino)
-        if node is None or ino == ROOT_INODE:
+        if node is not None:
+            node.lookups += 1
+            return
+        for cold in self._cold.values():
+            if ino in cold:
+                count = self._cold_counts.pop(ino, 1) + 1
+                if count != 1:
+                    self._cold_counts[ino] = count
+                return
+
+    def forget(self, ino: int, count: int) -> bool:
+        """Release `count` kernel references; True if the inode is gone from the table."""
+        node = self._by_ino.get(ino)
+        if node is None:
+            return self._forget_cold(ino, count)
+        if ino == ROOT_INODE:
             return False
         node.lookups -= count
         if node.lookups > 0:
@@ -133,6 +198,22 @@ class InodeTable:
         if paths is not None and paths.get(node.path) is node:
             del paths[node.path]
         return True
+
+    def _forget_cold(self, ino: int, count: int) -> bool:
+        for ds_id, cold in self._cold.items():
+            if ino not in cold:
+                continue
+            left = self._cold_counts.pop(ino, 1) - count
+            if left > 0:
+                if left != 1:
+                    self._cold_counts[ino] = left
+                return False
+            path = cold.pop(ino)
+            paths = self._by_path.get(ds_id)
+            if paths is not None and paths.get(path) == ino:
+                del paths[path]
+            return True
+        return False
 
     def forget_path(self, datastore: Datastore, path: str) -> None:
         """`path` (and everything below it) no longer exists: stop resolving it. Its nodes
@@ -146,7 +227,8 @@ class InodeTable:
 
     def move(self, datastore: Datastore, old: str, new: str) -> None:
         """`old` (and everything below it) is now `new`: the same nodes under new paths (the
-        kernel keeps its inode numbers across a rename); what `new` named before is gone."""
+        kernel keeps its inode numbers across a rename); what `new` named before is gone.
+        (Only read-write datastores rename: their inodes are never cold.)"""
         self.forget_path(datastore, new)
         paths = self._paths(datastore)
         below = old + "/"
@@ -154,9 +236,11 @@ class InodeTable:
         for p, _ in moved:
             del paths[p]
         for p, node in moved:
+            assert isinstance(node, Node)
             node.path = new + p[len(old):]
             paths[node.path] = node
 
     def unlink_datastore(self, datastore: Datastore) -> None:
-        """Stop resolving paths of a detached datastore; nodes live on until forgotten."""
+        """Stop resolving paths of a detached datastore; nodes (and cold inodes) live on until
+        forgotten."""
         self._by_path.pop(datastore.id, None)
