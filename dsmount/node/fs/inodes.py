@@ -12,7 +12,7 @@ namespace is local (`Backend.local_namespace`: a version served from its sqlite 
 node keeps no `Entry` at all: `node.entry` asks the backend (`entry_now`, a small LRU over one
 indexed query), so per-entry sizes, ETags and names live in sqlite, not in the daemon. And an
 inode such a listing hands to the kernel stays *cold* (no Node: its number -> path, and its
-count only when not 1; ~170 bytes) until anything asks about it, which promotes it to a Node
+count only when not 1; ~180 bytes) until anything asks about it, which promotes it to a Node
 with the same number. What is computed from an entry (attributes) is memoised in bounded
 caches, never per node.
 """
