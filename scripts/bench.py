@@ -1792,6 +1792,7 @@ class Context:
     million_version: int | None = None  # None: row 11 not run (million_error says why)
     million_error: str | None = None
     million_dirs: int = MIL_DIRS  # fewer only for smoke runs (--million-dirs)
+    million_only: bool = False  # --million-only: dsmount runs row 11 and nothing else
 
 
 Results = dict[str, dict[str, Any]]
@@ -1820,6 +1821,8 @@ def run_client(name: str, ctx: Context) -> dict[str, Any]:
     """Run every workload of one client; errors land in the cells, never escape."""
     client = CLIENT_CLASSES[name](ctx)
     cells: dict[str, Any] = {}
+    if ctx.million_only:
+        return million_cells(client, ctx, cells) if run_million(client, ctx) else cells
     log(f"{name}: setup")
     try:
         client.setup()
@@ -1876,15 +1879,21 @@ def run_client(name: str, ctx: Context) -> dict[str, Any]:
             cells["stream_peak_rss_mib"] = {"error": short_error(exc)}
             log(f"{name}: stream_peak_rss_mib error: {cells['stream_peak_rss_mib']['error']}")
     if run_million(client, ctx):
-        assert isinstance(client, DsmountClient)
-        log(f"{name}: dedicated run for the 1M-file version")
-        try:
-            cells.update(client.million_row())
-            log(f"{name}: " + ", ".join(f"{k} = {cells[k]:.3f}" for k in MILLION_KEYS))
-        except Exception as exc:
-            err = {"error": short_error(exc)}
-            cells.update(dict.fromkeys(MILLION_KEYS, err))
-            log(f"{name}: 1M-file version error: {err['error']}")
+        million_cells(client, ctx, cells)
+    return cells
+
+
+def million_cells(client: Client, ctx: Context, cells: dict[str, Any]) -> dict[str, Any]:
+    """Row 11 (a dedicated daemon) into `cells`; an error lands in its cells."""
+    assert isinstance(client, DsmountClient)
+    log(f"{client.name}: dedicated run for the 1M-file version")
+    try:
+        cells.update(client.million_row())
+        log(f"{client.name}: " + ", ".join(f"{k} = {cells[k]:.3f}" for k in MILLION_KEYS))
+    except Exception as exc:
+        err = {"error": short_error(exc)}
+        cells.update(dict.fromkeys(MILLION_KEYS, err))
+        log(f"{client.name}: 1M-file version error: {err['error']}")
     return cells
 
 
@@ -2245,6 +2254,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run row 11, the synthesised 1,000,000-file version (default: at full scale only)",
     )
     p.add_argument(
+        "--million-only",
+        action="store_true",
+        help="run row 11 alone: implies --only dsmount --million; no other workload runs",
+    )
+    p.add_argument(
         "--million-dirs",
         type=int,
         default=MIL_DIRS,
@@ -2261,6 +2275,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--latency must be >= 0")
     if args.million_dirs < 1:
         p.error("--million-dirs must be >= 1")
+    if args.million_only:
+        if args.million is False:
+            p.error("--million-only contradicts --no-million")
+        args.only, args.million = "dsmount", True
     clients = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else list(CLIENTS)
     unknown = set(clients) - set(CLIENTS)
     if unknown:
@@ -2351,6 +2369,7 @@ def main(argv: list[str] | None = None) -> int:
             shuffle2=ds.shuffled(2),
             cache_budget=args.cache_budget,
             million_dirs=args.million_dirs,
+            million_only=args.million_only,
         )
         with_dsmount = "dsmount" in args.clients
         million = with_dsmount and (args.million if args.million is not None else not args.quick)

@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pyfuse3
 
 from dsmount.errors import DsmountError, to_errno
+from dsmount.node.fs.attributes import MEMO_ENTRIES
 from dsmount.node.fs.core import Attributes, FileSystem
 
 log = logging.getLogger(__name__)
@@ -89,17 +91,24 @@ def entry_attributes(a: Attributes) -> pyfuse3.EntryAttributes:
 class _AttributeCache:
     """pyfuse3 EntryAttributes per inode, rebuilt only when the core's Attributes object for it
     changes (the core reuses one while the entry is unchanged): saves ~2 us per entry of every
-    warm readdir of a big directory."""
+    warm readdir of a big directory. Bounded (LRU, as the core's memo): ~300 B an entry, so
+    not one per live inode (a `find` of a million-file version makes a million live)."""
 
-    def __init__(self) -> None:
-        self._by_ino: dict[int, tuple[Attributes, pyfuse3.EntryAttributes]] = {}
+    def __init__(self, size: int = MEMO_ENTRIES) -> None:
+        self.size = size
+        self._by_ino: OrderedDict[int, tuple[Attributes, pyfuse3.EntryAttributes]] = (
+            OrderedDict())
 
     def get(self, attrs: Attributes) -> pyfuse3.EntryAttributes:
-        cached = self._by_ino.get(attrs.ino)
+        by_ino = self._by_ino
+        cached = by_ino.get(attrs.ino)
         if cached is not None and cached[0] is attrs:
+            by_ino.move_to_end(attrs.ino)
             return cached[1]
         out = entry_attributes(attrs)
-        self._by_ino[attrs.ino] = (attrs, out)
+        by_ino[attrs.ino] = (attrs, out)
+        if len(by_ino) > self.size:
+            by_ino.popitem(last=False)
         return out
 
     def forget(self, ino: int) -> None:

@@ -64,6 +64,8 @@ class CountingBackend(Backend):
         self.inner = inner
         self.kind = inner.kind
         self.list_on_lookup = inner.list_on_lookup
+        self.local_namespace = inner.local_namespace
+        self.entry_now = inner.entry_now  # type: ignore[method-assign]
         self.stats = inner.stats
         self.fetched = 0
 
@@ -301,7 +303,8 @@ class Warmer:
                     entries[e.name] = e
         finally:
             await close_listing(pages)
-        self.core.metadata.put_listing(ds.id, directory, entries, self.core.clock())
+        self.core.metadata.put_listing(ds.id, directory, entries, self.core.clock(),
+                                       local=ds.backend.local_namespace)
         return entries
 
     async def _plan(self, job: WarmJob, path: str, entry: Entry,

@@ -66,9 +66,17 @@ class Backend(abc.ABC):
     # The root directory's own entry, when the kind has owners and modes (local; set by
     # `check`): the core shows the datastore's root with them.
     root_entry: Entry | None = None
+    # The namespace is answered locally and cannot change (a version's sqlite manifest):
+    # `entry_now` answers at once, so the mount keeps no Entry per inode and caches listings
+    # only within a small budget (a million-file version must not live in the daemon's RAM).
+    local_namespace: bool = False
 
     def __init__(self) -> None:
         self.stats = BackendStats()
+
+    def entry_now(self, path: str) -> Entry:
+        """`stat`, answered synchronously; only where `local_namespace`. Raises NotFound."""
+        raise NotImplementedError(f"{self.kind}: no local namespace")
 
     @abc.abstractmethod
     async def stat(self, path: str) -> Entry:

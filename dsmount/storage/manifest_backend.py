@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ from dsmount.storage.base import Backend, Entry
 from dsmount.storage.manifest import Location, Manifest, Row
 
 FETCH_CHUNK = 8 * 1024 * 1024
+# Entries `entry_now` keeps (LRU): the mount keeps no Entry per inode of a version, so what a
+# getattr or open asks about again soon is answered without a query; ~400 B each.
+ENTRY_CACHE = 4096
 
 
 def _entry(name: str, row: Row, location: Location | None) -> Entry:
@@ -41,6 +46,7 @@ class ManifestBackend(Backend):
     """A read-only version: namespace from a manifest, bytes from the wrapped backend."""
 
     list_on_lookup = False  # a lookup is one local query: cheaper than any listing
+    local_namespace = True  # the mount asks `entry_now` rather than keep an Entry per inode
 
     def __init__(self, inner: Backend, manifest: Manifest, *, name: str) -> None:
         super().__init__()
@@ -49,18 +55,33 @@ class ManifestBackend(Backend):
         self.name = name  # the manifest object, for status
         self.kind = inner.kind
         self.stats = inner.stats  # one set of counters: the requests are the inner backend's
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
 
     def _row(self, path: str) -> Row:
-        row = self.manifest.row(path.strip("/"))
+        try:
+            row = self.manifest.row(path.strip("/"))
+        except sqlite3.ProgrammingError:  # closed: the datastore was detached
+            raise NotFound(f"{path or '/'}: this version was detached") from None
         if row is None:
             raise NotFound(f"{path or '/'}: not in this version")
         return row
 
-    async def stat(self, path: str) -> Entry:
+    def entry_now(self, path: str) -> Entry:
         path = path.strip("/")
+        entries = self._entries
+        entry = entries.get(path)
+        if entry is not None:
+            entries.move_to_end(path)
+            return entry
         row = self._row(path)
         where = None if row.is_dir else self.manifest.location(path, row)
-        return _entry(path.rsplit("/", 1)[-1], row, where)
+        entry = entries[path] = _entry(path.rsplit("/", 1)[-1], row, where)
+        if len(entries) > ENTRY_CACHE:
+            entries.popitem(last=False)
+        return entry
+
+    async def stat(self, path: str) -> Entry:
+        return self.entry_now(path)
 
     async def list(self, path: str) -> AsyncIterator[list[Entry]]:
         path = path.strip("/")

@@ -100,3 +100,52 @@ async def test_fetching_a_manifest_needs_no_head_and_happens_once(tmp_path: Path
     assert len(inner.faults.reads) == reads
     with pytest.raises(NotFound):
         await fetch_manifest(inner, "absent.manifest", tmp_path / "cache" / "y.manifest")
+
+
+async def test_a_version_keeps_no_entry_per_inode_and_bounded_attributes(tmp_path: Path) -> None:
+    """The core over a manifest: every listed inode is live (readdirplus) but cold (no Node)
+    until asked about, none holds an Entry, attributes come from the manifest and are
+    memoised within a bound, forget releases the inodes, and an inode number is stable while
+    referenced."""
+    from dsmount.node.cache.blocks import BlockCache
+    from dsmount.node.fs.core import FileSystem
+    from dsmount.node.fs.datastore import Datastore
+
+    names = [f"f{i:04d}.bin" for i in range(300)]
+    path = tmp_path / "wide"
+    write_manifest(path, [FileRecord(f"d/{n}", i + 1, 7, None, None) for i, n in
+                          enumerate(names)], root="v", kind="version")
+    fs = FileSystem(BlockCache(2**20))
+    fs.attributes.size = 64  # smaller than the directory
+    backend = ManifestBackend(MemoryBackend(), Manifest(path), name="m")
+    fs.attach(Datastore("ver", backend, version="1", immutable=True))
+    top = await fs.lookup(1, "ver")
+    version = await fs.lookup(top.ino, "1")
+    d = await fs.lookup(version.ino, "d")
+    listed = []
+    for _ in range(2):  # a warm second listing: the same inodes
+        fh = await fs.opendir(d.ino)
+        batch = await fs.readdir(fh, 0, 1000)
+        await fs.releasedir(fh)
+        for _, _, attrs in batch:
+            fs.remember(attrs.ino)
+        listed.append([(name, a.ino, a.size) for _, name, a in batch])
+    assert listed[0] == listed[1]
+    assert [n for n, _, _ in listed[0]] == names
+    assert [size for _, _, size in listed[0]] == list(range(1, 301))
+    inos = {ino for _, ino, _ in listed[0]}
+    assert not inos & {n.ino for n in fs.inodes.nodes()}  # cold: no Node object for them
+    assert len(fs.inodes) >= 300
+    nodes = [fs.inodes.get(ino) for ino in sorted(inos)[:10]]  # asked about: promoted
+    assert all(n is not None and n._entry is None for n in nodes)  # still no Entry kept
+    assert [n.entry.size for n in nodes if n] == list(range(1, 11))
+    assert len(fs.attributes) <= 64
+    assert (await fs.getattr(listed[0][299][1])).size == 300  # answered from the manifest
+    assert (await fs.lookup(d.ino, "f0007.bin")).ino == listed[0][7][1]
+    fs.forget([(ino, 2) for _, ino, _ in listed[0]])
+    assert fs.inodes.get(listed[0][0][1]) is None  # released: two references, two forgotten
+    assert fs.inodes.get(listed[0][7][1]) is not None  # the lookup's reference remains
+    fs.forget([(listed[0][7][1], 1)])
+    assert fs.inodes.get(listed[0][7][1]) is None
+    again = await fs.lookup(d.ino, "f0007.bin")
+    assert again.ino not in {ino for _, ino, _ in listed[0]} and again.size == 8  # never reused

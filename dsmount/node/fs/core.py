@@ -27,7 +27,13 @@ from dsmount.errors import Busy, InvalidRequest, NotFound
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
 from dsmount.node.cache.fetcher import Fetcher
-from dsmount.node.fs.attributes import Attributes, FsSettings, attributes_of, is_fresh, mark_stale
+from dsmount.node.fs.attributes import (
+    AttributeMemo,
+    Attributes,
+    FsSettings,
+    is_fresh,
+    mark_stale,
+)
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.dirs import DirHandles
 from dsmount.node.fs.inodes import ROOT_INODE, InodeTable, Node
@@ -65,6 +71,7 @@ class FileSystem:
         self.invalidate_entry = invalidate_entry or (lambda parent, name: None)
         self.invalidate_inode = invalidate_inode or (lambda ino: None)
         self.inodes = InodeTable()
+        self.attributes = AttributeMemo(self.settings)
         self.metadata = MetadataCache()
         self.namespace = Namespace()
         started = time.time_ns()
@@ -72,8 +79,8 @@ class FileSystem:
             self.namespace, self.inodes, self.metadata, self.settings, clock, started
         )
         self.dirs = DirHandles(
-            self.namespace, self.lookups, self.inodes, self.metadata, self.settings, clock,
-            self._new_fh,
+            self.namespace, self.lookups, self.inodes, self.metadata, self.attributes,
+            self.settings, clock, self._new_fh,
         )
         self.reads = ReadPath(
             Fetcher(cache, disk), self.metadata, self.settings, self._invalidate_inode
@@ -96,7 +103,7 @@ class FileSystem:
         self.mutations.on_abandon(node)
 
     def _attributes(self, node: Node) -> Attributes:
-        attrs = attributes_of(node, self.settings)
+        attrs = self.attributes.of(node)
         pending = self.writes.size_of(node) if self.writes.by_node else None
         if pending is not None and pending != attrs.size:
             return replace(attrs, size=pending)  # what a writer here wrote, not yet committed
@@ -174,7 +181,7 @@ class FileSystem:
         return n
 
     def _nodes_of(self, ds: Datastore) -> list[Node]:
-        return [n for n in list(self.inodes._by_ino.values()) if n.datastore is ds]
+        return [n for n in self.inodes.nodes() if n.datastore is ds]
 
     # -- lookups and attributes ------------------------------------------------------------------
     async def lookup(self, parent_ino: int, name: str, uid: int | None = None) -> Attributes:
@@ -200,13 +207,12 @@ class FileSystem:
 
     def remember(self, ino: int) -> None:
         """Count a lookup reference handed to the kernel outside `lookup` (readdirplus)."""
-        node = self.inodes.get(ino)
-        if node is not None:
-            node.lookups += 1
+        self.inodes.remember(ino)
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, count in items:
-            self.inodes.forget(ino, count)
+            if self.inodes.forget(ino, count):
+                self.attributes.forget(ino)
 
     # -- directories --------------------------------------------------------------------------
     async def opendir(self, ino: int, uid: int | None = None) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dsmount.errors import NotFound, TimedOut
-from dsmount.node.fs.attributes import Attributes, FsSettings, attributes_of
+from dsmount.node.fs.attributes import AttributeMemo, Attributes, FsSettings
 from dsmount.node.fs.inodes import ROOT_INODE, InodeTable, Node
 from dsmount.node.fs.lookup import Lookups, close_listing, join
 from dsmount.node.fs.metadata import MetadataCache
@@ -34,6 +34,7 @@ class DirHandles:
         lookups: Lookups,
         inodes: InodeTable,
         metadata: MetadataCache,
+        attributes: AttributeMemo,
         settings: FsSettings,
         clock: Callable[[], float],
         new_fh: Callable[[], int],
@@ -42,6 +43,7 @@ class DirHandles:
         self.lookups = lookups
         self.inodes = inodes
         self.metadata = metadata
+        self.attributes = attributes
         self.settings = settings
         self.clock = clock
         self.new_fh = new_fh
@@ -88,7 +90,8 @@ class DirHandles:
                     ds = handle.node.datastore
                     assert ds is not None
                     self.metadata.put_listing(
-                        ds.id, handle.node.path, {e.name: e for e in handle.entries}, self.clock()
+                        ds.id, handle.node.path, {e.name: e for e in handle.entries}, self.clock(),
+                        local=ds.backend.local_namespace,
                     )
                     break
                 except BaseException:
@@ -122,9 +125,11 @@ class DirHandles:
             e = handle.entries[i]
             if parent.datastore is None:
                 node = self.lookups.lookup_virtual(parent, e.name)
+                attrs = self.attributes.of(node)  # the datastore root's own entry
             else:
-                node = self.inodes.ensure(parent.datastore, join(parent.path, e.name), e, now)
-            out.append((i + 1, e.name, attributes_of(node, self.settings)))
+                node = self.inodes.listed(parent.datastore, join(parent.path, e.name), e, now)
+                attrs = self.attributes.of(node, e)
+            out.append((i + 1, e.name, attrs))
         return out
 
     async def releasedir(self, fh: int) -> None:
