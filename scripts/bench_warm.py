@@ -24,6 +24,10 @@ import asyncio
 import base64
 import json
 import os
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -75,7 +79,13 @@ async def upload(conn: str, n_small: int, big: int) -> None:
         await bc.commit_block_list(ids)
 
 
-async def sdk_small(conn: str, n: int, in_flight: int) -> float:
+def _write_file(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+async def sdk_small(conn: str, n: int, in_flight: int, out: Path | None = None) -> float:
+    """Files/s of the asyncio SDK downloading the small files; with `out`, each is also
+    written to a file there from a worker thread (as the disk cache does)."""
     from azure.storage.blob.aio import BlobServiceClient
 
     async with BlobServiceClient.from_connection_string(conn) as svc:
@@ -86,14 +96,20 @@ async def sdk_small(conn: str, n: int, in_flight: int) -> float:
         async def one(i: int) -> int:
             async with sem:
                 stream = await cc.get_blob_client(small_name(i)).download_blob()
-                return len(await stream.readall())
+                data = await stream.readall()
+                if out is not None:
+                    await asyncio.to_thread(_write_file, out / f"f{i:05d}", data)
+                return len(data)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         return n / (time.perf_counter() - t0)
 
 
-async def sdk_blob(conn: str, size: int, in_flight: int) -> float:
+async def sdk_blob(conn: str, size: int, in_flight: int, out: Path | None = None) -> float:
+    """MB/s of the asyncio SDK downloading the blob in 8 MiB ranges; with `out`, each range
+    is also written to a file there (one per range, as the disk cache does, from a worker
+    thread)."""
     from azure.storage.blob.aio import BlobServiceClient
 
     async with BlobServiceClient.from_connection_string(conn) as svc:
@@ -105,7 +121,10 @@ async def sdk_blob(conn: str, size: int, in_flight: int) -> float:
         async def one(o: int) -> int:
             async with sem:
                 stream = await bc.download_blob(offset=o, length=min(BLOCK, size - o))
-                return len(await stream.readall())
+                data = await stream.readall()
+                if out is not None:
+                    await asyncio.to_thread(_write_file, out / f"b{o // BLOCK:05d}", data)
+                return len(data)
 
         t0 = time.perf_counter()
         total = sum(await asyncio.gather(*(one(o) for o in range(0, size, BLOCK))))
@@ -120,29 +139,43 @@ def daemon_for(workdir: Path, config: str, extra: list[str] | None = None) -> Ds
     return d
 
 
-def warm(d: DsmountDaemon, conn: str, path: str) -> dict:
+def warm(d: DsmountDaemon, conn: str, path: str, profile: Path | None) -> dict:
     d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
           env={"CS": conn})
-    t0 = time.perf_counter()
+    assert d.pid is not None
+    spy = None
+    if profile is not None:  # sampled for the whole job; stopped (SIGINT) right after it
+        exe = str(Path(sys.executable).parent / "py-spy")
+        spy = subprocess.Popen([exe, "record", "--format", "raw", "--rate", "200", "--threads",
+                                "--nonblocking", "--pid", str(d.pid), "-o", str(profile)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    c0, t0 = cpu_seconds(d.pid), time.perf_counter()
     out = d.cli("warm", "b", path, "--json", timeout=1200).stdout.splitlines()
     wall = time.perf_counter() - t0
+    cpu = cpu_seconds(d.pid) - c0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     final = json.loads(out[-1])
     assert final["state"] == "done" and final["errors"] == 0, final
     final["wall"] = wall
+    final["daemon_cpu"] = cpu
+    ds = next(x for x in d.call("status")["datastores"] if x["name"] == "b")
+    final["gets"] = sum(ds.get("backend_calls", {}).get("read", {}).values())
     return final
 
 
-def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int) -> dict:
+def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int,
+              profile: Path | None) -> dict:
     """One `dsmount warm` of `path` into a fresh daemon (`kind`: memory or disk)."""
-    import shutil
-
     config = {
         "memory": '[cache]\nmemory_budget = "2GiB"\n',
         "disk": f'[cache]\ndisk_dir = "{workdir}/disk"\ndisk_budget = "4GiB"\n',
     }[kind]
     d = daemon_for(workdir, config)
     try:
-        got = warm(d, conn, path)
+        got = warm(d, conn, path, profile)
         if path == "big":  # then read it through the mount: from the cache
             t0 = time.perf_counter()
             with open(d.mountpoint / "b/big/blob.bin", "rb", buffering=0) as f:
@@ -155,33 +188,62 @@ def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int) -> dict:
     return got
 
 
-def run_warm(workdir: Path, conn: str, n_small: int, big: int, rounds: int) -> None:
+def sdk_once(conn: str, path: str, n_small: int, big: int, out: Path | None
+             ) -> tuple[float, float]:
+    """(rate, client CPU seconds) of one direct-SDK download of `path` (16 in flight)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    c0 = time.process_time()
+    try:
+        if path == "small":
+            rate = asyncio.run(sdk_small(conn, n_small, 16, out))
+        else:
+            rate = asyncio.run(sdk_blob(conn, big, 16, out))
+    finally:
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
+    return rate, time.process_time() - c0
+
+
+def run_warm(workdir: Path, conn: str, n_small: int, big: int, rounds: int,
+             profile: Path | None) -> None:
     """Each round measures the SDK right before dsmount, so both see the same machine load;
-    the ratio is taken per round."""
+    the ratio is taken per round. Into memory the SDK only downloads; into the disk cache it
+    also writes what it downloaded to files (one per blob / per 8 MiB range) on the same
+    disk, from worker threads, as the disk cache does (`sdk+disk`)."""
     rows: list[tuple[int, str, str, float, float, float | None]] = []
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     for r in range(rounds):
-        files = asyncio.run(sdk_small(conn, n_small, 16))
-        for kind in ("memory", "disk"):
-            got = warm_once(workdir, conn, kind, "small", big)
-            rate = got["files_done"] / got["elapsed"]
-            rows.append((r, kind, "small", rate, files, None))
-            log(f"round {r}: small files sdk {files:.0f}/s, warm ({kind}) {rate:.0f}/s "
-                f"(job {got['elapsed']:.2f}s, wall {got['wall']:.2f}s) = {rate / files:.2f}x")
-        blob = asyncio.run(sdk_blob(conn, big, 16))
-        for kind in ("memory", "disk"):
-            got = warm_once(workdir, conn, kind, "big", big)
-            rate = got["bytes_done"] / got["elapsed"] / MB
-            rows.append((r, kind, "big", rate, blob, got["read_after_mbps"]))
-            log(f"round {r}: blob sdk {blob:.0f} MB/s, warm ({kind}) {rate:.0f} MB/s "
-                f"(job {got['elapsed']:.2f}s, wall {got['wall']:.2f}s) = {rate / blob:.2f}x; "
-                f"read after warm {got['read_after_mbps']:.0f} MB/s")
+        for path in ("small", "big"):
+            for kind in ("memory", "disk"):
+                out = workdir / "sdk-out" if kind == "disk" else None
+                ref, ref_cpu = sdk_once(conn, path, n_small, big, out)
+                spy = profile / f"{kind}-{path}-{r}.txt" if profile is not None else None
+                got = warm_once(workdir, conn, kind, path, big, spy)
+                if path == "small":
+                    rate, unit = got["files_done"] / got["elapsed"], "files/s"
+                else:
+                    rate, unit = got["bytes_done"] / got["elapsed"] / MB, "MB/s"
+                after = got.get("read_after_mbps")
+                rows.append((r, kind, path, rate, ref, after))
+                log(f"round {r}: {path} {kind}: sdk{'+disk' if out else ''} {ref:.0f} {unit} "
+                    f"(client CPU {ref_cpu:.2f}s), warm {rate:.0f} {unit} = {rate / ref:.2f}x "
+                    f"(job {got['elapsed']:.2f}s, wall {got['wall']:.2f}s, daemon CPU "
+                    f"{got['daemon_cpu']:.2f}s, {got['gets']} GETs)"
+                    + (f"; read after warm {after:.0f} MB/s" if after else ""))
     print("| round | target | data | dsmount warm | sdk-aio | ratio | read after warm |")
     print("|---:|---|---|---:|---:|---:|---:|")
     for r, kind, path, rate, ref, after in rows:
         unit = "files/s" if path == "small" else "MB/s"
         shown = f"{after:.0f} MB/s" if after else ""
-        print(f"| {r} | {kind} | {path} | {rate:.0f} {unit} | {ref:.0f} {unit} | "
+        sdk = "sdk+disk" if kind == "disk" else "sdk"
+        print(f"| {r} | {kind} | {path} | {rate:.0f} {unit} | {ref:.0f} {unit} ({sdk}) | "
               f"{rate / ref:.2f} | {shown} |")
+    for kind in ("memory", "disk"):
+        for path in ("small", "big"):
+            ratios = [rate / ref for _, k, p, rate, ref, _ in rows if (k, p) == (kind, path)]
+            print(f"| median | {kind} | {path} | | | {statistics.median(ratios):.2f} | |")
 
 
 def read_all(root: Path, n_small: int, big: int) -> tuple[float, float]:
@@ -282,6 +344,8 @@ def main() -> int:
     ap.add_argument("--only", choices=["warm", "metrics"])
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--rounds", type=int, default=2, help="SDK/warm pairs per workload [2]")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="py-spy (raw, collapsed stacks) of the daemon during each warm, here")
     args = ap.parse_args()
     n_small, big = (500, 128 * MiB) if args.quick else (5000, GiB)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-warm-", dir="/tmp"))
@@ -292,7 +356,8 @@ def main() -> int:
         asyncio.run(upload(server.connection_string, n_small, big))
         log(f"load average {os.getloadavg()[0]:.1f}")
         if args.only in (None, "warm"):
-            run_warm(workdir, server.connection_string, n_small, big, args.rounds)
+            run_warm(workdir, server.connection_string, n_small, big, args.rounds,
+                     args.profile)
         if args.only in (None, "metrics"):
             run_metrics(workdir, server.connection_string, n_small, big)
     finally:
