@@ -18,7 +18,7 @@ Starts a private in-memory Azurite, uploads 5,000 x 100 KiB files in 50 director
   threads) of the daemon during each warm.
 - metrics: the daemon CPU of one scrape; then three read workloads through the mount, each in
   a fresh daemon (cold cache): a sequential read of the blob, the small files (8 threads),
-  2,000 random 64 KiB preads of the blob (8 threads), alternating metrics off / on (scraped
+  4,000 random 64 KiB preads of the blob (8 threads), alternating metrics off / on (scraped
   every `--scrape-interval` s from the read's start) `--metrics-rounds` times in one run:
   medians, the on/off ratio, and the daemon's CPU.
 """
@@ -272,7 +272,7 @@ def read_small(root: Path, n_small: int, big: int) -> float:
     return n_small / (time.perf_counter() - t0)
 
 
-def read_random(root: Path, n_small: int, big: int, n: int = 2000) -> float:
+def read_random(root: Path, n_small: int, big: int, n: int = 4000) -> float:
     """Reads/s of `n` cold 64 KiB preads at random (seeded: the same in every run) 4 KiB-
     aligned offsets of the blob, 8 threads, no page cache (O_DIRECT is not needed: every
     offset is read once, and a fresh daemon's mount holds no pages)."""
