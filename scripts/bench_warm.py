@@ -2,19 +2,25 @@
 """Measure `dsmount warm` against the direct asyncio SDK, and the read path with metrics on
 against metrics off (not a test; run as root on a quiet machine).
 
-    python scripts/bench_warm.py [--quick] [--only warm|metrics] [--rounds N] [--workdir DIR]
+    python scripts/bench_warm.py [--quick] [--only warm|metrics] [--rounds N] [--profile DIR]
+                                 [--metrics-rounds N] [--scrape-interval S] [--workdir DIR]
 
 Starts a private in-memory Azurite, uploads 5,000 x 100 KiB files in 50 directories and one
 1 GiB blob (--quick: 500 files, 128 MiB), then:
 - warm: the direct asyncio SDK downloads (small files: 16 in flight; the blob: 8 MiB ranged
   GETs, 16 in flight) and `dsmount warm` of the same data into a fresh daemon's memory cache
   (2 GiB budget) and into its disk cache, each into a cold cache, the SDK measured right
-  before dsmount in each of N rounds (ratios per round: the machine's load changes); the rate
-  is the job's own (listing included, CLI start-up not); then the blob is read through the
-  mount from the cache.
-- metrics: the daemon CPU of one scrape; then a cold sequential read of the blob and the small
-  files (8 threads) through the mount, with no metrics and with --metrics-address scraped
-  every second, alternated three times: throughput and daemon CPU, and their ratios.
+  before dsmount each time (ratios per pair: the machine's load changes). For the disk cache
+  the SDK also writes what it downloaded to files on the same disk (one per blob or 8 MiB
+  range, from worker threads, as the disk cache does). The rate is the job's own (listing
+  included, CLI start-up not); the daemon's CPU and its GETs are shown; then the blob is read
+  through the mount from the cache. `--profile DIR`: py-spy (raw collapsed stacks, all
+  threads) of the daemon during each warm.
+- metrics: the daemon CPU of one scrape; then three read workloads through the mount, each in
+  a fresh daemon (cold cache): a sequential read of the blob, the small files (8 threads),
+  4,000 random 64 KiB preads of the blob (8 threads), alternating metrics off / on (scraped
+  every `--scrape-interval` s from the read's start) `--metrics-rounds` times in one run:
+  medians, the on/off ratio, and the daemon's CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ import asyncio
 import base64
 import json
 import os
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -75,7 +85,13 @@ async def upload(conn: str, n_small: int, big: int) -> None:
         await bc.commit_block_list(ids)
 
 
-async def sdk_small(conn: str, n: int, in_flight: int) -> float:
+def _write_file(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+async def sdk_small(conn: str, n: int, in_flight: int, out: Path | None = None) -> float:
+    """Files/s of the asyncio SDK downloading the small files; with `out`, each is also
+    written to a file there from a worker thread (as the disk cache does)."""
     from azure.storage.blob.aio import BlobServiceClient
 
     async with BlobServiceClient.from_connection_string(conn) as svc:
@@ -86,14 +102,20 @@ async def sdk_small(conn: str, n: int, in_flight: int) -> float:
         async def one(i: int) -> int:
             async with sem:
                 stream = await cc.get_blob_client(small_name(i)).download_blob()
-                return len(await stream.readall())
+                data = await stream.readall()
+                if out is not None:
+                    await asyncio.to_thread(_write_file, out / f"f{i:05d}", data)
+                return len(data)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         return n / (time.perf_counter() - t0)
 
 
-async def sdk_blob(conn: str, size: int, in_flight: int) -> float:
+async def sdk_blob(conn: str, size: int, in_flight: int, out: Path | None = None) -> float:
+    """MB/s of the asyncio SDK downloading the blob in 8 MiB ranges; with `out`, each range
+    is also written to a file there (one per range, as the disk cache does, from a worker
+    thread)."""
     from azure.storage.blob.aio import BlobServiceClient
 
     async with BlobServiceClient.from_connection_string(conn) as svc:
@@ -105,7 +127,10 @@ async def sdk_blob(conn: str, size: int, in_flight: int) -> float:
         async def one(o: int) -> int:
             async with sem:
                 stream = await bc.download_blob(offset=o, length=min(BLOCK, size - o))
-                return len(await stream.readall())
+                data = await stream.readall()
+                if out is not None:
+                    await asyncio.to_thread(_write_file, out / f"b{o // BLOCK:05d}", data)
+                return len(data)
 
         t0 = time.perf_counter()
         total = sum(await asyncio.gather(*(one(o) for o in range(0, size, BLOCK))))
@@ -120,29 +145,43 @@ def daemon_for(workdir: Path, config: str, extra: list[str] | None = None) -> Ds
     return d
 
 
-def warm(d: DsmountDaemon, conn: str, path: str) -> dict:
+def warm(d: DsmountDaemon, conn: str, path: str, profile: Path | None) -> dict:
     d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
           env={"CS": conn})
-    t0 = time.perf_counter()
+    assert d.pid is not None
+    spy = None
+    if profile is not None:  # sampled for the whole job; stopped (SIGINT) right after it
+        exe = str(Path(sys.executable).parent / "py-spy")
+        spy = subprocess.Popen([exe, "record", "--format", "raw", "--rate", "200", "--threads",
+                                "--nonblocking", "--pid", str(d.pid), "-o", str(profile)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    c0, t0 = cpu_seconds(d.pid), time.perf_counter()
     out = d.cli("warm", "b", path, "--json", timeout=1200).stdout.splitlines()
     wall = time.perf_counter() - t0
+    cpu = cpu_seconds(d.pid) - c0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     final = json.loads(out[-1])
     assert final["state"] == "done" and final["errors"] == 0, final
     final["wall"] = wall
+    final["daemon_cpu"] = cpu
+    ds = next(x for x in d.call("status")["datastores"] if x["name"] == "b")
+    final["gets"] = sum(ds.get("backend_calls", {}).get("read", {}).values())
     return final
 
 
-def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int) -> dict:
+def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int,
+              profile: Path | None) -> dict:
     """One `dsmount warm` of `path` into a fresh daemon (`kind`: memory or disk)."""
-    import shutil
-
     config = {
         "memory": '[cache]\nmemory_budget = "2GiB"\n',
         "disk": f'[cache]\ndisk_dir = "{workdir}/disk"\ndisk_budget = "4GiB"\n',
     }[kind]
     d = daemon_for(workdir, config)
     try:
-        got = warm(d, conn, path)
+        got = warm(d, conn, path, profile)
         if path == "big":  # then read it through the mount: from the cache
             t0 = time.perf_counter()
             with open(d.mountpoint / "b/big/blob.bin", "rb", buffering=0) as f:
@@ -155,49 +194,106 @@ def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int) -> dict:
     return got
 
 
-def run_warm(workdir: Path, conn: str, n_small: int, big: int, rounds: int) -> None:
+def sdk_once(conn: str, path: str, n_small: int, big: int, out: Path | None
+             ) -> tuple[float, float]:
+    """(rate, client CPU seconds) of one direct-SDK download of `path` (16 in flight)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    c0 = time.process_time()
+    try:
+        if path == "small":
+            rate = asyncio.run(sdk_small(conn, n_small, 16, out))
+        else:
+            rate = asyncio.run(sdk_blob(conn, big, 16, out))
+    finally:
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
+    return rate, time.process_time() - c0
+
+
+def run_warm(workdir: Path, conn: str, n_small: int, big: int, rounds: int,
+             profile: Path | None) -> None:
     """Each round measures the SDK right before dsmount, so both see the same machine load;
-    the ratio is taken per round."""
+    the ratio is taken per round. Into memory the SDK only downloads; into the disk cache it
+    also writes what it downloaded to files (one per blob / per 8 MiB range) on the same
+    disk, from worker threads, as the disk cache does (`sdk+disk`)."""
     rows: list[tuple[int, str, str, float, float, float | None]] = []
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     for r in range(rounds):
-        files = asyncio.run(sdk_small(conn, n_small, 16))
-        for kind in ("memory", "disk"):
-            got = warm_once(workdir, conn, kind, "small", big)
-            rate = got["files_done"] / got["elapsed"]
-            rows.append((r, kind, "small", rate, files, None))
-            log(f"round {r}: small files sdk {files:.0f}/s, warm ({kind}) {rate:.0f}/s "
-                f"(job {got['elapsed']:.2f}s, wall {got['wall']:.2f}s) = {rate / files:.2f}x")
-        blob = asyncio.run(sdk_blob(conn, big, 16))
-        for kind in ("memory", "disk"):
-            got = warm_once(workdir, conn, kind, "big", big)
-            rate = got["bytes_done"] / got["elapsed"] / MB
-            rows.append((r, kind, "big", rate, blob, got["read_after_mbps"]))
-            log(f"round {r}: blob sdk {blob:.0f} MB/s, warm ({kind}) {rate:.0f} MB/s "
-                f"(job {got['elapsed']:.2f}s, wall {got['wall']:.2f}s) = {rate / blob:.2f}x; "
-                f"read after warm {got['read_after_mbps']:.0f} MB/s")
+        for path in ("small", "big"):
+            for kind in ("memory", "disk"):
+                out = workdir / "sdk-out" if kind == "disk" else None
+                ref, ref_cpu = sdk_once(conn, path, n_small, big, out)
+                spy = profile / f"{kind}-{path}-{r}.txt" if profile is not None else None
+                got = warm_once(workdir, conn, kind, path, big, spy)
+                if path == "small":
+                    rate, unit = got["files_done"] / got["elapsed"], "files/s"
+                else:
+                    rate, unit = got["bytes_done"] / got["elapsed"] / MB, "MB/s"
+                after = got.get("read_after_mbps")
+                rows.append((r, kind, path, rate, ref, after))
+                log(f"round {r}: {path} {kind}: sdk{'+disk' if out else ''} {ref:.0f} {unit} "
+                    f"(client CPU {ref_cpu:.2f}s), warm {rate:.0f} {unit} = {rate / ref:.2f}x "
+                    f"(job {got['elapsed']:.2f}s, wall {got['wall']:.2f}s, daemon CPU "
+                    f"{got['daemon_cpu']:.2f}s, {got['gets']} GETs)"
+                    + (f"; read after warm {after:.0f} MB/s" if after else ""))
     print("| round | target | data | dsmount warm | sdk-aio | ratio | read after warm |")
     print("|---:|---|---|---:|---:|---:|---:|")
     for r, kind, path, rate, ref, after in rows:
         unit = "files/s" if path == "small" else "MB/s"
         shown = f"{after:.0f} MB/s" if after else ""
-        print(f"| {r} | {kind} | {path} | {rate:.0f} {unit} | {ref:.0f} {unit} | "
+        sdk = "sdk+disk" if kind == "disk" else "sdk"
+        print(f"| {r} | {kind} | {path} | {rate:.0f} {unit} | {ref:.0f} {unit} ({sdk}) | "
               f"{rate / ref:.2f} | {shown} |")
+    for kind in ("memory", "disk"):
+        for path in ("small", "big"):
+            ratios = [rate / ref for _, k, p, rate, ref, _ in rows if (k, p) == (kind, path)]
+            print(f"| median | {kind} | {path} | | | {statistics.median(ratios):.2f} | |")
 
 
-def read_all(root: Path, n_small: int, big: int) -> tuple[float, float]:
+def read_seq(root: Path, n_small: int, big: int) -> float:
+    """MB/s of one cold sequential read of the blob (1 MiB reads)."""
     t0 = time.perf_counter()
     with open(root / "big/blob.bin", "rb", buffering=0) as f:
         while f.read(MiB):
             pass
-    seq = big / (time.perf_counter() - t0) / MB
+    return big / (time.perf_counter() - t0) / MB
 
+
+def read_small(root: Path, n_small: int, big: int) -> float:
+    """Files/s of reading every small file once (8 threads)."""
     def one(i: int) -> int:
         return len((root / small_name(i)).read_bytes())
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         assert sum(pool.map(one, range(n_small))) == n_small * 100 * KiB
-    return seq, n_small / (time.perf_counter() - t0)
+    return n_small / (time.perf_counter() - t0)
+
+
+def read_random(root: Path, n_small: int, big: int, n: int = 4000) -> float:
+    """Reads/s of `n` cold 64 KiB preads at random (seeded: the same in every run) 4 KiB-
+    aligned offsets of the blob, 8 threads, no page cache (O_DIRECT is not needed: every
+    offset is read once, and a fresh daemon's mount holds no pages)."""
+    import random
+
+    rng = random.Random(14)
+    offsets = [rng.randrange(0, (big - 64 * KiB) // 4096) * 4096 for _ in range(n)]
+    fd = os.open(root / "big/blob.bin", os.O_RDONLY)
+    try:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(lambda o: len(os.pread(fd, 64 * KiB, o)), offsets)) == \
+                n * 64 * KiB
+        return n / (time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+
+
+WORKLOADS = (("cold sequential read of the blob", "MB/s", read_seq),
+             ("small files, 8 threads", "files/s", read_small),
+             ("random 64 KiB preads, 8 threads", "reads/s", read_random))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -228,52 +324,69 @@ def scrape_cost(workdir: Path, conn: str, n: int = 200) -> None:
           f"{(t1 - t0) / n * 1000:.2f} ms | at one scrape per 15 s: {per / 15:.4%} of a core |")
 
 
-def run_metrics(workdir: Path, conn: str, n_small: int, big: int) -> None:
+def measure_once(workdir: Path, conn: str, mode: str, workload: int, n_small: int, big: int,
+                 interval: float) -> tuple[float, float, int]:
+    """(rate, daemon CPU s, scrapes) of one workload in a fresh daemon (cold cache), with
+    metrics off, or on and scraped every `interval` seconds from the start of the read."""
+    extra = ["--metrics-address", "127.0.0.1:0"] if mode == "on" else []
+    d = daemon_for(workdir, "", extra)
+    stop = threading.Event()
+    scrapes = 0
+
+    def scrape(address: str) -> None:
+        nonlocal scrapes
+        while True:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+                r.read()
+            scrapes += 1
+            if stop.wait(interval):
+                return
+
+    scraper = None
+    try:
+        d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
+              env={"CS": conn})
+        if mode == "on":
+            address = d.call("status")["metrics"]["address"]
+            scraper = threading.Thread(target=scrape, args=(address,), daemon=True)
+            scraper.start()
+        assert d.pid is not None
+        c0 = cpu_seconds(d.pid)
+        rate = WORKLOADS[workload][2](d.mountpoint / "b", n_small, big)
+        cpu = cpu_seconds(d.pid) - c0
+    finally:
+        stop.set()
+        if scraper is not None:
+            scraper.join()
+        d.cleanup()
+    return rate, cpu, scrapes
+
+
+def run_metrics(workdir: Path, conn: str, n_small: int, big: int, rounds: int,
+                interval: float) -> None:
+    """Each workload alternates metrics off / on / off / on ... (`rounds` pairs, in one run,
+    each in a fresh daemon); medians of each mode and their ratio."""
     scrape_cost(workdir, conn)
-    results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
-    cpu: dict[str, list[float]] = {"off": [], "on": []}
-    for _round in range(3):
-        for mode in ("off", "on"):
-            extra = ["--metrics-address", "127.0.0.1:0"] if mode == "on" else []
-            d = daemon_for(workdir, "", extra)
-            stop = threading.Event()
-            scrapes = 0
-
-            def scrape(d: DsmountDaemon = d, stop: threading.Event = stop) -> None:
-                nonlocal scrapes
-                address = d.call("status")["metrics"]["address"]
-                while not stop.wait(1.0):
-                    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
-                        r.read()
-                    scrapes += 1
-
-            scraper = threading.Thread(target=scrape, daemon=True) if mode == "on" else None
-            try:
-                d.cli("attach", "b", "--blob", "--container", "bench",
-                      "--connection-string-env", "CS", env={"CS": conn})
-                if scraper:
-                    scraper.start()
-                assert d.pid is not None
-                c0 = cpu_seconds(d.pid)
-                figures = read_all(d.mountpoint / "b", n_small, big)
-                cpu[mode].append(cpu_seconds(d.pid) - c0)
-            finally:
-                stop.set()
-                if scraper:
-                    scraper.join()
-                d.cleanup()
-            results[mode].append(figures)
-            log(f"metrics {mode}: sequential {figures[0]:.0f} MB/s, small {figures[1]:.0f} "
-                f"files/s, daemon CPU {cpu[mode][-1]:.2f}s"
-                + (f" ({scrapes} scrapes)" if mode == "on" else ""))
-    rounds = len(results["off"])
-    for i, what in enumerate(("cold sequential MB/s", "small files/s (8 threads)")):
-        off = sum(r[i] for r in results["off"]) / rounds
-        on = sum(r[i] for r in results["on"]) / rounds
-        print(f"| {what} | off {off:.0f} | on {on:.0f} | on/off {on / off:.3f} |")
-    off, on = (sum(cpu[m]) / rounds for m in ("off", "on"))
-    print(f"| daemon CPU for the whole read | off {off:.2f}s | on {on:.2f}s | "
-          f"on/off {on / off:.3f} |")
+    print(f"| workload | metrics off (median of {rounds}) | on, scraped every {interval:g} s | "
+          "on/off | daemon CPU off | on | on/off |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for w, (what, unit, _) in enumerate(WORKLOADS):
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        cpus: dict[str, list[float]] = {"off": [], "on": []}
+        for r in range(rounds):
+            for mode in ("off", "on"):
+                rate, cpu, scrapes = measure_once(workdir, conn, mode, w, n_small, big,
+                                                  interval)
+                rates[mode].append(rate)
+                cpus[mode].append(cpu)
+                log(f"round {r}: {what}, metrics {mode}: {rate:.0f} {unit}, daemon CPU "
+                    f"{cpu:.2f}s" + (f" ({scrapes} scrapes)" if mode == "on" else ""))
+        off, on = (statistics.median(rates[m]) for m in ("off", "on"))
+        coff, con = (statistics.median(cpus[m]) for m in ("off", "on"))
+        print(f"| {what} | {off:.0f} {unit} | {on:.0f} {unit} | {on / off:.3f} | "
+              f"{coff:.2f} s | {con:.2f} s | {con / coff:.3f} |")
+        print(f"|  (each run, {unit}) | {' '.join(f'{x:.0f}' for x in rates['off'])} | "
+              f"{' '.join(f'{x:.0f}' for x in rates['on'])} | | | | |")
 
 
 def main() -> int:
@@ -282,6 +395,12 @@ def main() -> int:
     ap.add_argument("--only", choices=["warm", "metrics"])
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--rounds", type=int, default=2, help="SDK/warm pairs per workload [2]")
+    ap.add_argument("--metrics-rounds", type=int, default=4,
+                    help="metrics off/on pairs per read workload [4]")
+    ap.add_argument("--scrape-interval", type=float, default=5.0,
+                    help="seconds between scrapes with metrics on [5]")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="py-spy (raw, collapsed stacks) of the daemon during each warm, here")
     args = ap.parse_args()
     n_small, big = (500, 128 * MiB) if args.quick else (5000, GiB)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-warm-", dir="/tmp"))
@@ -292,9 +411,11 @@ def main() -> int:
         asyncio.run(upload(server.connection_string, n_small, big))
         log(f"load average {os.getloadavg()[0]:.1f}")
         if args.only in (None, "warm"):
-            run_warm(workdir, server.connection_string, n_small, big, args.rounds)
+            run_warm(workdir, server.connection_string, n_small, big, args.rounds,
+                     args.profile)
         if args.only in (None, "metrics"):
-            run_metrics(workdir, server.connection_string, n_small, big)
+            run_metrics(workdir, server.connection_string, n_small, big, args.metrics_rounds,
+                        args.scrape_interval)
     finally:
         server.stop()
     return 0

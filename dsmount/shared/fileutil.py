@@ -5,8 +5,8 @@ the rename is atomic), then rename it over the destination - or hard-link it the
 existing name must not be clobbered (link(2) fails if the name appeared meanwhile). The temp
 file is removed on every way out, also when it was never renamed.
 
-Used by the registry and state files, the disk block cache, local-store uploads and
-downloads (`dsmount.workspace.transfer`).
+Used by the registry and state files, local-store uploads and downloads
+(`dsmount.workspace.transfer`); the disk block cache has its own batched writer.
 """
 
 from __future__ import annotations

@@ -55,3 +55,58 @@ async def test_block_larger_than_budget_is_not_stored(tmp_path):
     await cache.put("big", b"z" * 5000)
     assert await cache.get("big") is None
     assert cache.used_bytes == 0
+
+
+async def test_block_of_the_older_format_is_a_quiet_miss(tmp_path, caplog):
+    cache = DiskCache(tmp_path, budget=1 << 20)
+    await cache.put("key", b"x" * 5000)
+    (path,) = tmp_path.glob("*.blk")
+    raw = path.read_bytes()
+    path.write_bytes(b"DSMB1\n" + raw[6:])  # what the BLAKE2b format's files start with
+    again = DiskCache(tmp_path, budget=1 << 20)
+    assert await again.get("key") is None
+    assert (again.corrupt, again.misses, again.used_bytes) == (0, 1, 0)
+    assert not path.exists()
+    assert "corrupt" not in caplog.text
+    await again.put("key", b"y" * 5000)  # and the block is stored again in the new format
+    assert await again.get("key") == b"y" * 5000
+
+
+async def test_longer_file_than_its_header_says_is_discarded(tmp_path):
+    cache = DiskCache(tmp_path, budget=1 << 20)
+    await cache.put("key", b"x" * 5000)
+    (path,) = tmp_path.glob("*.blk")
+    path.write_bytes(path.read_bytes() + b"x")
+    assert await cache.get("key") is None
+    assert cache.corrupt == 1
+
+
+async def test_many_concurrent_puts_are_all_stored_within_the_budget(tmp_path):
+    import trio
+
+    block = 10_000
+    cache = DiskCache(tmp_path, budget=20 * (block + 100))
+    blocks = {f"k{i}": os.urandom(block) for i in range(60)}
+    async with trio.open_nursery() as nursery:
+        for k, v in blocks.items():
+            nursery.start_soon(cache.put, k, v)
+    assert cache.used_bytes <= cache.budget
+    kept = [k for k in blocks if cache.has(k)]
+    assert 10 <= len(kept) <= 20
+    for k in kept:
+        assert await cache.get(k) == blocks[k]
+    assert len(list(tmp_path.glob("*.blk"))) == len(kept)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+async def test_a_block_that_cannot_be_written_is_skipped(tmp_path, caplog):
+    cache = DiskCache(tmp_path, budget=1 << 20)
+    (tmp_path / cache._name("key")).mkdir()  # the rename cannot replace a directory
+    await cache.put("key", b"x" * 5000)
+    await cache.put("other", b"y" * 5000)
+    assert not cache.has("key") and await cache.get("key") is None
+    assert await cache.get("other") == b"y" * 5000
+    assert "cannot write block" in caplog.text
+    assert not list(tmp_path.glob(".tmp-*"))
+    (stored,) = [p for p in tmp_path.glob("*.blk") if p.is_file()]
+    assert cache.used_bytes == len(stored.read_bytes())

@@ -4,37 +4,101 @@ Each block is one file named by a hash of its key, where the key names the datas
 storage location (not the per-attachment id), the object path, its ETag, the block index and
 the block size — so a block is only ever found again for the very same bytes. (The memory
 cache keys byte ranges; the fetcher writes a block here once all of its bytes are in memory.)
-A file holds a header (magic, key digest, length, BLAKE2b checksum of the payload) then the
-payload; it is
-written to a temp name and renamed (atomic), and verified on every read: a corrupt or foreign
-file is deleted and reported as a miss, never served.
+A file holds a header (magic, key digest, length, CRC-32 of the payload) then the payload; it
+is written to a temp name and renamed (atomic), and verified on every read: a corrupt or
+foreign file is deleted and reported as a miss, never served.
 
-Blocking file I/O runs in worker threads. The index (name -> size, LRU order) is rebuilt by
-scanning the directory at start.
+Why CRC-32 (zlib) and not a cryptographic hash: the check guards against torn writes and
+bit rot of our own files in a root-only (0700) directory, not against an attacker who could
+as well rewrite the header; zlib's CRC-32 runs at ~2.2 GB/s here, BLAKE2b at ~0.4-0.56 GB/s,
+and a warm into the disk cache hashes every byte it downloads. Files of the older format
+(BLAKE2b, magic DSMB1) are dropped as misses without a warning.
+
+Invariants:
+- All blocking work of a put or get (hashing, the file I/O) runs in worker threads, never on
+  the trio thread: hashing a block there stalled every read and the GET dispatch behind it
+  (measured: 1 GiB warmed into the disk cache at 0.61x the SDK, most of the trio thread's
+  time in BLAKE2b). Puts queue and are written in batches (up to `BATCH_BYTES` per thread
+  call, `WRITERS` calls at once), so 100 KiB blocks do not each pay a thread hop.
+- `used_bytes` plus the queued puts never exceed the budget: a put evicts for its size
+  counting what is queued before it.
+- The index (name -> size, LRU order) is rebuilt by scanning the directory at start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import struct
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
 import trio
 
-from dsmount.shared.fileutil import atomic_write
-
 log = logging.getLogger(__name__)
 
-_MAGIC = b"DSMB1\n"
-_HEADER = struct.Struct(f"{len(_MAGIC)}s32sQ32s")  # magic, key digest, length, checksum
+_MAGIC = b"DSMB2\n"
+_OLD_MAGICS = (b"DSMB1\n",)  # BLAKE2b checksums: dropped quietly (see the module docstring)
+_HEADER = struct.Struct(f"{len(_MAGIC)}s32sQI")  # magic, key digest, length, CRC-32
+_STALE = object()  # a block file of an older format
 
 
 def _digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=32).digest()
+
+
+WRITERS = 4  # worker threads writing at once
+BATCH_BYTES = 8 * 1024 * 1024  # written per thread call at most (one block, or many small)
+
+
+class _Pending:
+    """A block waiting to be written (and, once `done`, whether it was)."""
+
+    __slots__ = ("data", "digest", "done", "error", "name", "size", "tmp", "written")
+
+    def __init__(self, name: str, tmp: str, digest: bytes, data: bytes, size: int) -> None:
+        self.name = name
+        self.tmp = tmp
+        self.digest = digest
+        self.data = data
+        self.size = size
+        self.written = False
+        self.error: OSError | None = None
+        self.done = trio.Event()
+
+
+def _write_batch(directory: Path, batch: list[_Pending]) -> None:
+    """In a worker thread: each block to a temp file (".tmp-" names are what a restart sweeps
+    away) renamed over its name - atomic; not fsynced (a cache can lose its last blocks)."""
+    for item in batch:
+        header = _HEADER.pack(_MAGIC, item.digest, len(item.data), zlib.crc32(item.data))
+        tmp = os.path.join(directory, item.tmp)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, header, item.data)
+            finally:
+                os.close(fd)
+            os.rename(tmp, os.path.join(directory, item.name))
+            item.written = True
+        except OSError as e:
+            item.error = e
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _write_all(fd: int, header: bytes, data: bytes) -> None:
+    parts = [memoryview(header), memoryview(data)]
+    while parts:
+        n = os.writev(fd, parts)
+        while parts and n >= len(parts[0]):
+            n -= len(parts.pop(0))
+        if parts:
+            parts[0] = parts[0][n:]
 
 
 class DiskCache:
@@ -47,6 +111,10 @@ class DiskCache:
         self.misses = 0
         self.corrupt = 0
         self._writing = 0  # puts under way (see `flushed`)
+        self._queued: list[_Pending] = []  # puts waiting for a writer thread
+        self._queued_bytes = 0  # ... and their sizes, counted against the budget already
+        self._writers = 0
+        self._tmp_ids = itertools.count()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
         entries = []
@@ -82,16 +150,18 @@ class DiskCache:
         path = self.dir / name
         digest = _digest(key)
 
-        def read() -> bytes | None:
+        def read() -> bytes | object | None:
             with open(path, "rb") as f:
-                raw = f.read()
-            if len(raw) < _HEADER.size:
-                return None
-            magic, kd, length, checksum = _HEADER.unpack_from(raw)
-            payload = raw[_HEADER.size :]
-            if magic != _MAGIC or kd != digest or length != len(payload):
-                return None
-            if hashlib.blake2b(payload, digest_size=32).digest() != checksum:
+                head = f.read(_HEADER.size)
+                if head[: len(_MAGIC)] in _OLD_MAGICS:
+                    return _STALE
+                if len(head) < _HEADER.size:
+                    return None
+                magic, kd, length, checksum = _HEADER.unpack(head)
+                if magic != _MAGIC or kd != digest:
+                    return None
+                payload = f.read(length + 1)  # one more: a longer file is not this block
+            if len(payload) != length or zlib.crc32(payload) != checksum:
                 return None
             os.utime(path)
             return payload
@@ -100,7 +170,11 @@ class DiskCache:
             data = await trio.to_thread.run_sync(read, limiter=self._limiter)
         except OSError:
             data = None
-        if data is None:
+        if data is _STALE:
+            self._discard(name)
+            self.misses += 1
+            return None
+        if not isinstance(data, bytes):
             self.corrupt += 1
             log.warning("disk cache: discarding corrupt block file %s", name)
             self._discard(name)
@@ -136,25 +210,61 @@ class DiskCache:
         return False
 
     async def _put(self, name: str, key: str, data: bytes, size: int) -> None:
-        while self._index and self.used_bytes + size > self.budget:
+        # Room for it, counting the puts queued before it (they are written first).
+        while self._index and self.used_bytes + self._queued_bytes + size > self.budget:
             oldest = next(iter(self._index))
             self._discard(oldest)
-        header = _HEADER.pack(_MAGIC, _digest(key), len(data),
-                              hashlib.blake2b(data, digest_size=32).digest())
-        path = self.dir / name
-
-        def write() -> None:
-            # ".tmp-" names are what a restart sweeps away (see __init__).
-            atomic_write(path, (header, data), 0o600, durable=False, prefix=f".tmp-{name}-")
-
-        try:
-            await trio.to_thread.run_sync(write, limiter=self._limiter)
-        except OSError as e:
-            log.warning("disk cache: cannot write block: %s", e)
+        if self.used_bytes + self._queued_bytes + size > self.budget:
+            return  # the queued puts alone fill the budget: this block is not kept
+        tmp = f".tmp-{name}-{os.getpid()}-{next(self._tmp_ids)}"
+        item = _Pending(name, tmp, _digest(key), data, size)
+        self._queued.append(item)
+        self._queued_bytes += size
+        if self._writers < WRITERS:
+            self._writers += 1
+            try:
+                await self._write_queued()
+            finally:
+                self._writers -= 1
+        await item.done.wait()
+        if item.error is not None:
+            log.warning("disk cache: cannot write block: %s", item.error)
             return
         self._used += size - self._index.get(name, 0)
         self._index[name] = size
         self._index.move_to_end(name)
+
+    async def _write_queued(self) -> None:
+        """Write what is queued, a batch per worker-thread call, until nothing is: small
+        blocks (a warm of small files) share one thread hop and one wake-up of the trio
+        thread instead of paying one each (measured: most of the disk cache's cost per
+        100 KiB block)."""
+        try:
+            while self._queued:
+                batch: list[_Pending] = []
+                total = 0
+                while self._queued and (not batch
+                                        or total + self._queued[0].size <= BATCH_BYTES):
+                    item = self._queued.pop(0)
+                    batch.append(item)
+                    total += item.size
+                try:
+                    await trio.to_thread.run_sync(_write_batch, self.dir, batch,
+                                                  limiter=self._limiter)
+                finally:
+                    self._settle(batch)
+        except BaseException:
+            if self._writers == 1:  # the last writer: nobody would write what is queued
+                queued, self._queued = self._queued, []
+                self._settle(queued)
+            raise
+
+    def _settle(self, items: list[_Pending]) -> None:
+        for item in items:
+            self._queued_bytes -= item.size
+            if item.error is None and not item.written:
+                item.error = OSError("not written (cancelled)")
+            item.done.set()
 
     def as_dict(self) -> dict[str, int | str]:
         return {"dir": str(self.dir), "budget_bytes": self.budget, "used_bytes": self.used_bytes,

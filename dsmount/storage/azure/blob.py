@@ -141,9 +141,9 @@ class BlobBackend(BlobWrites, AzureBackend):
         credential, self._token_credential = sdk_credential(self.target)
         # 4 MiB socket reads: an 8 MiB block arrives without flow-control churn.
         options = pipeline_options(
+            endpoint=self.endpoint,
             max_connections=self.max_connections,
             attempt_timeout=self.retry.attempt_timeout,
-            endpoint=self.endpoint,
             read_bufsize=4 * 1024 * 1024,
         )
         return ContainerClient(

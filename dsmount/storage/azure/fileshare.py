@@ -144,9 +144,9 @@ class FileShareBackend(FileShareWrites, AzureBackend):
 
             credential, self._token_credential = sdk_credential(self.target)
             options = pipeline_options(
+                endpoint=self.endpoint,
                 max_connections=self.max_connections,
                 attempt_timeout=self.retry.attempt_timeout,
-                endpoint=self.endpoint,
                 verify=self.connection_verify,
             )
             if self.target.auth == "azure_ad":
