@@ -219,7 +219,7 @@ class WritePath(StagedOps):
                 self.on_abandon(h.node)  # a new file that never reached storage: forget it
             self.open_count -= 1
             if self.open_count == 0:
-                self.pool.drain()  # no writer left: idle buffers give the budget back
+                self.pool.writers_gone(self._nursery)  # idle buffers give the budget back
             h.ds.writes.writers_open -= 1
             handles = self.by_node.get(h.node.ino)
             if handles is not None:
