@@ -97,6 +97,26 @@ async def test_without_a_nursery_no_buffer_outlives_the_last_writer() -> None:
     assert cache.reserved_bytes == 0 and pool.idle == []
 
 
+async def test_a_writers_request_room_counts_in_the_budget_beside_its_buffers() -> None:
+    cache = BlockCache(4 * B)
+    pool = BufferPool(cache, B, keep=4, deadline=5, request_bytes=B)
+    a, b, c = await pool.get(), await pool.get(), await pool.get()
+    await pool.reserve_request()  # the budget is now full: 3 buffers + 1 writer's requests
+    assert cache.reserved_bytes == 4 * B
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.reserve_request)  # a second writer waits for room ...
+        await trio.sleep(0.05)
+        assert cache.reserved_bytes == 4 * B
+        pool.put(a)  # ... and gets the bytes of a returned buffer, not the idle pool
+    assert cache.reserved_bytes == 4 * B and pool.idle == []
+    for buf in (b, c):
+        pool.put(buf)
+    pool.release_request()
+    pool.release_request()
+    pool.drain()
+    assert cache.reserved_bytes == 0
+
+
 async def test_a_waiting_writer_gets_the_bytes_of_a_returned_buffer() -> None:
     cache = BlockCache(2 * B)
     pool = BufferPool(cache, B, keep=4, deadline=5)
