@@ -44,6 +44,14 @@ forwards, which gives row 10 (backend requests per file) for every system; witho
 comes from the daemon's own counters (`status`), dsmount only. Row 11 always goes through the
 proxy (with 0 ms unless `--latency`) so its LIST calls are counted there.
 
+Write rows 12-14 (issue 13; `--no-writes` leaves them out, `--writes-only` runs nothing else):
+scripts/bench_write_rows.py says what each does. They run after each client's read rows, into an
+Azurite of their own (container `benchw`), for `sdk-sync` and `sdk-aio` (upload_blob,
+max_concurrency=8; sdk-sync also uploads row 13's files with 8 threads), `rclone-writes` (a
+column of its own: `rclone mount --vfs-cache-mode writes`, which uploads after close, so both
+"close returned" and "durable in the store" are timed) and `dsmount` (dedicated daemons with
+`[writes] enabled = true`, the container attached `--read-write`).
+
 Invariants:
 - Every process, mount and temp dir this script starts is released on any exit: each resource
   registers its cleanup in `_CLEANUPS` the moment it exists; the normal path runs it in a
@@ -98,6 +106,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the write rows' module beside this one
+
+import bench_write_rows as wr  # noqa: E402
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -131,11 +142,13 @@ RANGE = 4 * MiB  # Azure Files' largest Put Range: the share upload's write size
 EMULATOR_WAIT_S = 30.0
 
 CLIENTS = (
-    "sdk-sync", "sdk-aio", "adlfs", "rclone-off", "rclone-full", "dsmount",
+    "sdk-sync", "sdk-aio", "adlfs", "rclone-off", "rclone-full", "rclone-writes", "dsmount",
     "fs-sdk-aio", "dsmount-fs",
 )  # fmt: skip
 DIRECT = ("sdk-sync", "sdk-aio", "adlfs")
-RCLONE = ("rclone-off", "rclone-full")
+RCLONE = ("rclone-off", "rclone-full")  # the read rows' rclone columns
+RCLONE_WRITES = "rclone-writes"  # `--vfs-cache-mode writes`: the write rows (12-13) only
+WRITERS = ("sdk-sync", "sdk-aio", RCLONE_WRITES, "dsmount")  # the clients with write rows
 FILESHARE = ("fs-sdk-aio", "dsmount-fs")  # run against the Azure Files emulator, not Azurite
 
 # Row key -> (label, unit). Order is the table's row order.
@@ -167,6 +180,7 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "million_find_s": ("11. 1M-file version: find | wc -l", "s"),
     "million_rss_mib": ("11. 1M-file version: daemon peak RSS", "MiB"),
     "million_lists": ("11. 1M-file version: LIST calls (at the proxy)", "calls"),
+    **wr.WRITE_WORKLOADS,  # rows 12-14 (scripts/bench_write_rows.py)
 }
 # Workloads whose backend requests are counted, per file done (row 10).
 REQUEST_ROWS = {
@@ -877,6 +891,7 @@ class Client:
 
     name = ""
     shuffle_rows = False  # row 7: the shuffled epochs, the columns row 8 is compared with
+    read_rows = True  # rows 1-11; False: a column of write rows only
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -904,6 +919,23 @@ class Client:
     def n_tiny(self) -> int:
         """Entries the tiny dir holds for this client."""
         return self.ds.scale.n_tiny
+
+    @property
+    def write_store(self) -> Store:
+        check(self.ctx.write is not None, "no Azurite for the write rows")
+        assert self.ctx.write is not None
+        return self.ctx.write
+
+    @property
+    def write_src(self) -> wr.WriteSource:
+        check(self.ctx.write_src is not None, "no write source")
+        assert self.ctx.write_src is not None
+        return self.ctx.write_src
+
+    def write_rows(self) -> dict[str, Any]:
+        """Rows 12-14 (scripts/bench_write_rows.py), each with its own resources, after the
+        read rows and their teardown; a failing row puts its error in its own cells."""
+        return {}
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -1032,6 +1064,11 @@ class SdkSyncClient(Client):
     def pread8(self) -> Figure:
         return self._preads(self.ctx.offsets8, self.threads)
 
+    def write_rows(self) -> dict[str, Any]:
+        cc = wr.container_client(self.write_store.conn_str)
+        return {**row_cells(wr.SEQ_KEYS, lambda: wr.sdk_seq(cc, self.write_src)),
+                **row_cells(wr.TAR_KEYS, lambda: wr.sdk_tar(cc, self.write_src))}  # fmt: skip
+
 
 class SdkAioClient(Client):
     """azure.storage.blob.aio (aiohttp) with a fixed number of requests in flight."""
@@ -1118,6 +1155,12 @@ class SdkAioClient(Client):
             return await self._get(cc, RAND_BLOB, o, size)
 
         return self.pread_figure(await run_batch_async(one, offs, in_flight, self.ctx.cap_s))
+
+    def write_rows(self) -> dict[str, Any]:
+        store = self.write_store
+        cc = wr.container_client(store.conn_str)
+        return row_cells(wr.SEQ_KEYS,
+                         lambda: asyncio.run(wr.sdk_aio_seq(store.conn_str, cc, self.write_src)))
 
 
 class AdlfsClient(Client):
@@ -1368,6 +1411,10 @@ class RcloneClient(MountClient):
     cache_mode = "off"
     shuffle_rows = True
 
+    def mount_args(self, tag: str) -> list[str]:
+        """More `rclone mount` arguments for the mount `tag`."""
+        return []
+
     def setup(self) -> None:
         procs = [
             self._mount(self.data_store, self.mountpoint, "data"),
@@ -1392,6 +1439,7 @@ class RcloneClient(MountClient):
             "--vfs-cache-mode", self.cache_mode,
             "--cache-dir", str(self.dir / f"cache-{tag}"),
             "--config", str(self.dir / "rclone.conf"),  # absent: no user config leaks in
+            *self.mount_args(tag),
         ]  # fmt: skip
         with open(log_path, "ab") as logf:  # rclone logs to stderr by default
             proc = subprocess.Popen(
@@ -1410,6 +1458,55 @@ class RcloneFullClient(RcloneClient):
     shuffle_rows = False  # its disk cache holds the small files since row 3: no cold epoch
 
 
+class RcloneWritesClient(RcloneClient):
+    """`rclone mount --vfs-cache-mode writes`: rows 12-13 only. A file is written to rclone's
+    disk cache and uploaded after its close, so its figures are timed twice (close returned;
+    durable in the store, using rclone's own rc `vfs/stats` to know when to start checking).
+    `--vfs-write-back 0s` (default 5s) starts each upload at once: the best case for rclone;
+    `--transfers` stays at its default (4)."""
+
+    name = RCLONE_WRITES
+    cache_mode = "writes"
+    read_rows = False
+
+    def mount_args(self, tag: str) -> list[str]:
+        return ["--vfs-write-back", "0s", "--rc", "--rc-no-auth",
+                "--rc-addr", f"127.0.0.1:{self.rc_port}"]  # fmt: skip
+
+    def write_rows(self) -> dict[str, Any]:
+        self.rc_port = free_port()
+        store, src = self.write_store, self.write_src
+        root = self.dir / "mnt-write"
+        try:
+            proc, mountpoint, log_path = self._mount(store, root, "write")
+            self._wait_mounted(proc, mountpoint, log_path)
+            cc = wr.container_client(store.conn_str)
+            pending = wr.rclone_pending(self.rc_port)
+            return {**row_cells(wr.SEQ_KEYS, lambda: wr.mount_seq(root, cc, src, pending)),
+                    **row_cells(wr.TAR_KEYS, lambda: wr.mount_tar(root, cc, src, pending))}
+        finally:
+            self.teardown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def row_cells(keys: tuple[str, ...], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One write row's cells, or its error in each of them (the run goes on)."""
+    try:
+        cells = fn()
+        log(", ".join(f"{k} = {cells[k]:.3f}" for k in keys))
+        return cells
+    except Exception as exc:
+        log(f"{keys[0]} error: {short_error(exc)}")
+        return dict.fromkeys(keys, {"error": short_error(exc)})
+
+
 class DsmountClient(MountClient):
     """dsmount's daemon in the foreground, with both containers attached via `attach --blob`,
     the data container once more as `benchshuf` (row 7), and the packed version attached from
@@ -1424,8 +1521,13 @@ class DsmountClient(MountClient):
     measure_million = True  # run_client's dedicated 1M-file version run (`million_row`)
     shuffle_rows = True
     packed_rows = True  # rows 4 (version listing) and 8 (packed epochs)
+    measure_writes = True  # rows 12-14 (`write_rows`), in dedicated daemons
     DATA_ENV = "DSMOUNT_BENCH_DATA_CONNECTION_STRING"
     LIST_ENV = "DSMOUNT_BENCH_LIST_CONNECTION_STRING"
+    WRITE_ENV = "DSMOUNT_BENCH_WRITE_CONNECTION_STRING"
+    # Writes are opt-in per node: a writable mount drops the kernel's `ro`, which slows the
+    # read rows, so only the write rows' own daemons enable them.
+    WRITE_CONFIG = "[writes]\nenabled = true\n"
 
     @property
     def root(self) -> Path:
@@ -1458,17 +1560,19 @@ class DsmountClient(MountClient):
     def setup(self) -> None:
         self.start(self.dir, self.attachments())
 
-    def start(self, run_dir: Path, attachments: list[tuple[str, list[str]]]) -> None:
-        """Start a daemon with its own socket, state and (empty) config; run each attachment
-        (`dsmount attach ARGS...`, then wait for MOUNTPOINT/PATH)."""
+    def start(self, run_dir: Path, attachments: list[tuple[str, list[str]]],
+              config_text: str = "", secrets: dict[str, str] | None = None) -> None:
+        """Start a daemon with its own socket, state and config (`config_text`, default
+        empty); run each attachment (`dsmount attach ARGS...`, then wait for MOUNTPOINT/PATH)
+        with `secrets` (default `secret_env()`) in the environment."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.mountpoint = run_dir / "mnt"
         self.mountpoint.mkdir(exist_ok=True)
         self.socket = run_dir / "control.sock"
         config = run_dir / "dsmount.toml"
-        config.write_text("# empty: defaults plus command-line flags only\n")
+        config.write_text(config_text or "# empty: defaults plus command-line flags only\n")
         self.env = dict(os.environ)
-        self.env.update(self.secret_env())
+        self.env.update(self.secret_env() if secrets is None else secrets)
         self.env.pop("DSMOUNT_SOCKET", None)
         self.env.pop("DSMOUNT_CONFIG", None)
         if self.ctx.registry_dir is not None:  # where `attach NAME --version N` looks NAME up
@@ -1595,6 +1699,43 @@ class DsmountClient(MountClient):
             return {"daemon_status": res.stdout}
 
     # --- dedicated daemons ---------------------------------------------------------------------
+
+    def write_daemon(self, tag: str) -> Path:
+        """A daemon with writes enabled and the write container attached `--read-write`;
+        returns the datastore's root in the mount."""
+        store = self.write_store
+        name, args = self.blob_attachment(wr.WRITE_CONTAINER, store, self.WRITE_ENV)
+        self.start(self.ctx.workdir / f"dsmount-{tag}", [(name, [*args, "--read-write"])],
+                   config_text=self.WRITE_CONFIG, secrets={self.WRITE_ENV: store.conn_str})
+        return self.mountpoint / name
+
+    def write_rows(self) -> dict[str, Any]:
+        """Rows 12-13 in one daemon, row 14 in a fresh one (its VmHWM is that row's peak)."""
+        if not self.measure_writes:
+            return {}
+        cc = wr.container_client(self.write_store.conn_str)
+        src = self.write_src
+        cells: dict[str, Any] = {}
+        try:
+            root = self.write_daemon("writes")
+            cells.update(row_cells(wr.SEQ_KEYS, lambda: wr.mount_seq(root, cc, src)))
+            cells.update(row_cells(wr.TAR_KEYS, lambda: wr.mount_tar(root, cc, src)))
+            cells["write_daemon_status"] = self.daemon_status()
+        except Exception as exc:  # the daemon did not start: every row says why
+            err = {"error": "setup: " + short_error(exc)}
+            cells.update({k: err for k in (*wr.SEQ_KEYS, *wr.TAR_KEYS) if k not in cells})
+        finally:
+            self.teardown()
+        try:
+            root = self.write_daemon("writers")
+            pid = self.cpu_pids[0]
+            cells.update(row_cells(wr.W16_KEYS, lambda: wr.parallel_writers(root, cc, src, pid)))
+            cells["writers_daemon_status"] = self.daemon_status()
+        except Exception as exc:
+            cells.update(dict.fromkeys(wr.W16_KEYS, {"error": "setup: " + short_error(exc)}))
+        finally:
+            self.teardown()
+        return cells
 
     def stream_peak_rss(self) -> float:
         """A dedicated daemon: peak RSS while reading both big blobs (2 GiB at full scale)."""
@@ -1728,6 +1869,7 @@ class DsmountFsClient(DsmountClient):
     name = "dsmount-fs"
     measure_stream_rss = False  # the blob column measures it; the budget logic is shared
     measure_million = False  # versions live in blob containers here
+    measure_writes = False  # the write rows are the blob column's
     shuffle_rows = False
     packed_rows = False
     KEY_ENV = "DSMOUNT_BENCH_SHARE_ACCOUNT_KEY"
@@ -1761,6 +1903,7 @@ CLIENT_CLASSES: dict[str, type[Client]] = {
     "adlfs": AdlfsClient,
     "rclone-off": RcloneClient,
     "rclone-full": RcloneFullClient,
+    RCLONE_WRITES: RcloneWritesClient,
     "dsmount": DsmountClient,
     "fs-sdk-aio": FsSdkAioClient,
     "dsmount-fs": DsmountFsClient,
@@ -1793,6 +1936,9 @@ class Context:
     million_error: str | None = None
     million_dirs: int = MIL_DIRS  # fewer only for smoke runs (--million-dirs)
     million_only: bool = False  # --million-only: dsmount runs row 11 and nothing else
+    write: Store | None = None  # the write rows' Azurite and container; None: no write rows
+    write_src: wr.WriteSource | None = None
+    writes_only: bool = False  # --writes-only: no dataset, no read rows
 
 
 Results = dict[str, dict[str, Any]]
@@ -1818,8 +1964,23 @@ def run_million(client: Client, ctx: Context) -> bool:
 
 
 def run_client(name: str, ctx: Context) -> dict[str, Any]:
-    """Run every workload of one client; errors land in the cells, never escape."""
+    """Run every workload of one client (read rows, then write rows); errors land in the
+    cells, never escape."""
     client = CLIENT_CLASSES[name](ctx)
+    cells = run_read_rows(client, ctx) if client.read_rows and not ctx.writes_only else {}
+    if ctx.write is not None and name in WRITERS:
+        log(f"{name}: write rows")
+        try:
+            cells.update(client.write_rows())
+        except Exception as exc:  # write_rows catches per row; this is its own setup failing
+            cells["write_rows_error"] = short_error(exc)
+            log(f"{name}: write rows error: {cells['write_rows_error']}")
+    return cells
+
+
+def run_read_rows(client: Client, ctx: Context) -> dict[str, Any]:
+    """Rows 1-11 of one client."""
+    name = client.name
     cells: dict[str, Any] = {}
     if ctx.million_only:
         return million_cells(client, ctx, cells) if run_million(client, ctx) else cells
@@ -1939,6 +2100,8 @@ def method_notes(ctx: Context, results: Results) -> list[str]:
     notes = []
     if any(c in results for c in ("dsmount", "dsmount-fs")):
         notes.append(f"dsmount daemons run with --cache-budget {ctx.cache_budget}")
+    if ctx.writes_only:  # the read rows' notes below describe rows that did not run
+        return notes + write_notes(ctx)
     notes += [
         "row 9: CPU-seconds (user + system, psutil) per GiB over the timed cold sequential "
         "read; 'all counted': direct clients = this benchmark process (the client runs in it), "
@@ -1956,6 +2119,25 @@ def method_notes(ctx: Context, results: Results) -> list[str]:
     else:
         notes.append("row 10: the daemon's own backend_requests counters (`status`), dsmount "
                      "only: without --latency no proxy counts the other systems")  # fmt: skip
+    return version_notes(ctx, notes) + write_notes(ctx)
+
+
+def write_notes(ctx: Context) -> list[str]:
+    notes = []
+    if ctx.write is not None:
+        notes.append(
+            "rows 12-14: an Azurite of their own, every system into an empty container; the "
+            "source in /dev/shm; 'until durable' = until a check of the store (started once "
+            "the mount reports nothing pending: rclone's rc vfs/stats; dsmount commits at "
+            "close) finds every object whole; every object is then read back with the SDK and "
+            "compared with its source; rclone-writes runs --vfs-write-back 0s, --transfers 4; "
+            "dsmount's write rows run in dedicated daemons with [writes] enabled (row 14 in a "
+            "fresh one, so its VmHWM is that row's peak)"
+        )
+    return notes
+
+
+def version_notes(ctx: Context, notes: list[str]) -> list[str]:
     if ctx.packed_error and ctx.registry_dir is not None:
         notes.append(f"no packed version: {ctx.packed_error}")
     if ctx.million_version is not None or ctx.million_error is not None:
@@ -1998,33 +2180,39 @@ def client_teardown(client: Client, cells: dict[str, Any]) -> None:
         log(f"{client.name}: teardown error: {cells['teardown_error']}")
 
 
-def container_sas_url(endpoint: str, container: str, account: str, key: str) -> str:
+def container_sas_url(
+    endpoint: str, container: str, account: str, key: str, writable: bool = False
+) -> str:
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
+    w = writable  # the write rows' rclone mount creates, writes and deletes
     token = generate_container_sas(
         account,
         container,
         account_key=key,
-        permission=ContainerSasPermissions(read=True, list=True),
+        permission=ContainerSasPermissions(read=True, list=True, write=w, create=w, add=w,
+                                           delete=w),  # fmt: skip
         expiry=datetime.now(UTC) + timedelta(hours=6),
     )
     return f"{endpoint}/{container}?{token}"
 
 
-def start_store(workdir: Path, container: str) -> Store:
+def start_store(workdir: Path, container: str, writable: bool = False) -> Store:
     """Start one in-memory Azurite (released on any exit) for `container`.
 
     Two instances, not one: Azurite's in-memory metadata store (LokiJS) finds a blob by
     scanning every blob of the account, so each request costs O(blobs). With all 25,000 blobs
     in one instance, every GET took ~30 ms and uploading took ~9 minutes: the figures measured
-    Azurite, not the clients. The 20,000 tiny blobs (used only for listing) get their own.
+    Azurite, not the clients. The 20,000 tiny blobs (used only for listing) get their own, and
+    so do the write rows (`writable`: its SAS URL lets rclone write).
     """
     Azurite = import_azurite()
     azurite = Azurite(workdir, in_memory=True)
     on_exit(azurite.stop)  # registered after the workdir's removal: runs before it
     azurite.start()
     log(f"Azurite for {container} on {azurite.blob_endpoint} (pid {azurite.pid})")
-    sas = container_sas_url(azurite.blob_endpoint, container, Azurite.ACCOUNT, Azurite.KEY)
+    sas = container_sas_url(azurite.blob_endpoint, container, Azurite.ACCOUNT, Azurite.KEY,
+                            writable)
     return Store(azurite.connection_string, azurite.blob_endpoint, container, sas, azurite.pid)
 
 
@@ -2083,7 +2271,7 @@ class Ratio:
 RSS_400MB_MIB = 400 * MB / MiB  # issue 11 states the 1M-file version's RSS in MB
 
 
-def ratios(results: Results, budget_mib: float) -> list[Ratio]:
+def ratios(results: Results, budget_mib: float, reads: bool = True) -> list[Ratio]:
     out: list[Ratio] = []
     dsm = "dsmount"
 
@@ -2110,15 +2298,16 @@ def ratios(results: Results, budget_mib: float) -> list[Ratio]:
         met = None if target is None else (r >= target if op == ">=" else r <= target)
         out.append(Ratio(label, r, goal, met, f"{mine:.3f} vs {who} {other:.3f}", group))
 
-    def absolute(label: str, key: str, limit: float, unit: str) -> None:
+    def absolute(label: str, key: str, limit: float, unit: str, group: str = "issue 11") -> None:
         mine = value(results, dsm, key)
         goal = f"<= {limit:g} {unit}"
         if mine is None:
-            out.append(Ratio(label, None, goal, None, "missing figure"))
+            out.append(Ratio(label, None, goal, None, "missing figure", group))
         else:
-            out.append(Ratio(label, mine, goal, mine <= limit, f"{unit}"))
+            out.append(Ratio(label, mine, goal, mine <= limit, f"{unit}", group))
 
-    if any(c not in FILESHARE for c in results):  # a file-share-only run has no blob figures
+    # A file-share-only run has no blob figures; a --writes-only run has no read figures.
+    if reads and any(c not in FILESHARE for c in results):
         direct, off = DIRECT, ("rclone-off",)
         rel("small files vs best direct SDK", "small_files_per_s", direct, ">=", 1.0, False)
         rel("small files vs rclone-off", "small_files_per_s", off, ">=", 1.5, False)
@@ -2165,6 +2354,24 @@ def ratios(results: Results, budget_mib: float) -> list[Ratio]:
             group=early)  # fmt: skip
         rel("random 64 KiB preads vs rclone-off", "pread_per_s", off, ">=", 3.0, False,
             group=early)  # fmt: skip
+    if any(value(results, c, k) is not None for c in WRITERS for k in wr.WRITE_WORKLOADS):
+        # Issue 13: durable in the store is the fair clock (rclone uploads after close);
+        # the close-returns ratios are reported beside it.
+        i13, rw, sdks = "issue 13", (RCLONE_WRITES,), ("sdk-sync", "sdk-aio")
+        rel("sequential write vs best direct SDK upload_blob(max_concurrency=8)", "wseq_mbps",
+            sdks, ">=", 0.8, False, group=i13)  # fmt: skip
+        rel("sequential write vs rclone writes-mode, both until durable", "wseq_mbps", rw,
+            ">=", 1.5, False, group=i13)  # fmt: skip
+        rel("sequential write vs rclone writes-mode, until close returns", "wseq_close_mbps",
+            rw, "", None, False, group=i13)  # fmt: skip
+        rel("tar x vs rclone writes-mode, both until durable", "wtar_per_s", rw, ">=", 1.5,
+            False, group=i13)  # fmt: skip
+        rel("tar x vs rclone writes-mode, until tar exits", "wtar_close_per_s", rw, "", None,
+            False, group=i13)  # fmt: skip
+        rel("tar x vs the SDK uploading the same files, 8 threads", "wtar_per_s",
+            ("sdk-sync",), "", None, False, group=i13)  # fmt: skip
+        absolute("parallel writers: daemon peak RSS (budget + 100 MiB; every sha256 checked)",
+                 "w16_rss_mib", budget_mib + 100, "MiB", group=i13)  # fmt: skip
     if any(c in FILESHARE for c in results):
         # Issue 6: the file share is reported as a ratio against the direct SDK on the same
         # emulator; no target is set for it yet.
@@ -2266,6 +2473,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "million files; fewer only to smoke-test the row, its figures then are not the target's)",
     )
     p.add_argument(
+        "--writes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the write rows 12-14 (default yes) for the clients that have them: "
+        f"{', '.join(WRITERS)} (an Azurite of their own)",
+    )
+    p.add_argument(
+        "--writes-only",
+        action="store_true",
+        help="only the write rows: no dataset upload, no read rows (implies --writes)",
+    )
+    p.add_argument(
         "--cache-budget",
         default="256MiB",
         help="the dsmount daemons' --cache-budget (default 256MiB); RSS targets follow it",
@@ -2284,7 +2503,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown client(s): {', '.join(sorted(unknown))}")
     if args.skip_rclone:
-        clients = [c for c in clients if c not in RCLONE]
+        clients = [c for c in clients if c not in (*RCLONE, RCLONE_WRITES)]
+    if args.writes_only:
+        args.writes = True
+        clients = [c for c in clients if c in WRITERS]
     args.clients = [c for c in CLIENTS if c in clients]
     return args
 
@@ -2327,6 +2549,7 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     t_start = time.perf_counter()
     scale = QUICK if args.quick else FULL
+    wscale = wr.WRITE_QUICK if args.quick else wr.WRITE_FULL
     notes: list[str] = [f"load average at start: {load_average()}"]
     if os.geteuid() != 0:
         notes.append("not run as root: mounts or drop_caches may fail")
@@ -2335,14 +2558,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"workdir {workdir}; clients: {', '.join(args.clients)}")
         ds = Dataset(scale)
         total = 2 * scale.big_size + scale.n_small * scale.small_size
-        data = listing = share = None
-        if any(c not in FILESHARE for c in args.clients):
+        data = listing = share = write = write_src = None
+        reads = not args.writes_only
+        if reads and any(c not in FILESHARE for c in args.clients):
             data = start_store(workdir / "azurite-data", CONTAINER)
             listing = start_store(workdir / "azurite-list", LIST_CONTAINER)
             secs, _ = timed(lambda: asyncio.run(upload_dataset(data, listing, ds)))
             log(f"uploaded {total / MiB:.0f} MiB + {scale.n_tiny} tiny blobs in {secs:.1f}s")
             notes.append(f"dataset upload: {secs:.1f} s")
-        if any(c in FILESHARE for c in args.clients):
+        if reads and any(c in FILESHARE for c in args.clients):
             share = start_share_emulator(workdir / "azurefiles")
             n_tiny = scale.n_tiny if args.fs_tiny is None else min(args.fs_tiny, scale.n_tiny)
             share = replace(share, n_tiny=n_tiny)
@@ -2354,6 +2578,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"file share: only {n_tiny} of {scale.n_tiny} tiny files written "
                     "(--fs-tiny): its listing figures are for that many entries"
                 )
+        if args.writes and any(c in WRITERS for c in args.clients):
+            write = start_store(workdir / "azurite-write", wr.WRITE_CONTAINER, writable=True)
+            secs, write_src = timed(lambda: wr.WriteSource(wscale))
+            on_exit(write_src.cleanup)
+            log(f"write sources in {write_src.dir} made in {secs:.1f}s")
 
         ctx = Context(
             workdir=workdir,
@@ -2370,11 +2599,14 @@ def main(argv: list[str] | None = None) -> int:
             cache_budget=args.cache_budget,
             million_dirs=args.million_dirs,
             million_only=args.million_only,
+            write=write,
+            write_src=write_src,
+            writes_only=args.writes_only,
         )
         with_dsmount = "dsmount" in args.clients
         million = with_dsmount and (args.million if args.million is not None else not args.quick)
         if args.latency is not None or (million and data is not None):
-            upstreams = [s.endpoint for s in (data, listing, share) if s is not None]
+            upstreams = [s.endpoint for s in (data, listing, share, write) if s is not None]
             proxy = ProxyProcess(workdir / "faultproxy", upstreams, args.latency or 0.0)
             ctx.proxy = proxy
             if args.latency is not None:  # every client's store is the proxy's from here on
@@ -2382,12 +2614,13 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.data = data and proxy.store(data)
                 ctx.listing = listing and proxy.store(listing)
                 ctx.share = share and proxy.share(share)
+                ctx.write = write and proxy.store(write)
         if with_dsmount and data is not None:
             prepare_versions(ctx, data, million, notes)
         results: Results = {}
         for name in args.clients:
             t0 = time.perf_counter()
-            wait_quiet([s.pid for s in (data, listing, share, ctx.proxy) if s is not None])
+            wait_quiet([s.pid for s in (data, listing, share, write, ctx.proxy) if s is not None])
             results[name] = run_client(name, ctx)
             log(f"{name}: done in {time.perf_counter() - t0:.1f}s")
         if ctx.dropper.failed:
@@ -2408,6 +2641,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{scale.n_tiny} tiny blobs in one dir, {scale.n_preads} x "
         f"{scale.pread_size // KiB} KiB preads"
     )
+    if args.writes_only:
+        scale_desc = f"{'quick' if args.quick else 'full'}, write rows only"
+    if ctx.write is not None:
+        scale_desc += f"; {wscale.desc()}"
     meta = {
         "scale": asdict(scale),
         "scale_desc": scale_desc,
@@ -2422,7 +2659,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     from dsmount.shared.sizes import parse_size
 
-    rs = ratios(results, parse_size(args.cache_budget) / MiB)
+    rs = ratios(results, parse_size(args.cache_budget) / MiB, reads=not args.writes_only)
     md = render_markdown(results, meta, rs)
     print(md)
     if args.markdown:

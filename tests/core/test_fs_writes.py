@@ -143,7 +143,12 @@ async def test_a_sequential_writer_streams_parts_and_commits_at_close(env: Env) 
     assert "model.bin" in await env.names("out")
     assert ds.writes.commits == 1 and ds.writes.writers_open == 0
     assert ds.writes.bytes_written == len(body)
-    assert env.cache.reserved_bytes == 0  # every write buffer given back
+    # Every write buffer given back: all but one at once, that one (kept for a next writer,
+    # as `tar x` opens one file after another) after the pool's linger.
+    assert env.cache.reserved_bytes == PART * len(env.fs.writes.pool.idle) <= PART
+    with trio.fail_after(5):
+        while env.cache.reserved_bytes:
+            await trio.sleep(0.02)
 
 
 async def test_write_buffers_stay_inside_the_memory_budget(tmp_path: Path) -> None:

@@ -67,6 +67,56 @@ async def test_the_pool_reuses_buffers_inside_the_budget_and_gives_them_back() -
     assert cache.reserved_bytes == 0
 
 
+async def test_the_last_buffer_outlives_the_last_writer_briefly_then_is_freed() -> None:
+    cache = BlockCache(4 * B)
+    pool = BufferPool(cache, B, keep=4, deadline=0.2, linger=0.2)
+    async with trio.open_nursery() as nursery:
+        a, b = await pool.get(), await pool.get()
+        pool.put(a)
+        pool.put(b)
+        pool.writers_gone(nursery)  # one file after another (tar x): one buffer stays
+        assert cache.reserved_bytes == B and len(pool.idle) == 1
+        kept = await pool.get()
+        assert kept in (a, b)  # the next file reuses it: no allocation, no page faults
+        pool.put(kept)
+        await trio.sleep(0.1)
+        pool.writers_gone(nursery)  # a later last writer: the first pending drain is void
+        await trio.sleep(0.15)
+        assert cache.reserved_bytes == B  # 0.25 s after the first, 0.15 s after the second
+        with trio.fail_after(5):
+            while cache.reserved_bytes:
+                await trio.sleep(0.02)
+        assert pool.idle == [] and pool.held == 0
+
+
+async def test_without_a_nursery_no_buffer_outlives_the_last_writer() -> None:
+    cache = BlockCache(4 * B)
+    pool = BufferPool(cache, B, keep=4, deadline=0.2)
+    pool.put(await pool.get())
+    pool.writers_gone(None)
+    assert cache.reserved_bytes == 0 and pool.idle == []
+
+
+async def test_a_writers_request_room_counts_in_the_budget_beside_its_buffers() -> None:
+    cache = BlockCache(4 * B)
+    pool = BufferPool(cache, B, keep=4, deadline=5, request_bytes=B)
+    a, b, c = await pool.get(), await pool.get(), await pool.get()
+    await pool.reserve_request()  # the budget is now full: 3 buffers + 1 writer's requests
+    assert cache.reserved_bytes == 4 * B
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.reserve_request)  # a second writer waits for room ...
+        await trio.sleep(0.05)
+        assert cache.reserved_bytes == 4 * B
+        pool.put(a)  # ... and gets the bytes of a returned buffer, not the idle pool
+    assert cache.reserved_bytes == 4 * B and pool.idle == []
+    for buf in (b, c):
+        pool.put(buf)
+    pool.release_request()
+    pool.release_request()
+    pool.drain()
+    assert cache.reserved_bytes == 0
+
+
 async def test_a_waiting_writer_gets_the_bytes_of_a_returned_buffer() -> None:
     cache = BlockCache(2 * B)
     pool = BufferPool(cache, B, keep=4, deadline=5)

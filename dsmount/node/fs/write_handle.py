@@ -45,30 +45,53 @@ class BufferPool:
     """Part buffers, reused: a new 8 MiB buffer costs 2,048 page faults to fill (the daemon
     gives big allocations straight back to the system, see node/malloc.py), a reused one
     none. Every buffer, in use or idle, holds its bytes of the block cache's one budget; idle
-    ones beyond `keep` are freed, and all of them once no file is open for writing."""
+    ones beyond `keep` are freed, and (node/fs/writes.py) all but one once no file is open for
+    writing, that one shortly after."""
 
-    def __init__(self, cache: BlockCache, size: int, keep: int, deadline: float) -> None:
+    def __init__(self, cache: BlockCache, size: int, keep: int, deadline: float,
+                 linger: float = 2.0, request_bytes: int | None = None) -> None:
         self.cache = cache
         self.size = size
+        self.request_bytes = self.REQUEST_BYTES if request_bytes is None else request_bytes
         self.keep = keep
         self.deadline = deadline
+        self.linger = linger  # seconds the last idle buffer outlives the last writer
+        self._generation = 0  # times the last writer left: a later time voids a pending drain
         self.idle: list[PartBuffer] = []
         self.held = 0  # buffers reserved from the budget (idle or in use)
         self.waiting = 0  # get() calls waiting for room in the budget
 
+    #: What one FUSE write request being served holds outside the part buffers: libfuse's
+    #: receive buffer (up to max_pages 256 = 1 MiB of data, plus a header page) and pyfuse3's
+    #: bytes copy of the data. Every writer reserves it (`reserve_request`) from its first
+    #: write to its release, so N writers' requests fit in the budget beside their buffers
+    #: (measured without it: 16 writers x 256 MiB peaked at budget + 104 MiB, ~30 MiB of it
+    #: request memory of writers waiting for a buffer).
+    REQUEST_BYTES = 2 * (1024**2 + 4096)
+
     async def get(self) -> PartBuffer:
         if self.idle:
             return self.idle.pop()
-        self.waiting += 1
+        await self._reserve(self.size, "a write buffer")
+        self.held += 1
+        return PartBuffer(self.size)
+
+    async def reserve_request(self) -> None:
+        await self._reserve(self.request_bytes, "a writer's requests")
+
+    def release_request(self) -> None:
+        self.cache.release(self.request_bytes)
+
+    async def _reserve(self, size: int, what: str) -> None:
+        self.waiting += 1  # meanwhile a returned buffer goes back to the cache, to us
         try:
             with trio.move_on_after(self.deadline):
-                await self.cache.reserve(self.size)
-                self.held += 1
-                return PartBuffer(self.size)
+                await self.cache.reserve(size)
+                return
         finally:
             self.waiting -= 1
         raise NoSpace(
-            f"no room in the memory budget for a write buffer within {self.deadline:.0f}s: "
+            f"no room in the memory budget for {what} within {self.deadline:.0f}s: "
             f"{self.held} buffers of files open for writing hold it"
         )
 
@@ -83,10 +106,28 @@ class BufferPool:
         self.held -= 1
         self.cache.release(self.size)
 
-    def drain(self) -> None:
-        while self.idle:
+    def drain(self, keep: int = 0) -> None:
+        """Free idle buffers beyond `keep`."""
+        while len(self.idle) > keep:
             self.idle.pop()
             self._free()
+
+    def writers_gone(self, nursery: trio.Nursery | None) -> None:
+        """No file is open for writing: free the idle buffers, the last one `linger` seconds
+        later unless a writer came meanwhile. `tar x` and `cp -r` open one file after another;
+        freeing that buffer at each close made every file allocate and fault in a new one
+        (measured: a third of the daemon's time on a tar of 100 KiB files)."""
+        self.drain(keep=1)
+        self._generation += 1
+        if nursery is None:
+            self.drain()
+        elif self.idle:
+            nursery.start_soon(self._drain_later, self._generation)
+
+    async def _drain_later(self, generation: int) -> None:
+        await trio.sleep(self.linger)
+        if generation == self._generation:
+            self.drain()
 
 
 @dataclass(frozen=True)
@@ -152,6 +193,7 @@ class WriteHandle:
     reported: bool = False  # the error was counted as a failed commit
     orphan: bool = False  # unlinked while open: never committed
     released: bool = False
+    request_room: bool = False  # holds BufferPool.REQUEST_BYTES of the budget (from a write)
 
     def part_range(self, idx: int, part_size: int) -> tuple[int, int]:
         start = self.grid + idx * part_size

@@ -72,8 +72,11 @@ class WritePath(StagedOps):
         self.by_node: dict[int, set[WriteHandle]] = {}
         self.open_count = 0
         self._puts = trio.CapacityLimiter(settings.max_concurrent_puts)
+        # Request room is capped so that every writer open at once holds at most half the
+        # budget with it (small budgets: tests, tiny nodes).
+        request = min(BufferPool.REQUEST_BYTES, cache.budget // (2 * settings.max_open_files))
         self.pool = BufferPool(cache, settings.part_size, 2 * settings.parts_in_flight,
-                               settings.deadline)
+                               settings.deadline, request_bytes=request)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -121,6 +124,9 @@ class WritePath(StagedOps):
             self._check(h)
             if not data:
                 return 0
+            if not h.request_room:
+                await self.pool.reserve_request()  # may wait for room, as a buffer does
+                h.request_room = True
             await self._prepare(h, offset)
             if h.mode == STREAM:
                 await self._stream(h, data)
@@ -217,9 +223,12 @@ class WritePath(StagedOps):
             await self._discard(h)
             if h.created and not h.orphan and not self._others_wrote(h):
                 self.on_abandon(h.node)  # a new file that never reached storage: forget it
+            if h.request_room:
+                h.request_room = False
+                self.pool.release_request()
             self.open_count -= 1
             if self.open_count == 0:
-                self.pool.drain()  # no writer left: idle buffers give the budget back
+                self.pool.writers_gone(self._nursery)  # idle buffers give the budget back
             h.ds.writes.writers_open -= 1
             handles = self.by_node.get(h.node.ino)
             if handles is not None:
