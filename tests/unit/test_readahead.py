@@ -48,10 +48,10 @@ reads = st.one_of(
 
 def bytes_to_reach_maximum(cfg: ReadaheadConfig) -> int:
     """Sequential bytes, after the read that opened the window, until it is at `maximum`:
-    the window doubles each time a full window has been consumed."""
+    the window doubles each time another `initial` bytes have been consumed."""
     total, window = 0, cfg.initial
     while window < cfg.maximum:
-        total += window
+        total += cfg.initial
         window = min(cfg.maximum, window * 2)
     return total
 
