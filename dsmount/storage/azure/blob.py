@@ -61,6 +61,7 @@ from dsmount.storage.azure.bridge import AsyncioThread
 from dsmount.storage.azure.common import (
     content_range,
     pipeline_options,
+    read_body,
     resolve_target,
     sdk_credential,
     status_error,
@@ -295,7 +296,7 @@ class BlobBackend(BlobWrites, AzureBackend):
         try:
             # The aiohttp response itself: the SDK's body helper would gunzip a blob stored
             # with Content-Encoding: gzip, and the bytes must be those stored.
-            body = await response.internal_response.read()
+            body = await read_body(response, length)
             status = response.status_code
             if status == 416:  # offset at or past the end (or an empty blob)
                 return b""

@@ -286,6 +286,35 @@ def sdk_credential(target: AzureTarget, *, aio: bool = True) -> tuple[Any, Any]:
     return None, None
 
 
+async def read_body(response: Any, limit: int) -> bytes | bytearray:
+    """The body of an SDK (aiohttp) response, as received, at most `limit` bytes kept.
+
+    A 2xx body of known length is copied chunk by chunk into one buffer of that length:
+    aiohttp's own `read()` keeps every chunk until it joins them, so a block's bytes were in
+    memory twice at the end of each GET (measured: streaming two blobs peaked 18 MiB over
+    budget + 100 MiB with 16 GETs in flight). Anything else (an error's body, no length) is
+    read whole, as before. A body longer than its Content-Length is an error of the transport
+    (aiohttp raises it), never silently cut; one longer than `limit` is returned in full for
+    the caller's length check to refuse."""
+    raw = response.internal_response
+    size = raw.content_length
+    if size is None or not 200 <= raw.status < 300 or size > limit:
+        return await raw.read()
+    buf = bytearray(size)
+    view = memoryview(buf)
+    pos = 0
+    async for chunk in raw.content.iter_any():
+        end = pos + len(chunk)
+        if end > size:
+            raise Transient(f"response body longer than its Content-Length ({size})")
+        view[pos:end] = chunk
+        pos = end
+    view.release()
+    if pos != size:
+        return bytes(buf[:pos])  # short: the caller's length check says what is missing
+    return buf
+
+
 class StreamedBody:
     """A request body sent in slices of `CHUNK` bytes, each awaited until the transport drained
     it: handing aiohttp 8 MiB at once makes asyncio copy what the socket did not take into its

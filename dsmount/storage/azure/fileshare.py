@@ -57,6 +57,7 @@ from dsmount.storage.azure.bridge import AsyncioThread
 from dsmount.storage.azure.common import (
     content_range,
     pipeline_options,
+    read_body,
     resolve_target,
     sdk_credential,
     status_error,
@@ -250,7 +251,7 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         try:
             # The aiohttp response itself: the SDK's body helper would gunzip a file stored
             # with Content-Encoding: gzip, and the bytes must be those stored.
-            body = await response.internal_response.read()
+            body = await read_body(response, length)
             status = response.status_code
             if status == 416:  # offset at or past the end (or an empty file)
                 return await self._past_end(full, etag)
