@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import trio
+import trio.testing
 
 from dsmount.errors import NoSpace
 from dsmount.node.cache.blocks import BlockCache, ReadCounters, Source
@@ -40,7 +41,7 @@ async def test_reserve_evicts_cached_blocks_then_waits_for_a_release() -> None:
             done.set()
 
         nursery.start_soon(waiter)
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # the waiter is parked on the budget
         assert not done.is_set()
         cache.release(3 * B)
         with trio.fail_after(5):
