@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import trio
+
 from dsmount.node.cache.disk import DiskCache
 
 
@@ -110,3 +112,36 @@ async def test_a_block_that_cannot_be_written_is_skipped(tmp_path, caplog):
     assert not list(tmp_path.glob(".tmp-*"))
     (stored,) = [p for p in tmp_path.glob("*.blk") if p.is_file()]
     assert cache.used_bytes == len(stored.read_bytes())
+
+
+async def test_a_queued_block_is_served_before_its_file_is_written(tmp_path):
+    """Between `put_soon` and the write landing, a reader gets the queued bytes (the memory
+    cache may have evicted them meanwhile) instead of missing and fetching them again."""
+    cache = DiskCache(tmp_path, budget=1 << 20)
+    data = os.urandom(5000)
+    async with trio.open_nursery() as nursery:
+        started: list[bool] = []
+
+        def spawn(fn, *args):
+            nursery.start_soon(fn, *args)
+            started.append(True)
+            return True
+
+        cache.put_soon("key", data, spawn)
+        # Nothing has run yet: the block's file does not exist, the put is only queued.
+        assert not list(tmp_path.glob("*.blk"))
+        assert cache.has("key")
+        assert await cache.get("key") == data
+        assert (cache.hits, cache.misses) == (1, 0)
+        cache.put_soon("key", data, spawn)  # queued already: not queued twice
+        assert started == [True]
+    assert await cache.flushed()
+    assert len(list(tmp_path.glob("*.blk"))) == 1
+    assert await cache.get("key") == data and cache.hits == 2
+
+
+async def test_a_put_that_cannot_be_started_is_forgotten(tmp_path):
+    cache = DiskCache(tmp_path, budget=1 << 20)
+    cache.put_soon("key", b"x" * 5000, lambda fn, *args: False)  # the cache is stopping
+    assert not cache.has("key") and await cache.get("key") is None
+    assert await cache.flushed(timeout=1)

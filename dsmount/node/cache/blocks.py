@@ -127,10 +127,13 @@ class BlockCache:
             finally:
                 self._nursery = None
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run a background task (e.g. a disk-cache write) in the cache's nursery."""
-        if self._nursery is not None:
-            self._nursery.start_soon(fn, *args)
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
+        """Run a background task (e.g. a disk-cache write) in the cache's nursery; False if
+        the cache is not running (stopping), so the task was not started."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
 
     # -- accounting ----------------------------------------------------------------------------
     @property

@@ -22,6 +22,10 @@ Invariants:
   call, `WRITERS` calls at once), so 100 KiB blocks do not each pay a thread hop.
 - `used_bytes` plus the queued puts never exceed the budget: a put evicts for its size
   counting what is queued before it.
+- A block is found from the moment its put is queued (`put_soon`), not only once its file
+  is written: a reader that asks for it in between (the memory cache evicted it meanwhile,
+  as a warm through a small memory budget does) is served the queued bytes instead of
+  fetching the block a second time.
 - The index (name -> size, LRU order) is rebuilt by scanning the directory at start.
 """
 
@@ -35,6 +39,7 @@ import os
 import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -114,6 +119,7 @@ class DiskCache:
         self._queued: list[_Pending] = []  # puts waiting for a writer thread
         self._queued_bytes = 0  # ... and their sizes, counted against the budget already
         self._writers = 0
+        self._unwritten: dict[str, bytes] = {}  # name -> data of puts not yet on disk
         self._tmp_ids = itertools.count()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
@@ -139,11 +145,16 @@ class DiskCache:
         return _digest(key).hex() + ".blk"
 
     def has(self, key: str) -> bool:
-        """Whether a block is stored under `key` (by the index: no file is read)."""
-        return self._name(key) in self._index
+        """Whether a block is stored (or queued to be) under `key`; no file is read."""
+        name = self._name(key)
+        return name in self._index or name in self._unwritten
 
     async def get(self, key: str) -> bytes | None:
         name = self._name(key)
+        unwritten = self._unwritten.get(name)
+        if unwritten is not None:
+            self.hits += 1
+            return unwritten
         if name not in self._index:
             self.misses += 1
             return None
@@ -189,16 +200,34 @@ class DiskCache:
         with contextlib.suppress(OSError):
             (self.dir / name).unlink()
 
+    def put_soon(self, key: str, data: bytes, spawn: Callable[..., bool]) -> None:
+        """Queue a put now (`get` and `has` see the block from here on) and write it in a
+        task started with `spawn` (which returns whether it started one)."""
+        name = self._begin(key, data)
+        if name is not None and not spawn(self._finish, name, key, data):
+            self._writing -= 1
+            del self._unwritten[name]
+
     async def put(self, key: str, data: bytes) -> None:
-        size = _HEADER.size + len(data)
-        if size > self.budget:
-            return
+        name = self._begin(key, data)
+        if name is not None:
+            await self._finish(name, key, data)
+
+    def _begin(self, key: str, data: bytes) -> str | None:
         name = self._name(key)
+        if _HEADER.size + len(data) > self.budget or name in self._unwritten:
+            return None
+        self._unwritten[name] = data
         self._writing += 1
+        return name
+
+    async def _finish(self, name: str, key: str, data: bytes) -> None:
         try:
-            await self._put(name, key, data, size)
+            await self._put(name, key, data, _HEADER.size + len(data))
         finally:
             self._writing -= 1
+            if self._unwritten.get(name) is data:
+                del self._unwritten[name]
 
     async def flushed(self, timeout: float = 30.0) -> bool:
         """Wait until no put is under way (so what was fetched is on disk); False on timeout."""

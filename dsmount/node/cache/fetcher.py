@@ -101,4 +101,4 @@ class PinnedSource(Source):
         first, last = self._block_range(block)
         data = self.cache.assemble(self.key, first, last)
         if data is not None:
-            self.cache.spawn(disk.put, name, data)
+            disk.put_soon(name, data, self.cache.spawn)
