@@ -9,6 +9,8 @@ on the wire), a real daemon, reads through the mountpoint:
   and no byte is downloaded twice;
 - a file streamed after a random read of its first bytes: no byte is downloaded twice, in about
   one GET per block;
+- many streams through a budget smaller than their read-ahead windows: read-ahead does not
+  evict the blocks the other streams are about to read (each byte downloaded about once);
 and `dsmount status` tells the same numbers (GETs, bytes fetched) as the server.
 """
 
@@ -215,3 +217,39 @@ def test_a_stream_after_a_random_read_of_its_first_bytes_fetches_no_byte_twice(
     st = counted.status()
     assert st["bytes_fetched"] == size and st["blocks_fetched"] == len(spans)
     assert st["readahead_started"] > 0 and st["readahead_hits"] > 0
+
+
+def test_streams_through_a_budget_smaller_than_their_windows_download_each_byte_about_once(
+    make_azurite: Callable[..., Azurite], make_daemon: Callable[..., DsmountDaemon]
+) -> None:
+    """Six readers of their own 24 MiB blob, 8 MiB windows, through a 24 MiB budget: before
+    read-ahead gave way to bytes no reader had reached yet, they evicted each other's next
+    blocks and downloaded 1.77x the bytes read."""
+    azurite = make_azurite(debug=True)
+    service = azurite.blob_service_client()
+    container = service.create_container("streams")
+    blobs = {f"s{i}.bin": data(100 + i, 24 * MiB) for i in range(6)}
+    upload(container, blobs)
+    daemon = make_daemon(config_text=(
+        '[cache]\nmemory_budget = "24MiB"\nblock_size = "1MiB"\nreadahead_max = "8MiB"\n'))
+    daemon.cli("attach", "ds", "--blob", "--container", "streams",
+               "--connection-string-env", "AZ_CONN", env={"AZ_CONN": azurite.connection_string})
+    root = daemon.mountpoint / "ds"
+
+    def stream(name: str) -> str:
+        h = hashlib.sha256()
+        with open(root / name, "rb", buffering=0) as f:
+            while chunk := f.read(MiB):
+                h.update(chunk)
+        return h.hexdigest()
+
+    with ThreadPoolExecutor(len(blobs)) as pool:
+        assert list(pool.map(stream, blobs)) == [sha(b) for b in blobs.values()]
+    total = sum(len(b) for b in blobs.values())
+    downloaded = sum(r.last + 1 - r.first for r in downloads(settled_requests(azurite), "streams")
+                     if r.first is not None and r.last is not None)
+    (st,) = daemon.call("status")["datastores"]
+    assert st["bytes_read"] == total and st["bytes_fetched"] == downloaded
+    assert st["readahead_started"] > 0 and st["readahead_hits"] > 0
+    assert downloaded <= 1.2 * total, (downloaded / total, st)
+    assert st["readahead_unread_bytes"] <= 0.2 * total, st

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsmount.errors import BackendError, IntegrityError
-from dsmount.node.cache.blocks import BlockCache, ObjectKey, ReadCounters, Source
+from dsmount.node.cache.blocks import PENDING_STALE, BlockCache, ReadCounters
+from dsmount.node.cache.source import ObjectKey, Source
 
 B = 1000  # an object's size in the deterministic tests
 
@@ -309,6 +310,51 @@ async def test_lru_eviction_order(nursery: trio.Nursery) -> None:
     assert cached("a") and cached("d") and cached("e")
     assert cache.cached_bytes == 3 * B
     assert fetches.calls == dict.fromkeys("abcde", 1)
+
+
+async def test_read_ahead_never_evicts_bytes_a_reader_has_not_reached(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """Read-ahead gives way to read-ahead (and to the unread rest of a block) nobody has
+    read yet; a demand read takes room from it only once nothing read to its end is left,
+    and a pending extent nobody touched for PENDING_STALE seconds goes first."""
+    cache = await started_cache(nursery, 3 * B)
+    fetches, counters = Fetches(cache), ReadCounters()
+    stream = fetches.source("s", 6 * B, unit=B)
+
+    def cached(src: Source, start: int) -> bool:
+        index = cache._objects.get(src.key)
+        extent = index.find(start) if index is not None else None
+        return extent is not None and extent.data is not None
+
+    assert cache.prefetch(stream, 0, 3 * B, counters)  # blocks 0-2: the budget
+    await trio.testing.wait_all_tasks_blocked()
+    assert cache.cached_bytes == 3 * B
+    # Half of block 0 read: still pending, so read-ahead may not take it.
+    assert bytes(await cache.read(stream, 0, B // 2, (0, B // 2), counters)) \
+        == content("s", 6 * B)[: B // 2]
+    assert cache.prefetch(stream, 3 * B, 4 * B, counters) is False
+    # Block 0 read to its end: read-ahead may evict it now, and nothing else.
+    await cache.read(stream, B // 2, B - B // 2, (B // 2, B), counters)
+    assert cache.prefetch(stream, 3 * B, 4 * B, counters)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not cached(stream, 0) and all(cached(stream, b * B) for b in (1, 2, 3))
+    assert cache.prefetch(stream, 4 * B, 5 * B, counters) is False
+    assert counters.readahead_unread_bytes == 0 and fetches.calls == {"s": 4}
+
+    # A demand read does take room from pending bytes: the least recently touched first.
+    other = fetches.source("o")
+    await cache.read(stream, B, 1, (B, B + 1), counters)  # block 1 touched: most recent
+    assert await get(cache, other, counters) == content("o", B)
+    assert not cached(stream, 2 * B) and cached(stream, B) and cached(stream, 3 * B)
+    assert counters.readahead_unread_bytes == B
+
+    # Untouched for PENDING_STALE seconds: the reader is gone; read-ahead may take it.
+    mock_clock.jump(PENDING_STALE + 1)
+    assert cache.prefetch(stream, 4 * B, 5 * B, counters)
+    await trio.testing.wait_all_tasks_blocked()
+    assert cached(stream, 4 * B)
+    assert cache.used_bytes <= cache.budget
 
 
 async def test_drop_by_datastore_and_path(nursery: trio.Nursery) -> None:

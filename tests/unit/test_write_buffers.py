@@ -10,7 +10,8 @@ import trio
 import trio.testing
 
 from dsmount.errors import NoSpace
-from dsmount.node.cache.blocks import BlockCache, ReadCounters, Source
+from dsmount.node.cache.blocks import BlockCache, ReadCounters
+from dsmount.node.cache.source import Source
 from dsmount.node.fs.write_handle import BufferPool, PartBuffer
 
 B = 1024

@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsmount.errors import Changed, IntegrityError
-from dsmount.node.cache.blocks import BlockCache, Source
+from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
+from dsmount.node.cache.source import Source
 from dsmount.storage.base import Backend
 
 
