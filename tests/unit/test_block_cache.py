@@ -357,6 +357,28 @@ async def test_read_ahead_never_evicts_bytes_a_reader_has_not_reached(
     assert cache.used_bytes <= cache.budget
 
 
+async def test_a_read_never_evicts_the_bytes_it_is_made_of(nursery: trio.Nursery) -> None:
+    """A read's own GET takes room from other pending bytes, not from the cached part of the
+    read it is about to copy; read-ahead that cannot make room evicts nothing."""
+    cache = await started_cache(nursery, 2 * B)
+    fetches, counters = Fetches(cache), ReadCounters()
+    a, o = fetches.source("a", 2 * B, unit=B), fetches.source("o")
+    assert bytes(await cache.read(a, 0, B // 2, (0, B), counters)) == content("a", 2 * B)[: B // 2]
+    assert cache.prefetch(o, 0, B, counters)
+    await trio.testing.wait_all_tasks_blocked()
+    # The rest of a's block 0 and its block 1: block 1 needs room, o gives it.
+    got = await cache.read(a, B // 2, B, (B // 2, 2 * B), counters)
+    assert bytes(got) == content("a", 2 * B)[B // 2 : 3 * B // 2]
+    assert fetches.ranges["a"] == [(0, B), (B, 2 * B)] and fetches.calls["o"] == 1
+    assert cache.cached(o.key, 0, 1, ReadCounters()) is None
+    # Block 0 was read to its end, block 1 only half: a read-ahead of 2 blocks cannot get
+    # room without evicting block 1, so it evicts nothing, not even block 0.
+    big = fetches.source("big", 2 * B, unit=2 * B)
+    assert cache.prefetch(big, 0, 2 * B, counters) is False
+    assert cache.cached(a.key, 0, B, ReadCounters()) is not None
+    assert cache.used_bytes <= cache.budget
+
+
 async def test_drop_by_datastore_and_path(nursery: trio.Nursery) -> None:
     cache = await started_cache(nursery, 10 * B)
     fetches, counters = Fetches(cache), ReadCounters()

@@ -13,13 +13,8 @@ Invariants:
   extents, and a burst of readers cannot overshoot it.
 - Demand reads wait for room (evicting least-recently-used extents first); read-ahead never
   waits: under pressure it is skipped, so read-ahead shrinks before anything else.
-- Read-ahead never evicts an extent no read has reached the end of yet (its reader is
-  coming), unless nothing touched it for `PENDING_STALE` seconds (its reader is gone): many
-  streams through a budget smaller than their windows used to evict each other's next
-  blocks, and the unread rest of the blocks they were in, fetching them twice (measured:
-  8 readers of 96 MiB blobs through 256 MiB fetched 1.79x the bytes read). Eviction takes
-  stale pending extents first, then extents read to their end (least recently used first),
-  and only for a demand read (or a write buffer) pending ones, least recently touched first.
+- Read-ahead never evicts bytes a reader is coming for (node/cache/residency.py has the
+  eviction order), and evicts nothing when that would not make room.
 - Extents of one object never overlap, in flight or cached: a read overlapping an in-flight
   fetch waits for it instead of fetching those bytes again.
 - An extent holds exactly the bytes of its range, or it is not stored (a wrong length fails the
@@ -47,6 +42,7 @@ import trio
 from dsmount.errors import DsmountError, IntegrityError
 from dsmount.node.cache.counters import ReadCounters
 from dsmount.node.cache.extents import ExtentIndex, split
+from dsmount.node.cache.residency import Residency
 from dsmount.node.cache.source import ObjectKey, Source
 
 log = logging.getLogger(__name__)
@@ -98,8 +94,7 @@ class BlockCache:
         self._objects: dict[ObjectKey, ExtentIndex[_Extent]] = {}
         # Cached extents, least recently used first: those a read has reached the end of, and
         # those pending (no read has yet: read-ahead, or the rest of a block being streamed).
-        self._lru: OrderedDict[_Extent, ObjectKey] = OrderedDict()
-        self._pending: OrderedDict[_Extent, ObjectKey] = OrderedDict()
+        self._resident: Residency[_Extent, ObjectKey] = Residency(PENDING_STALE)
         self._cached = 0
         self._reserved = 0
         self._room = trio.Event()
@@ -142,38 +137,29 @@ class BlockCache:
         return self._cached + self._reserved
 
     def _evict_for(self, size: int, *, readahead: bool = False) -> bool:
-        """Evict until `size` more bytes fit (in the order the module docstring gives; for
-        `readahead`, no pending extent that is not stale); False if they cannot."""
+        """Evict until `size` more bytes fit (in node/cache/residency.py's order; for
+        `readahead`, nothing a reader is coming for, and nothing at all if that would not make
+        room); False if they cannot."""
         if size > self.budget:
             return False
-        pending, lru = self._pending, self._lru
-        stale_before = trio.current_time() - PENDING_STALE if pending else 0.0
-        while self.used_bytes + size > self.budget:
-            if pending and next(iter(pending)).touched < stale_before:
-                extent, key = pending.popitem(last=False)
-            elif lru:
-                extent, key = lru.popitem(last=False)
-            elif pending and not readahead:
-                extent, key = pending.popitem(last=False)
-            else:
-                break
-            if extent.prefetch and extent.data is not None:  # read ahead, never read: waste
-                extent.counters.readahead_unread_bytes += len(extent.data)
-            self._forget(extent, key, cached=True)
+        resident, now = self._resident, trio.current_time()
+        while self.used_bytes + size > self.budget and (gone := resident.stale(now)):
+            self._evict(*gone)
+        if readahead and self.used_bytes - resident.read_bytes + size > self.budget:
+            return False
+        while self.used_bytes + size > self.budget and (
+                gone := resident.victim(readahead=readahead)):
+            self._evict(*gone)
         return self.used_bytes + size <= self.budget
 
+    def _evict(self, extent: _Extent, key: ObjectKey) -> None:
+        if extent.prefetch and extent.data is not None:  # read ahead, never read: waste
+            extent.counters.readahead_unread_bytes += len(extent.data)
+        self._forget(extent, key, cached=True)
+
     def _use(self, extent: _Extent, upto: int, counters: ReadCounters) -> None:
-        """A read takes bytes of `extent` up to offset `upto`: count it, and make it the
-        most recently used (no longer pending once the read reached its end)."""
         extent.used(counters)
-        if extent in self._pending:
-            if upto < extent.end:
-                extent.touched = trio.current_time()
-                self._pending.move_to_end(extent)
-            else:
-                self._lru[extent] = self._pending.pop(extent)
-        elif extent in self._lru:
-            self._lru.move_to_end(extent)
+        self._resident.used(extent, upto, trio.current_time())
 
     def _forget(self, extent: _Extent, key: ObjectKey, *, cached: bool) -> None:
         """Take an extent out of its index (and, if it was cached, out of the byte count)."""
@@ -308,7 +294,7 @@ class BlockCache:
                 elif p.data is not None and p.start < end and p.end > offset:
                     # Most recent now: the room our GETs (or the read-ahead `then` starts)
                     # need must not come from the bytes this read is made of.
-                    self._use(p, min(end, p.end), counters)
+                    self._resident.hold(p, trio.current_time())
         mine: list[_Extent] = []  # what this read started: its bytes even if not kept
         if holes:
             self._start_all(src, holes, counters, prefetch=False, started=mine)
@@ -445,8 +431,7 @@ class BlockCache:
             data_ = extent.data
             if data_ is not None and self._evict_for(len(data_)):
                 self._cached += len(data_)
-                extent.touched = trio.current_time()
-                self._pending[extent] = src.key
+                self._resident.landed(extent, src.key, trio.current_time())
                 stored = True
             else:
                 # Failed, or larger than the whole budget: handed to its readers, not kept.
@@ -464,15 +449,11 @@ class BlockCache:
         """Forget cached extents of a datastore (or one path of it). Returns extents dropped.
 
         Fetches in flight land as usual (they are of a version some handle pinned)."""
-        dropped = 0
-        for queue in (self._lru, self._pending):
-            doomed = [(extent, key) for extent, key in queue.items()
-                      if key[0] == datastore_id and (path is None or key[1] == path)]
-            for extent, key in doomed:
-                del queue[extent]
-                self._forget(extent, key, cached=True)
-            dropped += len(doomed)
-        return dropped
+        doomed = self._resident.remove_all(
+            lambda key: key[0] == datastore_id and (path is None or key[1] == path))
+        for extent, key in doomed:
+            self._forget(extent, key, cached=True)
+        return len(doomed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -480,5 +461,5 @@ class BlockCache:
             "cached_bytes": self.cached_bytes,
             "in_flight_bytes": self._reserved,
             "peak_bytes": self.peak_bytes,
-            "blocks": len(self._lru) + len(self._pending),
+            "blocks": len(self._resident),
         }
