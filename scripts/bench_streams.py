@@ -78,8 +78,9 @@ def main() -> None:
                 assert daemon.pid is not None
                 exe = Path(sys.executable).parent / "py-spy"
                 spy = subprocess.Popen(
-                    [str(exe) if exe.exists() else "py-spy", "record", "-p", str(daemon.pid), "-o", args.py_spy, "-f", "raw",
-                     "-r", "200", "--threads", *(["--gil"] if args.gil else [])],
+                    [str(exe) if exe.exists() else "py-spy", "record", "-p", str(daemon.pid),
+                     "-o", args.py_spy, "-f", "raw", "-r", "200", "--threads",
+                     *(["--gil"] if args.gil else [])],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
 
