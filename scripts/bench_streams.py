@@ -38,11 +38,6 @@ COUNTERS = ("bytes_read", "bytes_fetched", "readahead_started", "readahead_skipp
             "readahead_unread_bytes", "cache_misses")
 
 
-def daemon_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--readers", type=int, default=8)
@@ -90,14 +85,14 @@ def main() -> None:
                         pass
 
             assert daemon.pid is not None
-            cpu0, t0 = daemon_cpu(daemon.pid), time.perf_counter()
+            cpu0, t0 = daemon.cpu_seconds(), time.perf_counter()
             threads = [threading.Thread(target=stream, args=(i,)) for i in range(args.readers)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             elapsed = time.perf_counter() - t0
-            cpu = daemon_cpu(daemon.pid) - cpu0
+            cpu = daemon.cpu_seconds() - cpu0
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()

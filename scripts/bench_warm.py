@@ -156,10 +156,10 @@ def warm(d: DsmountDaemon, conn: str, path: str, profile: Path | None) -> dict:
                                 "--nonblocking", "--pid", str(d.pid), "-o", str(profile)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
-    c0, t0 = cpu_seconds(d.pid), time.perf_counter()
+    c0, t0 = d.cpu_seconds(), time.perf_counter()
     out = d.cli("warm", "b", path, "--json", timeout=1200).stdout.splitlines()
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds(d.pid) - c0
+    cpu = d.cpu_seconds() - c0
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -296,12 +296,6 @@ WORKLOADS = (("cold sequential read of the blob", "MB/s", read_seq),
              ("random 64 KiB preads, 8 threads", "reads/s", read_random))
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a process so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def scrape_cost(workdir: Path, conn: str, n: int = 200) -> None:
     """Daemon CPU per scrape, with one datastore that has been read (all families filled)."""
     d = daemon_for(workdir, "", ["--metrics-address", "127.0.0.1:0"])
@@ -312,11 +306,11 @@ def scrape_cost(workdir: Path, conn: str, n: int = 200) -> None:
         address = d.call("status")["metrics"]["address"]
         assert d.pid is not None
         size = 0
-        c0, t0 = cpu_seconds(d.pid), time.perf_counter()
+        c0, t0 = d.cpu_seconds(), time.perf_counter()
         for _ in range(n):
             with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
                 size = len(r.read())
-        c1, t1 = cpu_seconds(d.pid), time.perf_counter()
+        c1, t1 = d.cpu_seconds(), time.perf_counter()
     finally:
         d.cleanup()
     per = (c1 - c0) / n
@@ -351,9 +345,9 @@ def measure_once(workdir: Path, conn: str, mode: str, workload: int, n_small: in
             scraper = threading.Thread(target=scrape, args=(address,), daemon=True)
             scraper.start()
         assert d.pid is not None
-        c0 = cpu_seconds(d.pid)
+        c0 = d.cpu_seconds()
         rate = WORKLOADS[workload][2](d.mountpoint / "b", n_small, big)
-        cpu = cpu_seconds(d.pid) - c0
+        cpu = d.cpu_seconds() - c0
     finally:
         stop.set()
         if scraper is not None:

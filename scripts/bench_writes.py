@@ -39,13 +39,6 @@ def sha_of_blob(container, name: str) -> str:  # type: ignore[no-untyped-def]
     return h.hexdigest()
 
 
-def daemon_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) the daemon process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def parallel(n: int, src: Path, size: int, daemon: DsmountDaemon, container,  # type: ignore[no-untyped-def]
              want: str) -> int:
     """N writers at once; every file checked; the daemon's peak RSS against its budget."""
@@ -87,7 +80,8 @@ def main() -> int:
     with Azurite(work / "azurite", in_memory=True) as azurite:
         service = azurite.blob_service_client()
         container = service.create_container(f"w-{uuid.uuid4().hex[:8]}")
-        config = ("[writes]\nshadow = false\n" if args.no_shadow else "") + args.config
+        config = ("[writes]\nenabled = true\n" + ("shadow = false\n" if args.no_shadow else "")
+                  + args.config)
         daemon = DsmountDaemon(work / "daemon", config_text=config)
         try:
             daemon.start()
@@ -105,12 +99,12 @@ def main() -> int:
                 assert sha_of_blob(container, name) == want
                 container.delete_blob(name)
                 name = f"mount-{r}.bin"
-                cpu = daemon_cpu(daemon.pid)
+                cpu = daemon.cpu_seconds()
                 started = time.monotonic()
                 subprocess.run(["dd", f"if={src}", f"of={daemon.mountpoint / 'out' / name}",
                                 "bs=1M", "status=none"], check=True)
                 mount_times.append(time.monotonic() - started)
-                cpus.append(daemon_cpu(daemon.pid) - cpu)
+                cpus.append(daemon.cpu_seconds() - cpu)
                 assert sha_of_blob(container, name) == want
                 container.delete_blob(name)
                 print(f"round {r}: sdk {size / MiB / sdk_times[-1]:.0f} MB/s, "
