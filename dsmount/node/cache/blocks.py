@@ -142,6 +142,8 @@ class BlockCache:
         room); False if they cannot."""
         if size > self.budget:
             return False
+        if self.used_bytes + size <= self.budget:
+            return True
         resident, now = self._resident, trio.current_time()
         while self.used_bytes + size > self.budget and (gone := resident.stale(now)):
             self._evict(*gone)
