@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -32,6 +33,16 @@ Kind = Literal["local", "blob", "fileshare"]
 KINDS: tuple[str, ...] = get_args(Kind)
 FIELDS = ("kind", "path", "container", "share", "account", "endpoint", "prefix", "auth")
 _WHERE = {"local": "path", "blob": "container", "fileshare": "share"}
+# Share names: 3-63 lower-case letters, digits and single dashes, starting and ending with a
+# letter or digit (checked before any request, so a typo fails with a clear message).
+_SHARE_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def share_name_problem(share: str | None) -> str | None:
+    """Why `share` cannot name an Azure file share, or None if it can."""
+    if _SHARE_RE.match(share or ""):
+        return None
+    return f"invalid file share name {share!r}: 3-63 lower-case letters, digits and dashes"
 
 
 def _string(d: dict[str, Any], key: str) -> str | None:
@@ -71,6 +82,8 @@ class DatastoreSpec:
             if getattr(self, other):
                 raise InvalidRequest(f"a {self.kind} datastore takes no {other!r}")
         object.__setattr__(self, "prefix", clean_path(self.prefix, what="prefix"))
+        if self.kind == "fileshare" and (problem := share_name_problem(self.share)):
+            raise InvalidRequest(problem)
         if self.kind == "local":
             if not os.path.isabs(self.path or ""):
                 raise InvalidRequest(f"local path must be absolute: {self.path}")

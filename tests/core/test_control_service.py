@@ -27,8 +27,8 @@ from dsmount.node.fs.core import FileSystem, FsSettings
 from dsmount.storage.base import Backend
 from dsmount.storage.factory import make_backend
 from dsmount.storage.local import LocalBackend
-from dsmount.storage.memory import MemoryBackend
 from dsmount.storage.retry import RetryPolicy
+from tests.support.memory_backend import MemoryBackend
 
 # A well-formed (base64, 64 bytes) account key that is no real account's.
 ACCOUNT_KEY = "VE9QU0VDUkVULWFjY291bnQta2V5LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3ODlhYmNkZWY="

@@ -11,7 +11,7 @@ import pytest
 from dsmount.errors import Changed, InvalidRequest, NotFound
 from dsmount.storage.manifest import FileRecord, Manifest, write_manifest
 from dsmount.storage.manifest_backend import ManifestBackend, fetch_manifest
-from dsmount.storage.memory import MemoryBackend
+from tests.support.memory_backend import MemoryBackend
 
 
 def build(tmp_path: Path, inner: MemoryBackend) -> Manifest:

@@ -20,14 +20,14 @@ from dsmount.errors import AlreadyExists, Changed, CrossDevice, NotEmpty, NotFou
 from dsmount.shared.credentials import Credential, Secret
 from dsmount.storage.azure.blob import BlobBackend
 from dsmount.storage.azure.fileshare import FileShareBackend
-from dsmount.storage.base import Backend
-from dsmount.storage.local_write import WritableLocalBackend
-from dsmount.storage.memory import MemoryBackend
+from dsmount.storage.base import Backend, Part
 from dsmount.storage.retry import RetryPolicy
-from dsmount.storage.writes import Part, is_temp_name
+from dsmount.storage.writes import is_temp_name
 from tests.support.azurefiles import AzureFilesEmulator
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.local_writable_backend import WritableLocalBackend
+from tests.support.memory_backend import MemoryBackend
 
 MiB = 1024 * 1024
 FAST = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, deadline=30)

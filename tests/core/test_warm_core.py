@@ -17,8 +17,8 @@ from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.core import FileSystem, FsSettings
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.warm import MAX_RUNNING, Warmer
-from dsmount.storage.memory import MemoryBackend
 from dsmount.storage.retry import RetryPolicy
+from tests.support.memory_backend import MemoryBackend
 
 BS = 64 * 1024
 

@@ -19,8 +19,7 @@ import trio
 
 from dsmount.errors import Changed, DsmountError, NoSpace
 from dsmount.node.fs.write_handle import STAGED, WriteHandle
-from dsmount.storage.base import Entry
-from dsmount.storage.writes import Part
+from dsmount.storage.base import Entry, Part
 
 if TYPE_CHECKING:
     from dsmount.node.fs.writes import WritePath
