@@ -260,8 +260,7 @@ class AttachRequest:
             )
         if self.immutable:
             raise InvalidRequest("a read-write datastore cannot be immutable")
-        if self.storage.kind == "local":
-            raise InvalidRequest("local datastores are attached read-only")
+        self.storage.check_writable()
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> AttachRequest:
