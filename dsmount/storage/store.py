@@ -4,7 +4,7 @@ The FUSE side reads through the trio-async `dsmount.storage` (ranged reads, cach
 downloads, versions, registration checks and the Python API's readers need other verbs - put a
 whole file, walk a prefix recursively, create a container - from plain synchronous code (the
 CLI, a notebook, worker threads), so they go through this small interface instead. One
-implementation per datastore kind (`stores.local`, `stores.blob`, `stores.fileshare`);
+implementation per datastore kind (`local_store`, `azure/blob_store`, `azure/fileshare_store`);
 `dsmount.storage.factory.make_store` builds one from a `DatastoreSpec`.
 
 Invariants of every Store:

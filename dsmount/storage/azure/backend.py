@@ -16,10 +16,10 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from dsmount.errors import BackendError, DsmountError
+from dsmount.errors import BackendError, ConfigError, DsmountError
 from dsmount.shared.credentials import Credential, redact
 from dsmount.storage.azure.bridge import AsyncioThread, shared_loop
-from dsmount.storage.azure.common import map_error
+from dsmount.storage.azure.common import Service, map_error, resolve_target
 from dsmount.storage.base import Backend
 from dsmount.storage.retry import RetryPolicy, with_retry
 
@@ -40,11 +40,32 @@ class AzureBackend(Backend):
     endpoint: str | None
     prefix: str
 
-    def _init_azure(self, credential: Credential, bridge: AsyncioThread | None) -> None:
+    def __init__(
+        self,
+        *,
+        service: Service,
+        credential: Credential,
+        account: str | None,
+        endpoint: str | None,
+        retry: RetryPolicy | None,
+        page_size: int,
+        max_connections: int,
+        bridge: AsyncioThread | None,
+    ) -> None:
+        super().__init__()
+        if not 1 <= page_size <= 5000:
+            raise ConfigError("page_size must be within 1..5000 (the service's maximum)")
         self.credential = credential
         self._bridge = bridge
         self._secrets = credential.secret_strings()
         self._closed = False
+        self.retry = retry or RetryPolicy()
+        self.page_size = page_size
+        self.max_connections = max_connections
+        self.target = resolve_target(credential, service=service, account=account,
+                                     endpoint=endpoint)
+        self.account = self.target.account
+        self.endpoint = self.target.endpoint
 
     @property
     def bridge(self) -> AsyncioThread:
@@ -69,6 +90,18 @@ class AzureBackend(Backend):
                 raise map_error(exc, what=what, secrets=self._secrets) from None
 
         return await with_retry(self.retry, attempt, stats=self.stats, what=what)
+
+    async def _call_again(self, what: str, fn: Callable[[bool], Coroutine[Any, Any, T]]) -> T:
+        """`_call` for a call that changes state: `fn(again)` learns whether an earlier attempt
+        was sent (its answer maybe lost), so it can take "already done" for success."""
+        attempts = 0
+
+        async def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            return await fn(attempts > 1)
+
+        return await self._call(what, attempt)
 
     async def aclose(self) -> None:
         if self._closed:

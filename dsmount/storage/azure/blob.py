@@ -52,7 +52,7 @@ from dsmount.storage.azure.blob_client import BlobRest
 from dsmount.storage.azure.blob_listing import DirectoryPages, parse_http_date
 from dsmount.storage.azure.blob_upload import BlockLists, begin_blob_upload
 from dsmount.storage.azure.bridge import AsyncioThread
-from dsmount.storage.azure.common import resolve_target, status_error
+from dsmount.storage.azure.common import status_error
 from dsmount.storage.base import REMOTE_WRITABLE, Entry, Upload
 from dsmount.storage.names import FOLDER_MARKER_KEY, is_folder_marker, name_problem, strip_etag
 from dsmount.storage.retry import RetryPolicy
@@ -92,24 +92,17 @@ class BlobBackend(AzureBackend):
         max_connections: int = 32,
         bridge: AsyncioThread | None = None,
     ) -> None:
-        super().__init__()
         if not container:
             raise ConfigError("a blob datastore needs a container name")
-        if not 1 <= page_size <= 5000:
-            raise ConfigError("page_size must be within 1..5000 (the service's maximum)")
+        super().__init__(
+            service="blob", credential=credential, account=account, endpoint=endpoint,
+            retry=retry, page_size=page_size, max_connections=max_connections, bridge=bridge,
+        )
         self.container = container
-        self._init_azure(credential, bridge)
         self.prefix = prefix.strip("/")
-        self.retry = retry or RetryPolicy()
-        self.page_size = page_size
-        self.max_connections = max_connections
         self._reported: set[tuple[str, str]] = set()
         self._listings = itertools.count()
         self._block_lists = BlockLists()
-
-        self.target = resolve_target(credential, service="blob", account=account, endpoint=endpoint)
-        self.account = self.target.account
-        self.endpoint = self.target.endpoint
         self.rest = BlobRest(
             self.target, container, stats=self.stats, max_connections=max_connections,
             attempt_timeout=self.retry.attempt_timeout,
@@ -242,18 +235,15 @@ class BlobBackend(AzureBackend):
 
     async def delete(self, path: str) -> None:
         name = self._blob_name(path)
-        attempts = 0
 
-        async def delete() -> None:
-            nonlocal attempts
-            attempts += 1
+        async def delete(again: bool) -> None:
             status, response, body = await self.rest.request("DELETE", name, {})
-            if status == 404 and attempts > 1:
+            if status == 404 and again:
                 return  # an earlier attempt deleted it, its answer lost
             if status not in (200, 202):
                 raise status_error(response, body)
 
-        await self._call(f"delete {path!r}", delete)
+        await self._call_again(f"delete {path!r}", delete)
 
     async def make_dir(self, path: str) -> Entry:
         name = self._blob_name(path)
@@ -262,11 +252,8 @@ class BlobBackend(AzureBackend):
             f"x-ms-meta-{FOLDER_MARKER_KEY}": "true",
             "If-None-Match": "*",
         }
-        attempts = 0
 
-        async def create() -> Entry:
-            nonlocal attempts
-            attempts += 1
+        async def create(again: bool) -> Entry:
             status, response, body = await self.rest.request("PUT", name, dict(headers))
             if status == 201:
                 return Entry(name.rsplit("/", 1)[-1], True)
@@ -274,12 +261,12 @@ class BlobBackend(AzureBackend):
                 existing = await self.rest.head(name)
                 size = int(existing.get("Content-Length") or 0) if existing is not None else -1
                 marker = existing.get(f"x-ms-meta-{FOLDER_MARKER_KEY}") if existing else None
-                if attempts > 1 and is_folder_marker(size, marker):
+                if again and is_folder_marker(size, marker):
                     return Entry(name.rsplit("/", 1)[-1], True)
                 raise AlreadyExists(f"mkdir {path!r}: a blob of that name exists")
             raise status_error(response, body)
 
-        return await self._call(f"mkdir {path!r}", create)
+        return await self._call_again(f"mkdir {path!r}", create)
 
     async def remove_dir(self, path: str) -> None:
         prefix = self._dir_prefix(path)

@@ -36,14 +36,13 @@ from dsmount.errors import BackendError, Transient
 from dsmount.storage.azure.blob_listing import ListPage, parse_list_page
 from dsmount.storage.azure.common import (
     AzureTarget,
-    StreamedBody,
     content_range,
-    lean_pipeline,
     pipeline_options,
     read_body,
     sdk_credential,
     status_error,
 )
+from dsmount.storage.azure.rest import AzureRest
 from dsmount.storage.integrity import range_md5_headers, verify_md5
 from dsmount.storage.retry import BackendStats
 
@@ -67,7 +66,7 @@ def parse_block_list(body: bytes) -> list[tuple[str, int]]:
     return out
 
 
-class BlobRest:
+class BlobRest(AzureRest):
     """Raw requests to one container (see the module docstring). `stats.requests` counts every
     request sent, on the loop thread (its only writer), so pages read ahead count too."""
 
@@ -80,43 +79,33 @@ class BlobRest:
         max_connections: int,
         attempt_timeout: float,
     ) -> None:
-        self.target = target
+        super().__init__(target, max_connections=max_connections, attempt_timeout=attempt_timeout)
         self.container = container
         self.stats = stats
-        self.max_connections = max_connections
-        self.attempt_timeout = attempt_timeout
         self.closed = False
-        self._client: Any = None  # the SDK client, made on the asyncio loop
-        self._lean: Any = None  # its lean pipeline for our raw requests
-        self._token_credential: Any = None
         # Listing pages requested ahead, by (listing id, marker); touched on the loop only.
         self._prefetched: dict[tuple[int, str], asyncio.Task[ListPage]] = {}
 
-    # --- the SDK client -----------------------------------------------------------------------
-    def client(self) -> Any:
-        """The SDK client, created on first use ON THE ASYNCIO LOOP (aiohttp needs it)."""
-        if self._client is None:
-            from azure.storage.blob.aio import ContainerClient
+    def _make_client(self) -> Any:
+        from azure.storage.blob.aio import ContainerClient
 
-            credential, self._token_credential = sdk_credential(self.target)
-            # 4 MiB socket reads: an 8 MiB block arrives without flow-control churn.
-            options = pipeline_options(
-                endpoint=self.target.endpoint,
-                max_connections=self.max_connections,
-                attempt_timeout=self.attempt_timeout,
-                read_bufsize=4 * 1024 * 1024,
-            )
-            self._client = ContainerClient(
-                account_url=self.target.endpoint,
-                container_name=self.container,
-                credential=credential,
-                **options,
-            )
-        return self._client
+        credential, self._token_credential = sdk_credential(self.target)
+        # 4 MiB socket reads: an 8 MiB block arrives without flow-control churn.
+        options = pipeline_options(
+            endpoint=self.target.endpoint,
+            max_connections=self.max_connections,
+            attempt_timeout=self.attempt_timeout,
+            read_bufsize=4 * 1024 * 1024,
+        )
+        return ContainerClient(
+            account_url=self.target.endpoint,
+            container_name=self.container,
+            credential=credential,
+            **options,
+        )
 
-    @property
-    def opened(self) -> bool:
-        return self._client is not None or self._token_credential is not None
+    def _count(self) -> None:
+        self.stats.requests += 1
 
     async def close(self) -> None:
         """Cancel pages read ahead and close the SDK client (on the loop)."""
@@ -124,14 +113,12 @@ class BlobRest:
         for task in self._prefetched.values():
             task.cancel()
         self._prefetched.clear()
-        if self._client is not None:
-            await self._client.close()
-        if self._token_credential is not None:
-            await self._token_credential.close()
+        await super().close()
 
-    def url(self, name: str) -> str:
+    def url(self, path: str) -> str:
+        """The URL of blob `path` (a full blob name)."""
         base, _, query = self.client().url.partition("?")  # a connection string's SAS: query
-        url = f"{base}/{quote(name, safe='~/')}"
+        url = f"{base}/{quote(path, safe='~/')}"
         return f"{url}?{query}" if query else url
 
     def copy_source(self, name: str) -> str:
@@ -141,49 +128,6 @@ class BlobRest:
             # the source URL (a header, never logged).
             url += "?" + self.target.secret.reveal().lstrip("?")
         return url
-
-    # --- sending ------------------------------------------------------------------------------
-    async def send(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        params: Any = None,
-        content: Any = None,
-    ) -> Any:
-        from azure.core.rest import HttpRequest
-
-        client = self.client()
-        headers["x-ms-version"] = client.api_version
-        request = HttpRequest(method, url, headers=headers, params=params, content=content)
-        self.stats.requests += 1
-        # stream=True: with stream=False the pipeline's ContentDecodePolicy would also decode
-        # the body by its Content-Type (XML into a tree, a blob into text).
-        if self._lean is None:
-            self._lean = lean_pipeline(client)
-        return (await self._lean.run(request, stream=True)).http_response
-
-    async def request(
-        self, method: str, name: str, headers: dict[str, str], params: Any = None,
-        content: bytes | bytearray | None = None,
-    ) -> tuple[int, Any, bytes]:
-        """(status, response, whole body) of one request on blob `name`."""
-        body: Any = content
-        if content is None and method == "PUT":
-            headers["Content-Length"] = "0"
-        elif content is not None:
-            # Both are signed by the SDK's policy: the transport must not add its own after
-            # (and azure-core sets Content-Length itself only for bytes).
-            headers.setdefault("Content-Type", "application/octet-stream")
-            headers["Content-Length"] = str(len(content))
-            if len(content) > StreamedBody.CHUNK:
-                body = StreamedBody(content)
-        response = await self.send(method, self.url(name), headers, params, body)
-        try:
-            body = await response.read()
-            return response.status_code, response, body
-        finally:
-            await response.close()
 
     # --- reading ------------------------------------------------------------------------------
     async def list_page(

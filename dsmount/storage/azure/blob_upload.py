@@ -114,18 +114,15 @@ class BlobUpload(Upload):
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
         body = block_list_xml(ids)
-        attempts = 0
 
-        async def commit() -> Entry:
-            nonlocal attempts
-            attempts += 1
+        async def commit(again: bool) -> Entry:
             status, response, text = await self.rest.request(
                 "PUT", self.name, dict(headers), {"comp": "blocklist"}, body
             )
             if status == 201:
                 return entry_from(self.name, size, response.headers)
             error = status_error(response, text)
-            if status == 412 and attempts > 1:
+            if status == 412 and again:
                 # An earlier attempt may have committed, its answer lost: then the blob's
                 # block list is ours.
                 current = await self.rest.get_block_list(self.name)
@@ -133,7 +130,7 @@ class BlobUpload(Upload):
                     return entry_from(self.name, size, current[1])
             raise error
 
-        return await self.backend._call(f"commit {self.path!r}", commit)
+        return await self.backend._call_again(f"commit {self.path!r}", commit)
 
     async def commit_whole(self, data: bytes) -> Entry:
         """A small file in one request (Put Blob; no block list, so a first append rewrites

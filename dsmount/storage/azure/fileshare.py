@@ -33,7 +33,7 @@ from dsmount.errors import AlreadyExists, AuthFailed, ConfigError, NotEmpty, Not
 from dsmount.shared.credentials import Credential
 from dsmount.storage.azure.backend import AzureBackend
 from dsmount.storage.azure.bridge import AsyncioThread
-from dsmount.storage.azure.common import resolve_target, status_error
+from dsmount.storage.azure.common import status_error
 from dsmount.storage.azure.fileshare_client import ShareRest
 from dsmount.storage.azure.fileshare_listing import DirectoryEntries, entry_from_headers
 from dsmount.storage.azure.fileshare_upload import FileShareUpload, rename_over
@@ -71,29 +71,23 @@ class FileShareBackend(AzureBackend):
         connection_verify: bool | str = True,
         bridge: AsyncioThread | None = None,
     ) -> None:
-        super().__init__()
         problem = share_name_problem(share)
         if problem:
             raise ConfigError(problem)
-        if not 1 <= page_size <= 5000:
-            raise ConfigError("page_size must be within 1..5000 (the service's maximum)")
         if credential.kind == "anonymous":
             raise ConfigError("Azure Files has no anonymous access; give a credential")
         segments = [s for s in prefix.strip("/").split("/") if s]
         if any(s in (".", "..") for s in segments) or "//" in prefix.strip("/"):
             raise ConfigError(f"invalid directory prefix {prefix!r}")
-        self.share = share
-        self._init_azure(credential, bridge)
-        self.prefix = "/".join(segments)
-        self.retry = retry or RetryPolicy()
-        self.page_size = page_size
-        self.max_connections = max_connections
-        self.connection_verify = connection_verify
-        self.target = resolve_target(credential, service="file", account=account, endpoint=endpoint)
+        super().__init__(
+            service="file", credential=credential, account=account, endpoint=endpoint,
+            retry=retry, page_size=page_size, max_connections=max_connections, bridge=bridge,
+        )
         if self.target.auth == "anonymous":
             raise ConfigError("the connection string has no AccountKey or SharedAccessSignature")
-        self.account = self.target.account
-        self.endpoint = self.target.endpoint
+        self.share = share
+        self.prefix = "/".join(segments)
+        self.connection_verify = connection_verify
         self._reported: set[tuple[str, str]] = set()
         self.rest = ShareRest(
             self.target, share, max_connections=max_connections,
@@ -191,26 +185,20 @@ class FileShareBackend(AzureBackend):
 
     async def delete(self, path: str) -> None:
         full = self._full(path)
-        attempts = 0
 
-        async def delete() -> None:
-            nonlocal attempts
-            attempts += 1
+        async def delete(again: bool) -> None:
             status, response, body = await self.rest.request("DELETE", full, {})
-            if status == 404 and attempts > 1:
+            if status == 404 and again:
                 return
             if status != 202:
                 raise status_error(response, body)
 
-        await self._call(f"delete {path!r}", delete)
+        await self._call_again(f"delete {path!r}", delete)
 
     async def make_dir(self, path: str) -> Entry:
         full = self._full(path)
-        attempts = 0
 
-        async def create() -> Entry:
-            nonlocal attempts
-            attempts += 1
+        async def create(again: bool) -> Entry:
             status, response, body = await self.rest.request(
                 "PUT", full, {}, {"restype": "directory"}
             )
@@ -218,31 +206,28 @@ class FileShareBackend(AzureBackend):
                 return entry_from_headers(path.rsplit("/", 1)[-1], response.headers, is_dir=True)
             error = status_error(response, body)
             if status == 409 and error.code == "ResourceAlreadyExists":
-                if attempts > 1:
+                if again:
                     return Entry(path.rsplit("/", 1)[-1], True)
                 raise AlreadyExists(f"mkdir {path!r}: the name exists")
             raise error
 
-        return await self._call(f"mkdir {path!r}", create)
+        return await self._call_again(f"mkdir {path!r}", create)
 
     async def remove_dir(self, path: str) -> None:
         full = self._full(path)
-        attempts = 0
 
-        async def remove() -> None:
-            nonlocal attempts
-            attempts += 1
+        async def remove(again: bool) -> None:
             status, response, body = await self.rest.request(
                 "DELETE", full, {}, {"restype": "directory"}
             )
-            if status == 202 or (status == 404 and attempts > 1):
+            if status == 202 or (status == 404 and again):
                 return
             error = status_error(response, body)
             if status == 409 and error.code == "DirectoryNotEmpty":
                 raise NotEmpty(f"rmdir {path!r}: the directory is not empty")
             raise error
 
-        await self._call(f"rmdir {path!r}", remove)
+        await self._call_again(f"rmdir {path!r}", remove)
 
     async def copy(self, src: str, dst: str) -> Entry:
         raise NotSupported(f"copy {src!r}: file shares rename natively; no copy is needed")

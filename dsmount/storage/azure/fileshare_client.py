@@ -33,14 +33,14 @@ from urllib.parse import quote
 from dsmount.errors import BackendError, Changed, NotFound, Transient
 from dsmount.storage.azure.common import (
     AzureTarget,
-    StreamedBody,
     content_range,
-    lean_pipeline,
     pipeline_options,
     read_body,
+    sdk_credential,
     status_error,
 )
 from dsmount.storage.azure.fileshare_listing import ListPage, parse_list_page
+from dsmount.storage.azure.rest import AzureRest
 from dsmount.storage.integrity import range_md5_headers, verify_md5
 from dsmount.storage.names import strip_etag
 
@@ -49,7 +49,7 @@ from dsmount.storage.names import strip_etag
 _NOT_A_FILE = {(404, "ResourceNotFound"), (404, None), (409, "ResourceTypeMismatch")}
 
 
-class ShareRest:
+class ShareRest(AzureRest):
     """Raw requests to one share (see the module docstring)."""
 
     def __init__(
@@ -62,55 +62,40 @@ class ShareRest:
         connection_verify: bool | str,
         page_size: int,
     ) -> None:
-        self.target = target
+        super().__init__(target, max_connections=max_connections, attempt_timeout=attempt_timeout)
         self.share = share
-        self.max_connections = max_connections
-        self.attempt_timeout = attempt_timeout
         self.connection_verify = connection_verify
         self.page_size = page_size
-        self._client: Any = None  # the SDK client, made on the asyncio loop
-        self._lean: Any = None  # its lean pipeline for our raw requests
-        self._token_credential: Any = None
 
-    # --- the SDK client -----------------------------------------------------------------------
-    def client(self) -> Any:
-        """The SDK client, created on first use ON THE ASYNCIO LOOP (aiohttp needs it)."""
-        if self._client is None:
-            from azure.storage.fileshare.aio import ShareClient
+    def _make_client(self) -> Any:
+        from azure.storage.fileshare.aio import ShareClient
 
-            from dsmount.storage.azure.common import sdk_credential
+        credential, self._token_credential = sdk_credential(self.target)
+        options = pipeline_options(
+            endpoint=self.target.endpoint,
+            max_connections=self.max_connections,
+            attempt_timeout=self.attempt_timeout,
+            verify=self.connection_verify,
+        )
+        if self.target.auth == "azure_ad":
+            options["token_intent"] = "backup"  # the SDK refuses token auth without it
+        return ShareClient(
+            account_url=self.target.endpoint,
+            share_name=self.share,
+            credential=credential,
+            allow_trailing_dot=True,
+            **options,
+        )
 
-            credential, self._token_credential = sdk_credential(self.target)
-            options = pipeline_options(
-                endpoint=self.target.endpoint,
-                max_connections=self.max_connections,
-                attempt_timeout=self.attempt_timeout,
-                verify=self.connection_verify,
-            )
-            if self.target.auth == "azure_ad":
-                options["token_intent"] = "backup"  # the SDK refuses token auth without it
-            self._client = ShareClient(
-                account_url=self.target.endpoint,
-                share_name=self.share,
-                credential=credential,
-                allow_trailing_dot=True,
-                **options,
-            )
-        return self._client
+    def _service_headers(self, headers: dict[str, str]) -> None:
+        headers["x-ms-allow-trailing-dot"] = "true"
+        if self.target.auth == "azure_ad":
+            headers["x-ms-file-request-intent"] = "backup"
 
-    @property
-    def opened(self) -> bool:
-        return self._client is not None or self._token_credential is not None
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._token_credential is not None:
-            await self._token_credential.close()
-
-    def url(self, full: str) -> str:
+    def url(self, path: str) -> str:
+        """The URL of `path` (a full path inside the share)."""
         base = self.client().url.partition("?")[0]
-        return f"{base}/{quote(full, safe='~/')}" if full else base
+        return f"{base}/{quote(path, safe='~/')}" if path else base
 
     def source_url(self, full: str) -> str:
         """The URL of `full` as a rename source."""
@@ -118,50 +103,6 @@ class ShareRest:
         if self.target.auth == "sas_token" and self.target.secret is not None:
             url += "?" + self.target.secret.reveal().lstrip("?")
         return url
-
-    # --- sending ------------------------------------------------------------------------------
-    async def send(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        params: Any = None,
-        content: Any = None,
-    ) -> Any:
-        from azure.core.rest import HttpRequest
-
-        client = self.client()
-        headers["x-ms-version"] = client.api_version
-        headers["x-ms-allow-trailing-dot"] = "true"
-        if self.target.auth == "azure_ad":
-            headers["x-ms-file-request-intent"] = "backup"
-        request = HttpRequest(method, url, headers=headers, params=params, content=content)
-        # stream=True: otherwise the pipeline's ContentDecodePolicy decodes the body by its
-        # Content-Type (XML into a tree, file content into text).
-        if self._lean is None:
-            self._lean = lean_pipeline(client)
-        return (await self._lean.run(request, stream=True)).http_response
-
-    async def request(
-        self, method: str, full: str, headers: dict[str, str], params: Any = None,
-        content: bytes | memoryview | None = None,
-    ) -> tuple[int, Any, bytes]:
-        """(status, response, whole body) of one request on `full`."""
-        body: Any = content
-        if content is None and method == "PUT":
-            headers["Content-Length"] = "0"
-        elif content is not None:
-            # Signed by the SDK's policy: the transport must not add its own after.
-            headers["Content-Type"] = "application/octet-stream"
-            headers["Content-Length"] = str(len(content))
-            if len(content) > StreamedBody.CHUNK:
-                body = StreamedBody(content)
-        response = await self.send(method, self.url(full), headers, params, body)
-        try:
-            body = await response.read()
-            return response.status_code, response, body
-        finally:
-            await response.close()
 
     async def expect(self, ok: tuple[int, ...], method: str, full: str,
                      headers: dict[str, str], params: Any = None,
