@@ -4,6 +4,9 @@ the source with `ast`, every import counted (module level, inside functions, TYP
 Rules: storage and shared are the bottom and import nothing above them; the node side and the
 workspace side never import each other (the workspace reaches a daemon only through the
 control client); the cache never imports the fs core; only the FUSE adapter imports pyfuse3.
+Within the packages listed in `ACYCLIC`, no module reaches itself through its imports (no two
+modules import each other, not even under TYPE_CHECKING): a class is split by layer, never
+into mixin halves that import each other; test doubles never ship in dsmount/.
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("dsmount.api", ("dsmount.",), ("dsmount.workspace",)),
 ]
 PYFUSE3_ONLY_IN = "dsmount.node.fuse_adapter"
+# Packages whose modules form no import cycle (every import counted, TYPE_CHECKING included).
+ACYCLIC = ("dsmount.storage",)
+# Arrows that were cycles once (a class cut into two files), forbidden by name so a message
+# says which split came back.
+FORBIDDEN_ARROWS = [
+    ("dsmount.storage.base", "dsmount.storage.writes"),
+    ("dsmount.storage.azure.blob_upload", "dsmount.storage.azure.blob"),
+    ("dsmount.storage.azure.blob_client", "dsmount.storage.azure.blob"),
+    ("dsmount.storage.azure.fileshare_upload", "dsmount.storage.azure.fileshare"),
+    ("dsmount.storage.azure.fileshare_client", "dsmount.storage.azure.fileshare"),
+    ("dsmount.storage.azure.rest", "dsmount.storage.azure.backend"),
+]
+# Test doubles live in tests/support/, never in the product.
+TEST_DOUBLES = ("memory", "memory_writes", "local_write", "faulty")
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -82,6 +99,86 @@ def violations(root: Path) -> list[str]:
                        for f in forbidden) and not any(_under(name, a) for a in allowed):
                     out.append(f"{module} imports {name} (rule for {applies})")
     return sorted(set(out))
+
+
+def import_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """module -> the modules of `package` it imports (itself and bare packages excluded)."""
+    modules = {module_name(p, root): p for p in root.rglob("*.py")}
+    inside = {m for m in modules if _under(m, package)}
+    return {
+        m: {n for n in imports_of(modules[m], m) if n in inside and n != m
+            and modules[n].name != "__init__.py"}
+        for m in inside
+    }
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_storage_has_no_import_cycle() -> None:
+    for package in ACYCLIC:
+        assert cycles(import_graph(PACKAGE, package)) == [], package
+
+
+def test_the_arrows_of_former_mixin_halves_stay_gone() -> None:
+    modules = {module_name(p, PACKAGE): p for p in PACKAGE.rglob("*.py")}
+    back = [(a, b) for a, b in FORBIDDEN_ARROWS if a in modules and b in imports_of(modules[a], a)]
+    assert back == []
+
+
+def test_no_test_double_ships_in_the_product() -> None:
+    names = {p.stem for p in (PACKAGE / "storage").rglob("*.py")}
+    assert names.isdisjoint(TEST_DOUBLES)
+    for path in PACKAGE.rglob("*.py"):
+        assert not any(_under(n, "tests") for n in imports_of(path, module_name(path, PACKAGE)))
+
+
+def test_a_cycle_is_found_even_under_type_checking(tmp_path: Path) -> None:
+    root = tmp_path / "dsmount"
+    (root / "storage").mkdir(parents=True)
+    for init in (root / "__init__.py", root / "storage" / "__init__.py"):
+        init.write_text('"""x"""\n')
+    (root / "storage" / "half_a.py").write_text("from dsmount.storage.half_b import B\n")
+    (root / "storage" / "half_b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from dsmount.storage.half_a import A\n"
+    )
+    (root / "storage" / "alone.py").write_text("from dsmount.storage.half_a import A\n")
+    assert cycles(import_graph(root, "dsmount.storage")) == [
+        ["dsmount.storage.half_a", "dsmount.storage.half_b"]
+    ]
 
 
 def test_the_package_keeps_its_layering() -> None:
