@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import mimetypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,6 @@ class RemoteFile:
 def file_md5(path: str | Path) -> bytes:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).digest()
-
-
-def content_type(path: str) -> str:
-    return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
 class Store(abc.ABC):
