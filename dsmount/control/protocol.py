@@ -157,6 +157,15 @@ def get_version(args: dict[str, Any]) -> str | None:
     return str(value)
 
 
+def get_target(args: dict[str, Any]) -> tuple[str, str | None]:
+    """(name, version) of the datastore a request names: `name` and `version`, or a `name`
+    written "name/version"."""
+    name, version = get_str(args, "name") or "", get_version(args)
+    if version is None and "/" in name:
+        name, version = name.split("/", 1)
+    return name, version
+
+
 def get_number(args: dict[str, Any], key: str, default: float) -> float:
     value = args.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:

@@ -22,13 +22,9 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("dsmount.storage", ("dsmount.",), ("dsmount.errors", "dsmount.shared", "dsmount.storage")),
     ("dsmount.node", ("dsmount.workspace", "dsmount.cli", "dsmount.api"), ()),
     ("dsmount.node.cache", ("dsmount.node.fs", "dsmount.control"), ()),
-    (
-        "dsmount.workspace",
-        ("dsmount.node", "dsmount.cli", "dsmount.control.server", "dsmount.control.service"),
-        (),
-    ),
-    ("dsmount.control.protocol", ("dsmount.node", "dsmount.workspace", "dsmount.cli"), ()),
-    ("dsmount.control.client", ("dsmount.node", "dsmount.workspace", "dsmount.cli"), ()),
+    ("dsmount.workspace", ("dsmount.node", "dsmount.cli", "dsmount.control.server"), ()),
+    # control/ is transport only, a floor below the node and the workspace.
+    ("dsmount.control", ("dsmount.node", "dsmount.workspace", "dsmount.cli", "dsmount.api"), ()),
     ("dsmount.api", ("dsmount.",), ("dsmount.workspace",)),
 ]
 PYFUSE3_ONLY_IN = "dsmount.node.fuse_adapter"
