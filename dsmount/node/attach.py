@@ -48,7 +48,6 @@ from dsmount.node.fs.datastore import (
 )
 from dsmount.storage.base import Backend
 from dsmount.storage.factory import local_root, make_backend
-from dsmount.storage.local import LocalBackend
 from dsmount.storage.local_access import DirAccess, Reader, check_listable
 from dsmount.storage.manifest import Manifest
 from dsmount.storage.manifest_backend import ManifestBackend, fetch_manifest, manifest_cache_path
@@ -162,8 +161,8 @@ class Attacher:
             raise AlreadyExists(f"a datastore {what} is already attached")
         backend = self.backend_factory(request.storage, retry=self.retry)
         try:
-            if access is not None and (not isinstance(backend, LocalBackend)
-                                       or backend.local.identity != access.identity):
+            if access is not None and (not backend.capabilities.local_directory
+                                       or backend.directory_identity() != access.identity):
                 # Swapped between the check and the open: what was checked is not served.
                 raise PermissionDenied(
                     f"{local_root(request.storage)} changed while being attached; try again")

@@ -8,6 +8,11 @@ hides that behind these methods.
 Errors: backends raise only the typed errors of `dsmount.errors` (NotFound, AuthFailed,
 Transient, Changed, IntegrityError, BackendError). `is_transient` decides what is retried.
 
+What differs between kinds is declared, never guessed: `capabilities` (a `Capabilities`) says
+whether a kind is remote, worth the disk cache, locates files inside larger objects, or serves
+one local directory, and each enables the methods named beside it. The node asks these, never
+`kind`, `isinstance` or `getattr`.
+
 Writing: a backend with `writable = True` implements the write verbs below (uploads are
 `dsmount.storage.writes.Upload`s); the others answer every one with ReadOnly. Whether a
 datastore is *attached* read-write is the node's decision, not the backend's.
@@ -25,6 +30,7 @@ from dsmount.errors import ReadOnly
 from dsmount.storage.retry import BackendStats
 
 if TYPE_CHECKING:
+    from dsmount.storage.manifest import Location
     from dsmount.storage.writes import Upload
 
 log = logging.getLogger(__name__)
@@ -56,10 +62,31 @@ class Entry:
         return "dir" if self.is_dir else "symlink" if self.symlink is not None else "file"
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do beyond the verbs every backend has (see the module docstring).
+    The defaults describe a remote object store."""
+
+    # Bytes come over a network: a small file's GET is worth starting at open, to overlap the
+    # FUSE round trips. False: a read is a local pread (microseconds, nothing to overlap), and
+    # a file replaced between open and read must still fail that read.
+    remote: bool = True
+    # Whole blocks are worth keeping in the disk cache. False: the bytes are on a local disk
+    # already.
+    disk_cacheable: bool = True
+    # Files are byte ranges of larger objects (a version's packs): `locate`, `objects` and
+    # `content_bytes` answer, so a cache can key the objects' bytes rather than each file's.
+    locate: bool = False
+    # Serves one local directory, held open: `directory_identity` names it, so a caller that
+    # checked a path can prove the directory served is the one it checked.
+    local_directory: bool = False
+
+
 class Backend(abc.ABC):
     """A read-only view of one datastore's objects."""
 
     kind: str = "abstract"
+    capabilities: Capabilities = Capabilities()
     # Answer a lookup in an unlisted directory by listing it (one page) rather than a stat per
     # name: right for object stores, where a LIST costs about what a HEAD does.
     list_on_lookup: bool = False
@@ -96,6 +123,25 @@ class Backend(abc.ABC):
         With `etag`, the read is conditional: if the object is no longer that version, raise
         Changed rather than return bytes of another version.
         """
+
+    # -- what `capabilities` enables ------------------------------------------------------------
+    def locate(self, path: str) -> Location:
+        """Where the bytes of file `path` are: a range of one of `objects()`'s objects (only
+        where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def objects(self) -> Backend:
+        """The backend holding the objects `locate` names (only where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def content_bytes(self) -> int:
+        """The bytes of every file `locate` answers for (only where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def directory_identity(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the directory served (only where
+        `capabilities.local_directory`)."""
+        raise NotImplementedError(f"{self.kind}: serves no local directory")
 
     async def check(self) -> None:
         """A cheap call proving the datastore is reachable and the credentials work."""

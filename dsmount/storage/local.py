@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from dsmount.errors import Changed, from_oserror
-from dsmount.storage.base import Backend, Entry
+from dsmount.storage.base import Backend, Capabilities, Entry
 from dsmount.storage.local_root import Found, LocalRoot, NotRegular
 
 PAGE_SIZE = 1000  # entries per listing page; keeps first-entry latency low for huge dirs
@@ -52,6 +52,7 @@ def entry_of(found: Found) -> Entry:
 
 class LocalBackend(Backend):
     kind = "local"
+    capabilities = Capabilities(remote=False, disk_cacheable=False, local_directory=True)
 
     def __init__(self, root: str | Path, *, limiter: trio.CapacityLimiter | None = None) -> None:
         super().__init__()
@@ -64,6 +65,9 @@ class LocalBackend(Backend):
 
     async def check(self) -> None:
         self.root_entry = await self.stat("")
+
+    def directory_identity(self) -> tuple[int, int]:
+        return self.local.identity
 
     async def stat(self, path: str) -> Entry:
         self.stats.requests += 1

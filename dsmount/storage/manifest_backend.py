@@ -18,6 +18,7 @@ import os
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ class ManifestBackend(Backend):
         self.manifest = manifest
         self.name = name  # the manifest object, for status
         self.kind = inner.kind
+        # The inner kind's, and files located inside its objects.
+        self.capabilities = replace(inner.capabilities, locate=True)
         self.stats = inner.stats  # one set of counters: the requests are the inner backend's
         self._entries: OrderedDict[str, Entry] = OrderedDict()
 
@@ -102,6 +105,15 @@ class ManifestBackend(Backend):
         if row.is_dir:
             raise NotFound(f"{path}: is a directory")
         return self.manifest.location(path, row)
+
+    def objects(self) -> Backend:
+        return self.inner
+
+    def content_bytes(self) -> int:
+        return self.manifest.total_bytes
+
+    def directory_identity(self) -> tuple[int, int]:
+        return self.inner.directory_identity()
 
     async def read(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
         path = path.strip("/")
