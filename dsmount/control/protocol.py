@@ -235,9 +235,9 @@ class AttachRequest:
     (`storage`, validated by `DatastoreSpec`). The wire form is one flat object, as the state
     file of a restarted daemon also keeps it (so an owner survives a restart).
 
-    `owner`/`shared` as a client sends them are wishes: the control service decides them from
-    the peer's credentials (a non-root peer always owns what it attaches) before anything is
-    attached or saved.
+    `owner`/`shared` as a client sends them are wishes: the node (node/access.py) decides them
+    from the peer's credentials (a non-root peer always owns what it attaches) before
+    anything is attached or saved.
 
     `read_write`: only a blob container or a file share, attached without a version and not
     immutable, can be read-write: a version is an immutable snapshot, and the (root) daemon

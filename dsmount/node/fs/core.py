@@ -1,12 +1,12 @@
 """The filesystem core: what every FUSE request means, with no FUSE in sight.
 
-`FileSystem` is the one object the FUSE adapter and the control service talk to. It composes
-the parts that hold the logic: `namespace` (which datastores are attached where), `lookup`
-(names to nodes, and what is known of them), `attributes` (what getattr answers), `dirs`
-(directory handles), `reads` (file handles and the read path, over `node.cache.fetcher`),
-`warming` (what a warm job may ask: walk and read through the read path),
-`writes` (files open for writing, their uploads and commits) and `mutations` (create, unlink,
-mkdir, rmdir, rename, setattr).
+`FileSystem` is the one object the FUSE adapter and the control operations (node/ops.py)
+talk to. It composes the parts that hold the logic: `namespace` (which datastores are
+attached where), `lookup` (names to nodes, and what is known of them), `attributes` (what
+getattr answers), `dirs` (directory handles), `reads` (file handles and the read path, over
+`node.cache.fetcher`), `warming` (what a warm job may ask: walk and read through the read
+path), `writes` (files open for writing, their uploads and commits) and `mutations` (create,
+unlink, mkdir, rmdir, rename, setattr).
 
 Invariants:
 - Every method either returns or raises a `dsmount.errors` error (or OSError); the FUSE
