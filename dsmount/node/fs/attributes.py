@@ -95,6 +95,11 @@ class AttributeMemo:
         self._memo.pop(ino, None)
 
 
+def attributes_of(node: Node, settings: FsSettings) -> Attributes:
+    """The attributes of `node`, unmemoised (reader hints check access with them)."""
+    return _compute(node, node.entry, settings)
+
+
 def _first(*values: int | None) -> int:
     for v in values:
         if v is not None:
