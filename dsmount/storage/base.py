@@ -18,7 +18,11 @@ or `getattr`. Each backend has a frozen `Capabilities` (`backend.capabilities`):
                     be kept in the node's disk cache (not so for a local directory, whose
                     files can change in place and are on disk already);
 - `locate`          its files live inside packed objects of another backend: `locate(path)`
-                    says where (a version's manifest), and reads may go to `inner` directly.
+                    says where (a version's manifest); `objects` and `content_bytes` name
+                    the objects holding them, so a cache keys the objects' bytes;
+- `local_directory` it serves one local directory, held open: `directory_identity` names it,
+                    so a caller that checked a path can prove the directory served is the one
+                    it checked.
 
 Writing: `begin_upload` hands out an `Upload`: one new version of one object being written,
 part by part, and made visible all at once by `commit`. Each kind maps the verbs onto what its
@@ -41,11 +45,13 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsmount.errors import ReadOnly
 from dsmount.storage.retry import BackendStats
 
+if TYPE_CHECKING:
+    from dsmount.storage.manifest import Location
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
@@ -55,6 +61,7 @@ class Capabilities:
     remote: bool = False
     disk_cacheable: bool = False
     locate: bool = False
+    local_directory: bool = False
 
 
 # The capabilities of the cloud kinds (blob containers, file shares).
@@ -128,6 +135,25 @@ class Backend(abc.ABC):
         With `etag`, the read is conditional: if the object is no longer that version, raise
         Changed rather than return bytes of another version.
         """
+
+    # -- what `capabilities` enables ------------------------------------------------------------
+    def locate(self, path: str) -> Location:
+        """Where the bytes of file `path` are: a range of one of `objects()`'s objects (only
+        where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def objects(self) -> Backend:
+        """The backend holding the objects `locate` names (only where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def content_bytes(self) -> int:
+        """The bytes of every file `locate` answers for (only where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def directory_identity(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the directory served (only where
+        `capabilities.local_directory`)."""
+        raise NotImplementedError(f"{self.kind}: serves no local directory")
 
     async def check(self) -> None:
         """A cheap call proving the datastore is reachable and the credentials work."""

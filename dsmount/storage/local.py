@@ -54,7 +54,7 @@ class LocalBackend(Backend):
     kind = "local"
     # Read-only (the mount serves local directories as they are); on disk already and its
     # files change in place, so nothing of it goes to the node's disk cache.
-    capabilities = Capabilities()
+    capabilities = Capabilities(local_directory=True)
 
     def __init__(self, root: str | Path, *, limiter: trio.CapacityLimiter | None = None) -> None:
         super().__init__()
@@ -67,6 +67,9 @@ class LocalBackend(Backend):
 
     async def check(self) -> None:
         self.root_entry = await self.stat("")
+
+    def directory_identity(self) -> tuple[int, int]:
+        return self.local.identity
 
     async def stat(self, path: str) -> Entry:
         self.stats.requests += 1

@@ -108,6 +108,15 @@ class ManifestBackend(Backend):
             raise NotFound(f"{path}: is a directory")
         return self.manifest.location(path, row)
 
+    def objects(self) -> Backend:
+        return self.inner
+
+    def content_bytes(self) -> int:
+        return self.manifest.total_bytes
+
+    def directory_identity(self) -> tuple[int, int]:
+        return self.inner.directory_identity()
+
     async def read(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
         path = path.strip("/")
         row = self._row(path)
