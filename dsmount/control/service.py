@@ -47,6 +47,7 @@ from dsmount.errors import (
     NotFound,
     PermissionDenied,
 )
+from dsmount.node.doctor_probe import probe_all
 from dsmount.node.fs.core import FileSystem
 from dsmount.node.fs.datastore import (
     PRIVATE_DIR_MODE,
@@ -412,6 +413,13 @@ class ControlService:
         self._may(peer, ds.owner, ds.shared, ds.key, "refresh")
         dropped = self.core.refresh(name, version, path)
         return {"refreshed": name if version is None else f"{name}/{version}", "dropped": dropped}
+
+    async def op_doctor(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Probe every datastore the peer sees (node/doctor_probe.py does the work)."""
+        shown, failed = self._visible(peer)
+        keys = [ds.key for ds in shown] + [str(f.get("path")) for f in failed]
+        return {"datastores": await probe_all({k: self.specs.get(k) for k in keys},
+                                              self.backend_factory)}
 
     # -- warm (node/warm.py runs the jobs; these only start, report and cancel them) ----------
     def _warmer(self) -> Warmer:
