@@ -8,17 +8,22 @@
 #   scripts/quickstart.sh local    the same daemon serving a local directory instead
 #   scripts/quickstart.sh stop     stop the daemon (unmounts) and Azurite, delete ./demo
 # The Python half (dataset, training loop) is scripts/quickstart_demo.py.
+# Environment (for tests): DSMOUNT_DEMO_DIR moves ./demo, DSMOUNT_PYTHON picks the Python that
+# has dsmount installed [.venv/bin/python], QUICKSTART_SKIP_INSTALL=1 skips install-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DEMO=$ROOT/demo
+DEMO=${DSMOUNT_DEMO_DIR:-$ROOT/demo}
 SOCK=$DEMO/control.sock
 MNT=$DEMO/datastores
-PY=$ROOT/.venv/bin/python
+# What the messages show: paths relative to the checkout when under it.
+SHOWN=${MNT#"$ROOT"/}
+DEMO_SHOWN=${DEMO#"$ROOT"/}
+PY=${DSMOUNT_PYTHON:-$ROOT/.venv/bin/python}
 HELPER=(python3 "$ROOT/scripts/quickstart_demo.py")
 # The daemon, the registry and the CLI of the demo are its own: nothing of the machine's.
 export DSMOUNT_SOCKET=$SOCK DSMOUNT_REGISTRY=$DEMO/registry DSMOUNT_CONFIG=$DEMO/dsmount.toml
-DSMOUNT=("$ROOT/.venv/bin/dsmount")
+DSMOUNT=("$PY" -m dsmount)
 # Azurite's well-known development account (documented by Microsoft; not a secret).
 export DEMO_ACCOUNT_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
@@ -83,7 +88,7 @@ if [ -e "$DEMO" ]; then
   stop >/dev/null
 fi
 
-bash scripts/install-deps.sh
+[ "${QUICKSTART_SKIP_INSTALL:-}" = 1 ] || bash scripts/install-deps.sh
 mkdir -p "$DEMO"
 if [ "${1:-blob}" = local ]; then
   local_demo
@@ -101,19 +106,19 @@ echo $! > "$DEMO/azurite.pid"
 echo "$ENDPOINT"
 
 say "a demo dataset: small images in class folders and one larger shard"
-"${HELPER[@]}" make demo/dataset
+"${HELPER[@]}" make "$DEMO_SHOWN/dataset"
 
-say "register container 'demo' as datastore 'demo' (registry: demo/registry)"
+say "register container 'demo' as datastore 'demo' (registry: ${DSMOUNT_REGISTRY#"$ROOT"/})"
 "${DSMOUNT[@]}" datastore register-blob demo --account devstoreaccount1 --container demo \
   --endpoint "$ENDPOINT" --account-key-env DEMO_ACCOUNT_KEY --create-if-not-exists
 "${DSMOUNT[@]}" upload demo "$DEMO/dataset" --quiet
-echo "uploaded demo/dataset to container demo"
+echo "uploaded $DEMO_SHOWN/dataset to container demo"
 
 say "version 1 of it (immutable; small files packed, with a manifest)"
 "${DSMOUNT[@]}" datastore create demo "$DEMO/dataset" --quiet
 "${DSMOUNT[@]}" datastore versions demo
 
-say "the daemon on demo/datastores; attach version 1, and the container as it is now"
+say "the daemon on $SHOWN; attach version 1, and the container as it is now"
 start_daemon
 "${DSMOUNT[@]}" attach demo --version 1
 # A name is either versioned or not, so the live container gets a name of its own.
@@ -123,9 +128,9 @@ start_daemon
 (cd "$MNT" && ls -- . demo demo/1 demo-live)
 
 say "a training-style loop over demo/1: shuffled reads, every byte checked"
-"${HELPER[@]}" train demo/datastores/demo/1 "$DEMO/dataset.sha256.json" --epochs 2
+"${HELPER[@]}" train "$SHOWN/demo/1" "$DEMO/dataset.sha256.json" --epochs 2
 say "the live container, demo-live/, read once"
-"${HELPER[@]}" verify demo/datastores/demo-live "$DEMO/dataset.sha256.json"
+"${HELPER[@]}" verify "$SHOWN/demo-live" "$DEMO/dataset.sha256.json"
 
 say "dsmount status"
 "${DSMOUNT[@]}" status
