@@ -41,7 +41,7 @@ from dsmount.shared.credentials import redact
 from dsmount.storage.azure.common import resolve_target
 from dsmount.storage.base import Backend
 from dsmount.storage.retry import RetryPolicy
-from dsmount.storage.spec import DatastoreSpec
+from dsmount.storage.spec import FIELDS, DatastoreSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ PARALLEL = 8
 
 def spec_of(saved: Mapping[str, Any]) -> DatastoreSpec:
     """The storage part of a saved attach request (its other fields are the mount's)."""
-    from dsmount.storage.spec import FIELDS
-
     return DatastoreSpec.from_dict({k: v for k, v in saved.items() if k in FIELDS})
 
 
