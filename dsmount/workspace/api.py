@@ -32,6 +32,7 @@ from dsmount.storage.store import Store
 from dsmount.workspace import registry as _registry
 from dsmount.workspace import runwrap, transfer
 from dsmount.workspace import versions as _versions
+from dsmount.workspace.datasets import Datasets
 from dsmount.workspace.entries import CredentialRef, DatastoreInfo
 from dsmount.workspace.range_reader import RangeReader
 from dsmount.workspace.references import DataReference
@@ -59,6 +60,20 @@ class Workspace:
     @property
     def datastores(self) -> dict[str, Datastore]:
         return {info.name: Datastore(self, info) for info in self.registry.list()}
+
+    @property
+    def datasets(self) -> Datasets:
+        """The datasets: those in the default datastore, then the examples (dsmount.workspace.
+        datasets); `ws.datasets['name']`, `ws.datasets[0]`, `ws.datasets.add_from_dataframe`."""
+        return Datasets(self.registry)
+
+    @property
+    def user_datasets(self) -> Datasets:
+        return Datasets(self.registry, which="user")
+
+    @property
+    def example_datasets(self) -> Datasets:
+        return Datasets(self.registry, which="example")
 
     def get_default_datastore(self) -> Datastore:
         name = self.registry.default_name()
@@ -316,6 +331,11 @@ class Datastore:
 
     def _store(self) -> Store:
         return self.workspace.registry.store(self.info)
+
+    @property
+    def datasets(self) -> Datasets:
+        """The datasets kept in this datastore (`ws.datasets` is the default datastore's)."""
+        return Datasets(self.workspace.registry, self.name, which="user")
 
     # -- transfers ------------------------------------------------------------------------------
     def upload(
