@@ -143,7 +143,7 @@ def deserialize(stream: Any, data_type_id: str) -> Any:
     _, sep, header = _TYPES[data_type_id]
     if data_type_id == DataTypeIds.PlainText:
         lines = stream.read().decode("utf-8-sig").splitlines()
-        return pd.DataFrame({0: pd.Series(lines, dtype=object)})
+        return pd.DataFrame({0: lines})
     if data_type_id == DataTypeIds.Parquet:
         try:
             return pd.read_parquet(stream)
