@@ -50,8 +50,6 @@ class DatasetNotFound(NotFound, KeyError, IndexError):
 class DatasetConflict(AlreadyExists):
     """The name is taken, or the dataset changed since it was read: nothing was changed."""
 
-    code = "conflict"
-
 
 @dataclass(frozen=True)
 class Entry:
