@@ -22,6 +22,7 @@ import trio
 from dsmount.control.server import ControlServer
 from dsmount.control.service import ControlService
 from dsmount.errors import DsmountError
+from dsmount.node import fuse_adapter
 from dsmount.node import mountpoint as mp
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
@@ -161,6 +162,7 @@ class Daemon:
         if self.metrics is not None:
             extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
         extra["staging"] = self.core.writes.staging.as_dict()
+        extra["fuse_requests"] = dict(fuse_adapter.requests)
         return extra
 
     def summary(self) -> str:

@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,9 +51,14 @@ class _LogLimiter:
 
 _failures = _LogLimiter()
 
+# FUSE requests answered, by kind (`dsmount status`'s `fuse_requests`): what a workload costs in
+# kernel round trips. One session per process (pyfuse3), so one counter per process.
+requests: Counter[str] = Counter()
+
 
 @contextmanager
 def _guard(what: str) -> Iterator[None]:
+    requests[what] += 1
     try:
         yield
     except pyfuse3.FUSEError:
@@ -141,6 +146,7 @@ class FuseOperations(pyfuse3.Operations):
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         # forget must never fail: the kernel does not wait for an answer.
+        requests["forget"] += 1
         try:
             self.core.forget(inode_list)
             for ino, _ in inode_list:
@@ -248,6 +254,7 @@ class FuseOperations(pyfuse3.Operations):
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         # Not called with default_permissions (the kernel checks the modes we report); kept
         # right for a mount without it: W_OK only where a datastore takes writes.
+        requests["access"] += 1
         if not mode & os.W_OK:
             return True
         try:
@@ -280,12 +287,15 @@ class FuseOperations(pyfuse3.Operations):
             self.core.not_supported(inode, "an extended attribute", xattr=True)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        requests["fsyncdir"] += 1
         return None  # a directory change is on storage once its call returned
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        requests["getxattr"] += 1
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        requests["listxattr"] += 1
         return []
 
 

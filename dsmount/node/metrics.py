@@ -109,6 +109,11 @@ class StatusCollector:
             for key, name in (("hits", "hits"), ("misses", "misses")):
                 yield CounterMetricFamily(f"dsmount_disk_cache_{name}",
                                           f"Disk cache {name}.", value=disk.get(key, 0))
+        fuse = CounterMetricFamily("dsmount_fuse_requests", "FUSE requests answered, by kind.",
+                                   labels=["op"])
+        for op, n in sorted(s.get("fuse_requests", {}).items()):
+            fuse.add_metric([op], n)
+        yield fuse
         yield GaugeMetricFamily("dsmount_uptime_seconds", "Seconds since the daemon started.",
                                 value=s.get("uptime", 0))
         yield GaugeMetricFamily("dsmount_open_files", "Files open through the mount.",

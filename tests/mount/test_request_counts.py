@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -253,3 +254,32 @@ def test_streams_through_a_budget_smaller_than_their_windows_download_each_byte_
     assert st["readahead_started"] > 0 and st["readahead_hits"] > 0
     assert downloaded <= 1.2 * total, (downloaded / total, st)
     assert st["readahead_unread_bytes"] <= 0.2 * total, st
+
+
+def test_status_counts_the_fuse_requests_each_file_costs_by_kind(counted: Counted) -> None:
+    """`fuse_requests` in `dsmount status` counts what the kernel asked, by kind: every open
+    of a file is one `open` and, once closed, one `release`; its bytes came in `read`s."""
+    files = {f"k/f{i:02d}.bin": data(500 + i, SMALL) for i in range(20)}
+    upload(counted.container, files)
+    assert len(os.listdir(counted.root / "k")) == len(files)
+
+    def requests() -> dict[str, int]:
+        return counted.daemon.call("status")["fuse_requests"]
+
+    before = requests()
+    for rel, body in files.items():
+        with open(counted.root / rel, "rb") as f:
+            assert f.read() == body
+    # release is asynchronous (close(2) does not wait for it): poll until the last one lands.
+    deadline = time.monotonic() + 10
+    while True:
+        after = requests()
+        delta = {op: n - before.get(op, 0) for op, n in after.items()}
+        if delta.get("release", 0) >= len(files) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert delta["open"] == len(files)
+    assert delta["release"] == len(files)
+    assert len(files) <= delta["read"] <= 2 * len(files)
+    assert delta.get("lookup", 0) <= len(files)  # readdirplus answered most of them
+    assert delta.get("write", 0) == 0
