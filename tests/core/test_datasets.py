@@ -110,7 +110,7 @@ def test_round_trip_per_data_type(
 
 
 # -- metadata, enumeration, examples -----------------------------------------------------------
-def test_metadata_and_enumeration_by_name_and_index(ws: Workspace) -> None:
+def test_metadata_and_enumeration_by_name_and_index(ws: Workspace, tmp_path: Path) -> None:
     before = dt.datetime.now(dt.UTC).replace(microsecond=0)
     first = ws.datasets.add_from_dataframe(FRAME, DataTypeIds.GenericCSV, "alpha", "first one")
     second = ws.datasets.add_from_raw_data(
@@ -133,6 +133,15 @@ def test_metadata_and_enumeration_by_name_and_index(ws: Workspace) -> None:
     assert before <= beta.created_date <= after
     assert not beta.is_example and beta.datastore == "dsets"
     assert beta.path == f"/datastores/dsets/{beta.version}/data.tsv"
+
+    # A datastore named instead of the default keeps its own datasets.
+    local = Datastore.register_local(
+        ws, "elsewhere", tmp_path / "elsewhere", create_if_not_exists=True
+    )
+    there = local.datasets.add_from_raw_data(b"k\n1\n", DataTypeIds.GenericCSV, "alpha", "local")
+    assert there.datastore == "elsewhere" and (tmp_path / "elsewhere" / there.object_path).is_file()
+    assert ws.datasets["alpha"] == first and local.datasets["alpha"] == there
+    assert [d.name for d in local.datasets] == ["alpha"]
 
     for wrong in ("beta", "BETA", "Beta ", "gamma"):  # names are case-sensitive
         with pytest.raises(DatasetNotFound, match=f"no dataset named '{wrong}'") as info:
@@ -310,6 +319,27 @@ def test_racing_updates_one_conflict_nothing_lost(
     now = ws.datasets["raced"]
     assert now.description == f"writer {winner}" and now.id == readers[winner].id
     pd.testing.assert_frame_equal(now.to_dataframe(), frames[winner])
+
+    # A reader during updates sees one whole version or the next, never a mix.
+    versions = [FRAME.assign(score=[float(10 + i)] * 3) for i in range(4)]
+    seen: list[pd.DataFrame] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(ws.datasets["raced"].to_dataframe())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for frame in versions:
+            ws.datasets["raced"].update_from_dataframe(frame)
+    finally:
+        done.set()
+        reader.join()
+    whole = [frames[winner], *versions]
+    assert seen and all(any(got.equals(f) for f in whole) for got in seen)
+    now = ws.datasets["raced"]
 
     # Racing changes to different datasets both land: each rebases on the other's commit.
     barrier = threading.Barrier(4)
