@@ -47,8 +47,20 @@ class Workspace:
     """The registry of named datastores (see dsmount.workspace.registry for where it lives)."""
 
     def __init__(
-        self, registry_dir: str | Path | None = None, *, socket: str | None = None
+        self,
+        registry_dir: str | Path | None = None,
+        *,
+        socket: str | None = None,
+        workspace_id: str | None = None,
+        authorization_token: str | None = None,
     ) -> None:
+        if workspace_id is not None or authorization_token is not None:
+            # The Azure ML client's spelling: say what takes its place rather than a TypeError.
+            raise InvalidRequest(
+                "a dsmount workspace is a registry of datastores, not a service account: use "
+                "Workspace() or Workspace(registry_dir); credentials belong to the datastores "
+                "(Datastore.register_azure_blob_container)"
+            )
         self.registry = Registry(registry_dir)
         self.socket = socket  # the daemon's control socket, for `run` (default: DSMOUNT_SOCKET)
 

@@ -175,6 +175,8 @@ def test_examples_read_offline_like_user_datasets(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no default datastore"):
         ws.datasets.add_from_dataframe(FRAME, DataTypeIds.GenericCSV, "x", "y")
     assert not (tmp_path / "empty-registry").exists()  # nothing written, not even the registry
+    with pytest.raises(InvalidRequest, match="registry of datastores"):
+        Workspace(workspace_id="4c29e1adeba2e5a7", authorization_token="f4f3ade2c6aefdb1")
 
 
 # -- conflicts and bad input --------------------------------------------------------------------
