@@ -14,10 +14,19 @@ def method_notes(ctx: Context, results: Results) -> list[str]:
     if ctx.writes_only:  # the read rows' notes below describe rows that did not run
         return notes + write_notes(ctx)
     notes += [
-        "row 9: CPU-seconds (user + system, psutil) per GiB over the timed cold sequential "
-        "read; 'all counted': direct clients = this benchmark process (the client runs in it), "
-        "rclone = the rclone process serving the data container + the `dd` reading the mount, "
-        "dsmount = the daemon + `dd`; 'client/daemon only' leaves `dd` out",
+        "row 9: CPU-seconds (user + system from /proc, every thread and child process) per GiB "
+        "over the timed cold sequential read; 'all counted': direct clients = this benchmark "
+        "process (the client runs in it), rclone = the rclone process serving the data "
+        "container + the `dd` reading the mount, dsmount = the daemon + `dd`; 'client/daemon "
+        "only' leaves `dd` out",
+        "rows 15-19 (docs/benchmarks.md says how each is made): 15 = `sha256sum` through the "
+        "mount vs sdk-aio downloading and hashing in order; 16-18 CPU per file = the system's "
+        "processes only (the daemon, rclone, or this process for a direct client), not the "
+        "reading threads of a mount's epoch; 17 = 4 spawned worker processes, one file at a "
+        "time, hashing; 18 = a dedicated daemon's disk cache (filled by `dsmount warm`, read "
+        "through a second attachment, page cache dropped) beside local-disk (the same files in "
+        "a plain directory, the same threads and order); 19 = differences of `status`'s "
+        "fuse_requests per file",
         "rows 7-8: the same two seeded shuffles of the small files for every system, 8 "
         "threads; cold = page cache dropped first, the second epoch is the other shuffle with "
         "nothing dropped; dsmount's row 7 reads a second attachment of the data container "
