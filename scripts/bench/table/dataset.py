@@ -65,7 +65,7 @@ class Scale:
 
 
 FULL = Scale(GiB, 5000, 50, 100 * KiB, 20_000, 1000, 64 * KiB)
-QUICK = Scale(128 * MiB, 1000, 10, 100 * KiB, 2000, 1000, 64 * KiB)
+QUICK = Scale(256 * MiB, 1000, 10, 100 * KiB, 2000, 1000, 64 * KiB)
 
 
 class Dataset:
