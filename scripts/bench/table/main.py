@@ -63,7 +63,8 @@ from scripts.bench.targets import ratios
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scripts.bench",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small dataset (2 x 256 MiB, 1,000 small files, ...)")
+    p.add_argument("--quick", action="store_true",
+                   help="small dataset (2 x 256 MiB, 1,000 small files, ...)")
     p.add_argument("--only", default="", help=f"comma-separated clients, of: {','.join(CLIENTS)}")
     p.add_argument("--skip-rclone", action="store_true", help="leave out both rclone mounts")
     p.add_argument("--workdir", type=Path, help="where mounts, caches and logs go (default: tmp)")
