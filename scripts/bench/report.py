@@ -10,6 +10,7 @@ hand: re-rendering gives the same text.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,9 @@ def render_docs(results_dir: Path, doc: Path) -> str:
         results, meta, rs = load_run(path)
         title = meta.get("date") or path.stem
         how = meta.get("command", "")
+        rel = Path(os.path.relpath(path, doc.parent)).as_posix()
         sections.append(f"### {title}: {meta['scale_desc'].split(':')[0]} scale\n\n"
-                        + (f"`{how}` (results: `{path.as_posix()}`)\n\n" if how else "")
+                        + (f"`{how}` (results: [{rel}]({rel}))\n\n" if how else "")
                         + render_run(results, meta, rs))
     rendered = "\n".join([BEGIN, "", *sections, END])
     text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"

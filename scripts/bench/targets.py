@@ -160,7 +160,7 @@ def ratios(results: Results, budget_mib: float, reads: bool = True) -> list[Rati
             ("random 64 KiB reads, 1 in flight", "pread_per_s", False),
             ("random 64 KiB reads, 8 in flight", "pread8_per_s", False),
         ):
-            rel(f"file share: dsmount-fs vs fs-sdk-aio, {label}", key, ("fs-sdk-aio",), "",
+            rel(f"dsmount-fs vs fs-sdk-aio, {label}", key, ("fs-sdk-aio",), "",
                 None, lower, me="dsmount-fs", group="file share")  # fmt: skip
     return out
 
