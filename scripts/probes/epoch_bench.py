@@ -259,3 +259,36 @@ def main_with(serve_args: Callable[[argparse.Namespace], list[str]],
         out = run(args, [sys.executable, *serve_args(args)])
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+def table(dirs: list[str]) -> str:
+    """Markdown rows from the --json files of run_all.sh runs: ranges over epochs >= 1
+    (epoch 0 has no FORGETs yet), over every run directory given."""
+    rows: dict[str, list[dict]] = {}
+    for d in dirs:
+        for f in sorted(Path(d).glob("*.json"), key=lambda p: p.stat().st_mtime):
+            for r in json.loads(f.read_text())["rows"]:
+                if r["epoch"] >= 1:
+                    rows.setdefault(r["label"], []).append(r)
+
+    def rng(label: str, key: str, fmt: str) -> str:
+        vals = [r[key] for r in rows[label]]
+        lo, hi = format(min(vals), fmt), format(max(vals), fmt)
+        return lo if lo == hi else f"{lo}-{hi}"
+
+    out = ["| design | files/s | local files/s | ratio | daemon CPU ms/file | cores "
+           "| requests/file |",
+           "|---|---|---|---|---|---|---|"]
+    for label in rows:
+        kinds = rows[label][-1]["req_per_file"]
+        req = ", ".join(f"{k} {v:.2f}" for k, v in kinds.items() if k != "forgotten" and v >= 0.01)
+        out.append(f"| {label} | {rng(label, 'fuse_fps', ',')} | {rng(label, 'local_fps', ',')} "
+                   f"| {rng(label, 'ratio', '.2f')} | {rng(label, 'cpu_ms_per_file', '.3f')} "
+                   f"| {rng(label, 'cores', '.2f')} | {req} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Print the markdown table of run_all.sh outputs.")
+    ap.add_argument("dirs", nargs="+", help="directories of --json row files")
+    print(table(ap.parse_args().dirs))

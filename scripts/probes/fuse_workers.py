@@ -21,6 +21,7 @@ see docs/multicore.md for the table; `bench` prints one JSON row per epoch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -173,7 +174,13 @@ def serve(args: argparse.Namespace) -> None:
         finally:
             pyfuse3.close(unmount=False)
         return
-    trio.run(_serve_until_init, ops)
+    if args.nonblock:  # pyfuse3 does not expose its fd: find it among ours
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}") == "/dev/fuse":
+                    os.set_blocking(fd, False)
+    if not args.fork_before_init:
+        trio.run(_serve_until_init, ops)
     kids = []
     for w in range(args.workers):
         pid = os.fork()
@@ -198,14 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("cmd", choices=["bench", "serve"], help="bench: run the epoch harness")
     ap.add_argument("--workers", type=int, default=0, help="0 = no fork (baseline)")
+    ap.add_argument("--fork-before-init", action="store_true",
+                    help="fork before INIT is answered (shows why the parent must answer it)")
+    ap.add_argument("--nonblock", action="store_true",
+                    help="set O_NONBLOCK on the /dev/fuse fd (shows how a worker fails on EAGAIN)")
     ap.add_argument("--json", help="write the rows here too")
     epoch_bench.add_args(ap)
     return ap
 
 
 def serve_args(args: argparse.Namespace) -> list[str]:
+    extra = [f for f, on in (("--fork-before-init", args.fork_before_init),
+                             ("--nonblock", args.nonblock)) if on]
     return [__file__, "serve", "--workers", str(args.workers), "--tree", args.tree,
-            "--mnt", args.mnt, "--counters", args.counters]
+            "--mnt", args.mnt, "--counters", args.counters, *extra]
 
 
 if __name__ == "__main__":
