@@ -182,6 +182,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--mnt", default="/var/tmp/dsm-probe-mnt")
     ap.add_argument("--counters", default="/dev/shm/dsm-probe-counters")
     ap.add_argument("--label", default="", help="name of the row in the output")
+    ap.add_argument("--subdir", default="", help="where the tree appears under --mnt")
     ap.add_argument("--no-drop", action="store_true",
                     help="do not drop caches (a functional check, not a measurement)")
 
@@ -192,13 +193,14 @@ def run(args: argparse.Namespace, serve_cmd: list[str]) -> dict:
     DROP = not args.no_drop
     root = Path(args.tree)
     rels = make_tree(root, args.files, args.size_kib * 1024)
-    mnt = Path(args.mnt)
-    mnt.mkdir(parents=True, exist_ok=True)
+    top = Path(args.mnt)
+    top.mkdir(parents=True, exist_ok=True)
+    mnt = top / args.subdir
     Counters(args.counters, create=True)
     daemon = subprocess.Popen(serve_cmd)
     try:
         deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
+        while not os.path.ismount(top) or not (mnt / rels[0]).exists():
             if daemon.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daemon did not mount (rc={daemon.poll()})")
             time.sleep(0.05)
@@ -242,9 +244,15 @@ def run(args: argparse.Namespace, serve_cmd: list[str]) -> dict:
                 "req_per_file": {k: round(v, 3) for k, v in sorted(kinds.items())},
             })
             print(json.dumps(rows[-1]), flush=True)
+        for rel in random.Random(1).sample(rels, min(50, len(rels))):
+            if (mnt / rel).read_bytes() != (root / rel).read_bytes():
+                raise RuntimeError(f"content differs: {rel}")
         return {"rows": rows}
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+        if args.subdir:  # a full daemon: let it unmount on its way out
+            daemon.terminate()
+        else:
+            subprocess.run(["umount", "-l", str(top)], check=False, capture_output=True)
         try:
             daemon.wait(timeout=10)
         except subprocess.TimeoutExpired:

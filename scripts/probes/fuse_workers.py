@@ -209,12 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fork before INIT is answered (shows why the parent must answer it)")
     ap.add_argument("--nonblock", action="store_true",
                     help="set O_NONBLOCK on the /dev/fuse fd (shows how a worker fails on EAGAIN)")
+    ap.add_argument("--dsmount", action="store_true",
+                    help="bench today's dsmount daemon instead (local datastore; --subdir tree)")
     ap.add_argument("--json", help="write the rows here too")
     epoch_bench.add_args(ap)
     return ap
 
 
 def serve_args(args: argparse.Namespace) -> list[str]:
+    if args.dsmount:
+        here = Path(__file__).resolve().parent
+        return ["-c", "import os,sys; os.execv(sys.argv[1], sys.argv[1:])",
+                str(here / "dsmount_local.sh"), args.tree, args.mnt, "/var/tmp/dsm-probe-state"]
     extra = [f for f, on in (("--fork-before-init", args.fork_before_init),
                              ("--nonblock", args.nonblock)) if on]
     return [__file__, "serve", "--workers", str(args.workers), "--tree", args.tree,

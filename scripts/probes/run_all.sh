@@ -12,6 +12,7 @@ run() {  # label, script, args...
   timeout 300 $py "scripts/probes/$script" bench --epochs 3 --label "$label" \
     --json "$out/$label.json" "$@" 2>&1 | grep -v '^$' | tail -4
 }
+run dsmount-today fuse_workers.py --dsmount --subdir tree
 run p1-pyfuse3 fuse_workers.py --workers 0
 run p2-fork1 fuse_workers.py --workers 1
 run p2-fork2 fuse_workers.py --workers 2
