@@ -9,6 +9,8 @@ Prototype for "what does a FUSE request cost without pyfuse3, and what do kernel
   * --passthrough: INIT asks FUSE_PASSTHROUGH (kernel >= 6.9, CAP_SYS_ADMIN); OPEN opens the
     backing file, registers it (FUSE_DEV_IOC_BACKING_OPEN), answers FOPEN_PASSTHROUGH with the
     backing id as fh, and RELEASE drops it (FUSE_DEV_IOC_BACKING_CLOSE): READs never reach us;
+  * --backing-cache (with --passthrough, one process): one backing id per inode, kept until the
+    inode's FORGET, so OPEN costs a dict lookup and RELEASE nothing;
   * --noflush: OPEN answers FOPEN_NOFLUSH, so close(2) sends no FLUSH;
   * --no-open: OPEN and FLUSH answer ENOSYS once; the kernel then sends neither OPEN, FLUSH nor
     RELEASE again (FUSE_NO_OPEN_SUPPORT), leaving LOOKUP + READ per file.
@@ -117,6 +119,7 @@ class Server:
         self.tree, self.args, self.dev = tree, args, dev
         self.count: memoryview | None = None
         self.no_open = args.no_open
+        self.bids: dict[int, int] = {}  # --backing-cache: inode -> backing id
 
     def reply(self, fd: int, unique: int, body: bytes = b"", err: int = 0) -> None:
         # ENOENT: the request was interrupted and is gone
@@ -137,6 +140,12 @@ class Server:
         self.minor = minor
         return INIT_OUT.pack(7, minor, readahead, out_flags, 16, 12, 128 * 1024, 1, 32, 0,
                              out2, 1 if self.args.passthrough else 0, 0)
+
+    def forget(self, node: int) -> None:
+        """The kernel dropped the inode: no open file can still need its cached backing id."""
+        bid = self.bids.pop(node, None)
+        if bid is not None:
+            fcntl.ioctl(self.dev, DEV_IOC_BACKING_CLOSE, struct.pack("<I", bid))
 
     def handle(self, fd: int, req: bytes) -> None:
         _ln, op, unique, node, _uid, _gid, _pid, _ext, _pad = IN_HDR.unpack_from(req)
@@ -161,14 +170,19 @@ class Server:
             if self.no_open:
                 return self.reply(fd, unique, err=errno.ENOSYS)
             if self.args.passthrough:
-                bid = backing_open(self.dev, tree.paths[node])
+                if self.args.backing_cache:
+                    bid = self.bids.get(node) or self.bids.setdefault(
+                        node, backing_open(self.dev, tree.paths[node]))
+                    fh = 0
+                else:
+                    bid = fh = backing_open(self.dev, tree.paths[node])
                 flags = FOPEN_PASSTHROUGH | (FOPEN_NOFLUSH if self.args.noflush else 0)
-                return self.reply(fd, unique, OPEN_OUT.pack(bid, flags, bid))
+                return self.reply(fd, unique, OPEN_OUT.pack(fh, flags, bid))
             flags = FOPEN_KEEP_CACHE | (FOPEN_NOFLUSH if self.args.noflush else 0)
             return self.reply(fd, unique, OPEN_OUT.pack(node, flags, 0))
         if op == 18:  # RELEASE
-            if self.args.passthrough:
-                fh = struct.unpack_from("<Q", body)[0]
+            fh = struct.unpack_from("<Q", body)[0]
+            if self.args.passthrough and fh:
                 fcntl.ioctl(self.dev, DEV_IOC_BACKING_CLOSE, struct.pack("<I", fh))
             return self.reply(fd, unique)
         if op == 25:  # FLUSH
@@ -178,10 +192,14 @@ class Server:
         if op == 2:  # FORGET
             if count is not None:
                 count[epoch_bench.FORGOTTEN] += 1
-            return None
+            return self.forget(node)
         if op == 42:  # BATCH_FORGET
+            n = struct.unpack_from("<I", body)[0]
             if count is not None:
-                count[epoch_bench.FORGOTTEN] += struct.unpack_from("<I", body)[0]
+                count[epoch_bench.FORGOTTEN] += n
+            if self.bids:
+                for i in range(n):
+                    self.forget(struct.unpack_from("<Q", body, 8 + 16 * i)[0])
             return None
         if op == 27:  # OPENDIR
             if node not in tree.listing:
@@ -254,6 +272,8 @@ def run_worker(server: Server, args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
+    if args.backing_cache and (args.procs != 1 or not args.passthrough):
+        raise SystemExit("--backing-cache needs --passthrough and --procs 1 (ids are per process)")
     counters = epoch_bench.Counters(args.counters)
     tree = Tree(Path(args.tree).resolve())
     dev = mount(args.mnt)
@@ -290,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shared-fd", action="store_true", help="read the inherited fd, no clone")
     ap.add_argument("--passthrough", action="store_true")
     ap.add_argument("--noflush", action="store_true")
+    ap.add_argument("--backing-cache", action="store_true",
+                    help="passthrough: one backing id per inode, closed at FORGET (one process)")
     ap.add_argument("--no-open", action="store_true", help="answer OPEN/FLUSH with ENOSYS")
     ap.add_argument("--json", help="write the rows here too")
     epoch_bench.add_args(ap)
@@ -298,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve_args(args: argparse.Namespace) -> list[str]:
     flags = [f for f, on in (("--shared-fd", args.shared_fd), ("--passthrough", args.passthrough),
-                             ("--noflush", args.noflush), ("--no-open", args.no_open)) if on]
+                             ("--noflush", args.noflush), ("--no-open", args.no_open),
+                             ("--backing-cache", args.backing_cache)) if on]
     return [__file__, "serve", "--procs", str(args.procs), "--readers", str(args.readers),
             "--tree", args.tree, "--mnt", args.mnt, "--counters", args.counters, *flags]
 

@@ -28,3 +28,4 @@ run p3-raw2-noopen rawfuse.py --procs 2 --no-open
 run p3-pt1 rawfuse.py --procs 1 --passthrough
 run p3-pt1-noflush rawfuse.py --procs 1 --passthrough --noflush
 run p3-pt2-noflush rawfuse.py --procs 2 --passthrough --noflush
+run p3-pt1-noflush-bcache rawfuse.py --procs 1 --passthrough --noflush --backing-cache
