@@ -32,6 +32,7 @@ import trio
 
 from dsmount.control.protocol import (
     AttachRequest,
+    HintRequest,
     Request,
     Response,
     get_bool,
@@ -55,6 +56,7 @@ from dsmount.node.fs.datastore import (
     Presentation,
     user_name,
 )
+from dsmount.node.hints import Prefetcher
 from dsmount.node.warm import Warmer, WarmJob, warm_capacity_note
 from dsmount.storage.base import Backend
 from dsmount.storage.factory import local_root, make_backend
@@ -134,7 +136,9 @@ class ControlService:
         manifest_dir: Path | None = None,
         warmer: Warmer | None = None,
         writes_enabled: bool = True,
+        prefetcher: Prefetcher | None = None,
     ) -> None:
+        self.prefetcher = prefetcher
         self.writes_enabled = writes_enabled
         self.manifest_dir = manifest_dir
         self.core = core
@@ -452,6 +456,16 @@ class ControlService:
 
     async def op_warm_cancel(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return self._warmer().cancel(self._job(args, peer).id).as_dict()
+
+    # -- hints (node/hints.py does the work) --------------------------------------------------
+    async def op_hint(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        if self.prefetcher is None:
+            raise InvalidRequest("this daemon does not take hints")
+        r = HintRequest.from_args(args)
+        watch = r.pid if r.pid is not None else (peer.pid if r.caller is None else None)
+        return self.prefetcher.hint(r.paths, uid=peer.uid, reader=reader_of(peer),
+                                    caller=r.caller or f"pid {peer.pid}", watch_pid=watch,
+                                    append=r.append, idle_timeout=r.idle_timeout)
 
 
 def _owner_of(spec: dict[str, Any]) -> tuple[int, bool]:

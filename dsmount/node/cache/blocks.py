@@ -446,6 +446,16 @@ class BlockCache:
             except Exception:  # a disk-cache hiccup must not fail the read that fetched it
                 log.exception("after caching %s %d-%d", src.key[1], extent.start, extent.end)
 
+    def abandon(self, key: ObjectKey) -> None:
+        """Nobody is coming for the unread bytes of `key` fetched ahead (an ordered prefetch
+        was abandoned): they become the first to evict, instead of pinning the budget until
+        they go stale."""
+        index = self._objects.get(key)
+        if index is not None:
+            for extent in index:
+                if extent.prefetch and extent.data is not None:
+                    self._resident.demote(extent)
+
     # -- invalidation --------------------------------------------------------------------------
     def drop(self, datastore_id: int, path: str | None = None) -> int:
         """Forget cached extents of a datastore (or one path of it). Returns extents dropped.

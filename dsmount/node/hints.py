@@ -1,0 +1,486 @@
+"""Ordered prefetch: fetching files ahead of a reader along an order it told us (a hint) or
+that we guessed (directory order, node/cache/dirorder.py). One mechanism for both.
+
+A hint is a list of files in read order, owned by its caller (uid plus a caller id: by
+default the pid of the process that sent it). The scheduler walks each hint's list and
+starts, for each file, one background fetch of its first `per_file` bytes into the block
+cache (`BlockCache.prefetch`: pending residency, so the bytes are not evicted by read-ahead
+before the reader comes), while the reader's opens (`opened`, called by the filesystem core)
+consume the list. Bounds:
+- A hint has at most `window_files` files fetched ahead and not yet opened; all hints together
+  at most `window_bytes` (never more than half the cache budget), so ordered prefetch never
+  takes more than the window from other datastores' working sets.
+- Hints share the window round-robin: each pass starts one file of each hint that has room.
+- A file a reader passed without opening (its position is `window_files` behind the furthest
+  one opened) is abandoned, like everything fetched ahead when a hint is replaced or
+  cancelled: its pending bytes become the first to evict, and they count as wasted.
+
+A hint ends when its list is consumed, when the same caller sends a new one (replaced), when
+its caller's process exits, or when it makes no progress and is not renewed for its idle
+timeout. A file the caller may not read (node/hint_access.py: the mount's own rules), that
+does not exist or is not a file is skipped, never fetched.
+
+Invariants:
+- Bytes fetched ahead and not opened <= window_bytes + one file per hint (a file's size is
+  known only once it is looked up, so the last one started may cross the line).
+- A file is fetched ahead at most once per position in a hint, and never when its bytes are
+  cached already (`prefetch` fetches only holes).
+- Nothing here raises into the FUSE path: `opened` only updates counters and starts tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from dsmount.errors import DsmountError, InvalidRequest, NotFound
+from dsmount.node.cache.dirorder import DirOrder, DirOrderConfig
+from dsmount.node.fs.core import FileSystem
+from dsmount.node.fs.datastore import Datastore
+from dsmount.node.fs.inodes import Node
+from dsmount.node.hint_access import ProcessWatch, may_read_file, reader_of_process
+from dsmount.storage.base import Entry
+from dsmount.storage.local_access import Reader
+from dsmount.storage.names import clean_path
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5  # seconds between checks for exited callers and idle hints
+ROOM_RETRY = 0.05  # seconds between tries to start a fetch the cache had no room for
+RESOLVING_MAX = 64  # files looked up (stat, access) at once, across hints
+
+
+@dataclass(frozen=True)
+class PrefetchSettings:
+    window_bytes: int = 256 * 1024**2
+    window_files: int = 64
+    idle_timeout: float = 60.0
+    per_file: int = 8 * 1024**2  # bytes fetched ahead of one file; its read-ahead does the rest
+    dir_order: bool = True
+
+
+@dataclass
+class PrefetchStats:
+    """What one kind of prefetch (hints, directory order) did."""
+
+    files_prefetched: int = 0
+    bytes_prefetched: int = 0
+    files_used: int = 0
+    bytes_used: int = 0
+    files_wasted: int = 0
+    bytes_wasted: int = 0
+    files_skipped: int = 0  # missing, not a file, or not readable by the caller
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass(eq=False)
+class _Item:
+    ds: Datastore
+    path: str
+    index: int
+    state: str = "todo"  # todo, fetching, ahead (fetched ahead), opened, skipped, dropped
+    bytes: int = 0
+    key: tuple[int, str, str] | None = None
+
+
+@dataclass(eq=False)
+class Hint:
+    owner: tuple[Any, ...]
+    uid: int
+    reader: Reader
+    source: str  # "hint" or "dir"
+    limit_files: int
+    idle_timeout: float
+    watch: ProcessWatch | None
+    touched: float
+    items: list[_Item] = field(default_factory=list)
+    positions: dict[tuple[int, str], deque[int]] = field(default_factory=dict)
+    cursor: int = 0  # items before it are not todo
+    ahead: int = 0  # items fetching or fetched ahead, not opened
+    furthest: int = -1  # the furthest position opened
+    swept: int = 0  # items before it the reader has passed (opened, or abandoned)
+    ended: str | None = None
+
+    def add(self, ds: Datastore, path: str) -> _Item:
+        item = _Item(ds, path, len(self.items))
+        self.items.append(item)
+        self.positions.setdefault((ds.id, path), deque()).append(item.index)
+        return item
+
+    def next_todo(self) -> _Item | None:
+        while self.cursor < len(self.items) and self.items[self.cursor].state != "todo":
+            self.cursor += 1
+        return self.items[self.cursor] if self.cursor < len(self.items) else None
+
+    def describe(self) -> dict[str, Any]:
+        opened = sum(1 for i in self.items if i.state == "opened")
+        return {"source": self.source, "uid": self.uid, "files": len(self.items),
+                "opened": opened, "ahead": self.ahead, "position": self.furthest + 1}
+
+
+class Prefetcher:
+    """Runs hints in its own nursery (start it with `nursery.start(prefetcher.run)`)."""
+
+    def __init__(self, core: FileSystem, settings: PrefetchSettings | None = None,
+                 *, mountpoint: str = "/datastores",
+                 clock: Callable[[], float] = time.monotonic,
+                 dir_config: DirOrderConfig | None = None) -> None:
+        self.core = core
+        self.settings = s = settings or PrefetchSettings()
+        self.window_bytes = max(1, min(s.window_bytes, core.cache.budget // 2))
+        self.per_file = min(s.per_file, self.window_bytes)
+        self.mountpoint = mountpoint.rstrip("/") or "/"
+        self.clock = clock
+        self.hints: dict[tuple[Any, ...], Hint] = {}
+        self.stats = {"hint": PrefetchStats(), "dir": PrefetchStats()}
+        self.ended: dict[str, int] = {}  # hints ended, by why
+        self.ahead_bytes = 0
+        self.dir_order = DirOrder(dir_config or DirOrderConfig(maximum=s.window_files))
+        self._listings: dict[tuple[int, str], tuple[object, tuple[str, ...], dict[str, int]]] = {}
+        self._by_path: dict[tuple[int, str], set[Hint]] = {}
+        self._rr: deque[Hint] = deque()
+        self._resolving = trio.CapacityLimiter(RESOLVING_MAX)
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                while True:
+                    await trio.sleep(TICK)
+                    self._reap()
+            finally:
+                self._nursery = None
+
+    # -- hints from callers --------------------------------------------------------------------
+    def resolve(self, path: str, uid: int) -> tuple[Datastore, str]:
+        """The datastore and the path inside it of an absolute path under the mountpoint, as
+        a process of `uid` sees the mount (a private datastore of another user is not there)."""
+        if not path.startswith("/"):
+            raise InvalidRequest(f"{path!r} is not an absolute path")
+        prefix = "" if self.mountpoint == "/" else self.mountpoint
+        if not path.startswith(prefix + "/"):
+            raise InvalidRequest(f"{path} is not under the mountpoint {self.mountpoint}")
+        parts = clean_path(path[len(prefix):]).split("/")
+        item = self.core.lookups.visible(parts[0], uid) if parts[0] else None
+        if isinstance(item, dict):
+            item = item.get(parts[1]) if len(parts) > 1 else None
+            parts = parts[1:]
+        if item is None:
+            raise NotFound(f"{path} is not under an attached datastore")
+        rest = "/".join(parts[1:])
+        if not rest:
+            raise InvalidRequest(f"{path} is a datastore, not a file in one")
+        return item, rest
+
+    def hint(self, paths: list[str], *, uid: int, reader: Reader, caller: str,
+             watch_pid: int | None, append: bool = False,
+             idle_timeout: float | None = None) -> dict[str, Any]:
+        """Start (or with `append`, extend) the hint of (`uid`, `caller`), replacing the one
+        it had. Every path is checked first: one not under an attached datastore the caller
+        sees refuses the whole request, and nothing changes."""
+        resolved = [self.resolve(p, uid) for p in paths]
+        owner = ("hint", uid, caller)
+        if not resolved and not append:
+            self.cancel(uid, caller)
+            return {"caller": caller, "files": 0, "added": 0, "window_files": 0,
+                    "window_bytes": self.window_bytes}
+        now = self.clock()
+        hint = self.hints.get(owner) if append else None
+        if hint is None or hint.ended is not None:
+            old = self.hints.get(owner)
+            if old is not None:
+                self._end(old, "replaced")
+            hint = Hint(owner, uid, reader, "hint", self.settings.window_files,
+                        idle_timeout or self.settings.idle_timeout,
+                        ProcessWatch.of(watch_pid) if watch_pid is not None else None, now)
+            self._add_hint(hint)
+        hint.touched = now
+        for ds, path in resolved:
+            self._index(hint, hint.add(ds, path))
+        self._fill()
+        return {"caller": caller, "files": len(hint.items), "added": len(resolved),
+                "window_files": hint.limit_files, "window_bytes": self.window_bytes}
+
+    def _add_hint(self, hint: Hint) -> None:
+        self.hints[hint.owner] = hint
+        self._rr.append(hint)
+
+    def _index(self, hint: Hint, item: _Item) -> None:
+        self._by_path.setdefault((item.ds.id, item.path), set()).add(hint)
+
+    # -- the reader's opens --------------------------------------------------------------------
+    def opened(self, ds: Datastore, path: str, pid: int | None, uid: int | None) -> None:
+        """A file was opened for reading through the mount (by `pid` of `uid`, when known)."""
+        try:
+            hinted = self._consume(ds, path, uid)
+            if not hinted and self.settings.dir_order and pid is not None and uid is not None:
+                self._dir_order(ds, path, pid, uid)
+            self._fill()
+        except Exception:  # prefetch is advice: it must never fail an open
+            log.exception("prefetch bookkeeping after opening %s", path)
+
+    def _consume(self, ds: Datastore, path: str, uid: int | None) -> bool:
+        """Count the open in the hints that name the file; whether a caller's hint did (then
+        the reader is not guessed for: it told us)."""
+        hinted = False
+        for hint in list(self._by_path.get((ds.id, path), ())):
+            if uid is not None and uid != hint.uid and uid != 0:
+                continue
+            positions = hint.positions.get((ds.id, path))
+            if not positions:
+                continue
+            hinted = hinted or hint.source == "hint"
+            item = hint.items[positions.popleft()]
+            if not positions:
+                del hint.positions[(ds.id, path)]
+                self._unindex(hint, ds.id, path)
+            stats = self.stats[hint.source]
+            if item.state in ("fetching", "ahead"):
+                hint.ahead -= 1
+                self.ahead_bytes -= item.bytes
+                if item.state == "ahead":
+                    stats.files_used += 1
+                    stats.bytes_used += item.bytes
+            item.state = "opened"
+            hint.furthest = max(hint.furthest, item.index)
+            hint.touched = self.clock()
+            self._pass_by(hint)
+            if hint.next_todo() is None and hint.ahead == 0:
+                self._end(hint, "done")
+        return hinted
+
+    def _pass_by(self, hint: Hint) -> None:
+        """Abandon what the reader went past without opening (a hint partly wrong)."""
+        behind = hint.furthest - hint.limit_files
+        while hint.swept < behind:
+            item = hint.items[hint.swept]
+            if item.state in ("fetching", "ahead"):
+                self._drop(hint, item)
+            hint.swept += 1
+
+    def _unindex(self, hint: Hint, ds_id: int, path: str) -> None:
+        hints = self._by_path.get((ds_id, path))
+        if hints is not None:
+            hints.discard(hint)
+            if not hints:
+                del self._by_path[(ds_id, path)]
+
+    def _dir_order(self, ds: Datastore, path: str, pid: int, uid: int) -> None:
+        """Feed the directory-order guess of this reader (only from a fresh cached listing:
+        it is the order the reader listed; never LIST for it)."""
+        if ds.backend.kind == "local":
+            return  # a local file is a pread away: nothing to hide
+        parent, _, name = path.rpartition("/")
+        now = self.clock()
+        listing = self.core.metadata.listing(ds.id, parent, ds.metadata_ttl, now)
+        if listing is None:
+            return
+        known = self._listings.get((ds.id, parent))
+        if known is None or known[0] is not listing:
+            names = tuple(n for n, e in listing.entries.items() if e.kind == "file")
+            known = (listing, names, {n: i for i, n in enumerate(names)})
+            self._listings[(ds.id, parent)] = known
+            while len(self._listings) > 64:
+                del self._listings[next(iter(self._listings))]
+        _, names, where = known
+        index = where.get(name)
+        if index is None:
+            return
+        owner = ("dir", pid, ds.id, parent)
+        decision = self.dir_order.opened(owner, names, index, now)
+        hint = self.hints.get(owner)
+        for gone in decision.abandon:
+            if hint is not None:
+                for i in hint.positions.get((ds.id, join(parent, gone)), ()):
+                    self._drop(hint, hint.items[i])
+        if not decision.fetch:
+            return
+        if hint is None or hint.ended is not None:
+            hint = Hint(owner, uid, reader_of_process(pid, uid), "dir",
+                        self.settings.window_files, self.dir_order.config.idle_after,
+                        None, now)
+            self._add_hint(hint)
+        hint.touched = now
+        for n in decision.fetch:
+            self._index(hint, hint.add(ds, join(parent, n)))
+
+    # -- fetching ahead ------------------------------------------------------------------------
+    def _fill(self) -> None:
+        """Start files of the hints with room, one per hint per pass (round robin)."""
+        if self._nursery is None:
+            return
+        started = True
+        while started and self.ahead_bytes < self.window_bytes:
+            started = False
+            for _ in range(len(self._rr)):
+                hint = self._rr[0]
+                self._rr.rotate(-1)
+                if hint.ahead >= hint.limit_files:
+                    continue
+                item = hint.next_todo()
+                if item is None:
+                    continue
+                item.state = "fetching"
+                hint.ahead += 1
+                self._nursery.start_soon(self._fetch, hint, item)
+                started = True
+                if self.ahead_bytes >= self.window_bytes:
+                    break
+
+    async def _fetch(self, hint: Hint, item: _Item) -> None:
+        try:
+            async with self._resolving:
+                if item.state != "fetching":
+                    return
+                entry, dirs = await self._look_up(item)
+            if item.state != "fetching":
+                return
+            if entry is None or entry.kind != "file" or not may_read_file(
+                    item.ds, item.path, entry, hint.reader, self.core.settings, dirs):
+                self._skip(hint, item)
+                return
+            handle = self.core.reads.handle(Node(0, item.ds, item.path, entry, self.clock()),
+                                            item.ds)
+            size = min(handle.size, self.per_file)
+            # The window in bytes: wait for the reader to consume (or a hint to end) first.
+            while item.state == "fetching" and self.ahead_bytes > 0 \
+                    and self.ahead_bytes + size > self.window_bytes:
+                await self._wait()
+            if item.state != "fetching":
+                return
+            item.bytes, item.key = size, handle.source.key
+            self.ahead_bytes += size
+            while not self.core.cache.prefetch(handle.source, handle.base, handle.base + size,
+                                               item.ds.counters):
+                # No room (the budget is smaller than the window): the reader frees some.
+                await trio.sleep(ROOM_RETRY)
+                if item.state != "fetching":
+                    return
+            item.state = "ahead"
+            stats = self.stats[hint.source]
+            stats.files_prefetched += 1
+            stats.bytes_prefetched += size
+        except DsmountError as e:
+            log.debug("prefetch of %s skipped: %s", item.path, e)
+            if item.state == "fetching":
+                self._skip(hint, item)
+
+    async def _look_up(self, item: _Item) -> tuple[Entry | None, list[Entry]]:
+        """The file's entry and those of the directories on its way (root first); entry None
+        if it does not exist."""
+        lookups, ds = self.core.lookups, item.ds
+        root = lookups.datastore_root(ds).entry
+        dirs = [root]
+        if ds.backend.root_entry is not None:  # owners and modes of its own: check each
+            parts = item.path.split("/")
+            for depth in range(1, len(parts)):
+                dirs.append(await lookups.stat(ds, "/".join(parts[:depth])))
+        try:
+            return await lookups.stat(ds, item.path), dirs
+        except NotFound:
+            return None, dirs
+
+    async def _wait(self) -> None:
+        with trio.move_on_after(TICK):
+            await self._changed.wait()
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _skip(self, hint: Hint, item: _Item) -> None:
+        self._release(hint, item)
+        item.state = "skipped"
+        self.stats[hint.source].files_skipped += 1
+        self._fill()
+
+    def _drop(self, hint: Hint, item: _Item) -> None:
+        """Give up an item fetched (or being fetched) ahead: nobody is coming for it."""
+        was = item.state
+        self._release(hint, item)
+        item.state = "dropped"
+        if was == "ahead":
+            stats = self.stats[hint.source]
+            stats.files_wasted += 1
+            stats.bytes_wasted += item.bytes
+            if item.key is not None:
+                self.core.cache.abandon(item.key)
+
+    def _release(self, hint: Hint, item: _Item) -> None:
+        if item.state in ("fetching", "ahead"):
+            hint.ahead -= 1
+            self.ahead_bytes -= item.bytes
+            self._poke()
+
+    def _end(self, hint: Hint, why: str) -> None:
+        if hint.ended is not None:
+            return
+        hint.ended = why
+        if hint.source == "hint":
+            self.ended[why] = self.ended.get(why, 0) + 1
+        for item in hint.items:
+            if item.state in ("fetching", "ahead"):
+                self._drop(hint, item)
+            elif item.state == "todo":
+                item.state = "dropped"
+        for ds_id, path in list(hint.positions):
+            self._unindex(hint, ds_id, path)
+        hint.positions.clear()
+        if self.hints.get(hint.owner) is hint:
+            del self.hints[hint.owner]
+        if hint in self._rr:
+            self._rr.remove(hint)
+        if hint.source == "hint":
+            log.info("hint of uid %d (%s): %s after %d of %d files", hint.uid, hint.owner[2],
+                     why, hint.furthest + 1, len(hint.items))
+        self._fill()
+
+    def _reap(self) -> None:
+        now = self.clock()
+        for hint in list(self.hints.values()):
+            if hint.watch is not None and not hint.watch.alive():
+                self._end(hint, "caller exited")
+            elif now - hint.touched > hint.idle_timeout:
+                self._end(hint, "idle")
+        self.dir_order.expire(now)
+
+    def cancel(self, uid: int, caller: str) -> bool:
+        hint = self.hints.get(("hint", uid, caller))
+        if hint is not None:
+            self._end(hint, "cancelled")
+        return hint is not None
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        hints = [h for h in self.hints.values() if h.source == "hint"]
+        return {
+            "window_bytes": self.window_bytes,
+            "window_files": self.settings.window_files,
+            "ahead_bytes": self.ahead_bytes,
+            "hints_active": len(hints),
+            "dir_guesses_active": len(self.hints) - len(hints),
+            "hints_ended": dict(self.ended),
+            "hints": self.stats["hint"].as_dict(),
+            "dir_order": self.stats["dir"].as_dict(),
+        }
+
+    def hints_of(self, uid: int | None) -> list[dict[str, Any]]:
+        """The caller hints `uid` may see (None: all)."""
+        return [{"caller": h.owner[2], **h.describe()} for h in self.hints.values()
+                if h.source == "hint" and (uid is None or h.uid == uid)]
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
