@@ -11,8 +11,8 @@ consume the list. Bounds:
   at most `window_bytes` (never more than half the cache budget), so ordered prefetch never
   takes more than the window from other datastores' working sets.
 - Hints share the window round-robin: each pass starts one file of each hint that has room.
-- A file a reader passed without opening (its position is `window_files` behind the furthest
-  one opened) is abandoned, like everything fetched ahead when a hint is replaced or
+- A file a reader passed without opening (its position is `PASSED_BY` windows behind the
+  furthest one opened) is abandoned, like everything fetched ahead when a hint is replaced or
   cancelled: its pending bytes become the first to evict, and they count as wasted.
 
 A hint ends when its list is consumed, when the same caller sends a new one (replaced), when
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5  # seconds between checks for exited callers and idle hints
 ROOM_RETRY = 0.05  # seconds between tries to start a fetch the cache had no room for
+PASSED_BY = 4  # windows behind the furthest file opened, a file not opened is abandoned
 RESOLVING_MAX = 64  # files looked up (stat, access) at once, across hints
 
 
@@ -262,8 +263,10 @@ class Prefetcher:
         return hinted
 
     def _pass_by(self, hint: Hint) -> None:
-        """Abandon what the reader went past without opening (a hint partly wrong)."""
-        behind = hint.furthest - hint.limit_files
+        """Abandon what the reader went past without opening (a hint partly wrong). Readers
+        in parallel (DataLoader workers, each with batches in flight) open a little out of
+        order: only files `PASSED_BY` windows behind the furthest one opened are given up."""
+        behind = hint.furthest - PASSED_BY * hint.limit_files
         while hint.swept < behind:
             item = hint.items[hint.swept]
             if item.state in ("fetching", "ahead"):
