@@ -47,6 +47,7 @@ from tests.support.faultproxy import FaultProxy  # noqa: E402
 KiB = 1024
 SIZE = 100 * KiB
 DIR = "data"
+EXTRA = ""  # more daemon config (experiments)
 TARGETS = {"shuffle": 3.0, "loader": 3.0, "tree": 3.0}
 
 
@@ -70,7 +71,7 @@ class Mount:
         if kind == "dsmount":
             self.daemon = DsmountDaemon(config_text=(
                 "[metadata]\nttl = 600\n"
-                f"[prefetch]\ndir_order = {'true' if dir_order else 'false'}\n"))
+                f"[prefetch]\ndir_order = {'true' if dir_order else 'false'}\n" + EXTRA))
             self.daemon.start()
             self.daemon.cli("attach", "b", "--blob", "--container", bench.container,
                             "--connection-string-env", "CS", env={"CS": bench.conn_str})

@@ -96,6 +96,10 @@ class PrefetchSection:
     idle_timeout: float = 60.0
     #: Guess directory order (tar, cp -r, rsync, an unshuffled loader) and fetch ahead along it.
     dir_order: bool = True
+    #: GETs of files fetched ahead in flight at most (besides [cache] max_concurrent_gets): a
+    #: 100 KiB file is one request's latency, so its rate is in-flight / latency; measured
+    #: behind 20 ms, 4 readers of a hinted epoch: 16 gave ~300-390 files/s, 64 ~570.
+    gets_in_flight: int = 64
 
 
 @dataclass(frozen=True)
@@ -252,8 +256,10 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("[retry] max_attempts must be at least 1")
     if cfg.metrics.address:
         parse_address(cfg.metrics.address)
-    if cfg.prefetch.window_files < 1 or cfg.prefetch.idle_timeout <= 0:
-        raise ConfigError("[prefetch] window_files must be at least 1 and idle_timeout > 0")
+    if (cfg.prefetch.window_files < 1 or cfg.prefetch.idle_timeout <= 0
+            or cfg.prefetch.gets_in_flight < 1):
+        raise ConfigError("[prefetch] window_files and gets_in_flight must be at least 1 and "
+                          "idle_timeout > 0")
     w = cfg.writes
     if w.part_size < 64 * 1024 or w.part_size > 256 * 1024**2:
         raise ConfigError("[writes] part_size must be between 64KiB and 256MiB")

@@ -114,6 +114,7 @@ class Daemon:
         self.prefetcher = Prefetcher(self.core, PrefetchSettings(
             window_bytes=p.window_bytes, window_files=p.window_files,
             idle_timeout=p.idle_timeout, per_file=c.cache.block_size, dir_order=p.dir_order,
+            gets_in_flight=p.gets_in_flight,
         ), mountpoint=self.mountpoint)
         self.core.on_open = self.prefetcher.opened
         self.service = ControlService(

@@ -9,7 +9,9 @@ before the reader comes), while the reader's opens (`opened`, called by the file
 consume the list. Bounds:
 - A hint has at most `window_files` files fetched ahead and not yet opened; all hints together
   at most `window_bytes` (never more than half the cache budget), so ordered prefetch never
-  takes more than the window from other datastores' working sets.
+  takes more than the window from other datastores' working sets. Its GETs count against
+  `gets_in_flight` of their own, not the cache's: a small file costs one request's latency,
+  so many must be in flight, while the bytes stay bounded by the window.
 - Hints share the window round-robin: each pass starts one file of each hint that has room.
 - A file a reader passed without opening (its position is `PASSED_BY` windows behind the
   furthest one opened) is abandoned, like everything fetched ahead when a hint is replaced or
@@ -63,6 +65,7 @@ class PrefetchSettings:
     window_files: int = 64
     idle_timeout: float = 60.0
     per_file: int = 8 * 1024**2  # bytes fetched ahead of one file; its read-ahead does the rest
+    gets_in_flight: int = 64
     dir_order: bool = True
 
 
@@ -149,6 +152,7 @@ class Prefetcher:
         self._by_path: dict[tuple[int, str], set[Hint]] = {}
         self._rr: deque[Hint] = deque()
         self._resolving = trio.CapacityLimiter(RESOLVING_MAX)
+        self._gets = trio.CapacityLimiter(s.gets_in_flight)
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -366,7 +370,7 @@ class Prefetcher:
             item.bytes, item.key = size, handle.source.key
             self.ahead_bytes += size
             while not self.core.cache.prefetch(handle.source, handle.base, handle.base + size,
-                                               item.ds.counters):
+                                               item.ds.counters, self._gets):
                 # No room (the budget is smaller than the window): the reader frees some.
                 await trio.sleep(ROOM_RETRY)
                 if item.state != "fetching":
