@@ -175,9 +175,11 @@ def _prefetch(p: dict[str, Any]) -> Iterator[Metric]:
         return
     labels = ["source", "outcome"]
     files = CounterMetricFamily("dsmount_prefetch_files",
-                                "Files fetched ahead along hints or directory order.", labels=labels)
+                                "Files fetched ahead along hints or directory order.",
+                                labels=labels)
     size = CounterMetricFamily("dsmount_prefetch_bytes",
-                               "Bytes fetched ahead along hints or directory order.", labels=labels)
+                               "Bytes fetched ahead along hints or directory order.",
+                               labels=labels)
     for source, key in (("hint", "hints"), ("dir", "dir_order")):
         stats = p.get(key, {})
         for outcome in ("prefetched", "used", "wasted"):
