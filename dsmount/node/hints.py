@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 TICK = 0.5  # seconds between checks for exited callers and idle hints
 ROOM_RETRY = 0.05  # seconds between tries to start a fetch the cache had no room for
 PASSED_BY = 4  # windows behind the furthest file opened, a file not opened is abandoned
+EARLY_MAX = 8  # windows of files opened ahead of a hint's prefetch remembered
 RESOLVING_MAX = 64  # files looked up (stat, access) at once, across hints
 
 
@@ -85,14 +86,9 @@ class PrefetchStats:
         return dict(vars(self))
 
 
-@dataclass(eq=False)
-class _Item:
-    ds: Datastore
-    path: str
-    index: int
-    state: str = "todo"  # todo, fetching, ahead (fetched ahead), opened, skipped, dropped
-    bytes: int = 0
-    key: tuple[int, str, str] | None = None
+# The state of each file of a hint (one byte each: a hint of a million files stays small).
+TODO, FETCHING, AHEAD, OPENED, SKIPPED, DROPPED = range(6)
+Key = tuple[int, str]  # (datastore id, path)
 
 
 @dataclass(eq=False)
@@ -105,29 +101,37 @@ class Hint:
     idle_timeout: float
     watch: ProcessWatch | None
     touched: float
-    items: list[_Item] = field(default_factory=list)
-    positions: dict[tuple[int, str], deque[int]] = field(default_factory=dict)
-    cursor: int = 0  # items before it are not todo
-    ahead: int = 0  # items fetching or fetched ahead, not opened
+    stores: list[Datastore] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    states: bytearray = field(default_factory=bytearray)
+    # The files started (FETCHING or AHEAD): position -> (bytes ahead, cache key or None).
+    live: dict[int, tuple[int, tuple[int, str, str] | None]] = field(default_factory=dict)
+    # Files a reader opened before the hint reached them (the reader is ahead): skipped when
+    # reached. Bounded (EARLY_MAX windows); past that, being cached already tells the same.
+    early: OrderedDict[Key, None] = field(default_factory=OrderedDict)
+    cursor: int = 0  # positions before it are not TODO
     furthest: int = -1  # the furthest position opened
-    swept: int = 0  # items before it the reader has passed (opened, or abandoned)
+    swept: int = 0  # positions before it the reader has passed (opened, or abandoned)
     ended: str | None = None
 
-    def add(self, ds: Datastore, path: str) -> _Item:
-        item = _Item(ds, path, len(self.items))
-        self.items.append(item)
-        self.positions.setdefault((ds.id, path), deque()).append(item.index)
-        return item
+    def add(self, ds: Datastore, path: str) -> None:
+        self.stores.append(ds)
+        self.paths.append(path)
+        self.states.append(TODO)
 
-    def next_todo(self) -> _Item | None:
-        while self.cursor < len(self.items) and self.items[self.cursor].state != "todo":
+    def key(self, i: int) -> Key:
+        return self.stores[i].id, self.paths[i]
+
+    def next_todo(self) -> int | None:
+        states, n = self.states, len(self.states)
+        while self.cursor < n and states[self.cursor] != TODO:
             self.cursor += 1
-        return self.items[self.cursor] if self.cursor < len(self.items) else None
+        return self.cursor if self.cursor < n else None
 
     def describe(self) -> dict[str, Any]:
-        opened = sum(1 for i in self.items if i.state == "opened")
-        return {"source": self.source, "uid": self.uid, "files": len(self.items),
-                "opened": opened, "ahead": self.ahead, "position": self.furthest + 1}
+        return {"source": self.source, "uid": self.uid, "files": len(self.paths),
+                "opened": self.states.count(OPENED), "ahead": len(self.live),
+                "position": self.furthest + 1}
 
 
 class Prefetcher:
@@ -149,7 +153,8 @@ class Prefetcher:
         self.ahead_bytes = 0
         self.dir_order = DirOrder(dir_config or DirOrderConfig(maximum=s.window_files))
         self._listings: dict[tuple[int, str], tuple[object, tuple[str, ...], dict[str, int]]] = {}
-        self._by_path: dict[tuple[int, str], set[Hint]] = {}
+        # The files started (FETCHING or AHEAD) of every hint, by what an open names.
+        self._by_path: dict[Key, list[tuple[Hint, int]]] = {}
         self._rr: deque[Hint] = deque()
         self._resolving = trio.CapacityLimiter(RESOLVING_MAX)
         self._gets = trio.CapacityLimiter(s.gets_in_flight)
@@ -213,17 +218,14 @@ class Prefetcher:
             self._add_hint(hint)
         hint.touched = now
         for ds, path in resolved:
-            self._index(hint, hint.add(ds, path))
+            hint.add(ds, path)
         self._fill()
-        return {"caller": caller, "files": len(hint.items), "added": len(resolved),
+        return {"caller": caller, "files": len(hint.paths), "added": len(resolved),
                 "window_files": hint.limit_files, "window_bytes": self.window_bytes}
 
     def _add_hint(self, hint: Hint) -> None:
         self.hints[hint.owner] = hint
         self._rr.append(hint)
-
-    def _index(self, hint: Hint, item: _Item) -> None:
-        self._by_path.setdefault((item.ds.id, item.path), set()).add(hint)
 
     # -- the reader's opens --------------------------------------------------------------------
     def opened(self, ds: Datastore, path: str, pid: int | None, uid: int | None) -> None:
@@ -237,33 +239,34 @@ class Prefetcher:
             log.exception("prefetch bookkeeping after opening %s", path)
 
     def _consume(self, ds: Datastore, path: str, uid: int | None) -> bool:
-        """Count the open in the hints that name the file; whether a caller's hint did (then
-        the reader is not guessed for: it told us)."""
+        """Count the open in the hints that started the file; whether a caller's hint did
+        (then the reader is not guessed for: it told us)."""
         hinted = False
-        for hint in list(self._by_path.get((ds.id, path), ())):
-            if uid is not None and uid != hint.uid and uid != 0:
+        done: set[Hint] = set()
+        for hint, i in list(self._by_path.get((ds.id, path), ())):
+            if hint in done or (uid is not None and uid != hint.uid and uid != 0):
                 continue
-            positions = hint.positions.get((ds.id, path))
-            if not positions:
-                continue
+            done.add(hint)  # one position per open
             hinted = hinted or hint.source == "hint"
-            item = hint.items[positions.popleft()]
-            if not positions:
-                del hint.positions[(ds.id, path)]
-                self._unindex(hint, ds.id, path)
-            stats = self.stats[hint.source]
-            if item.state in ("fetching", "ahead"):
-                hint.ahead -= 1
-                self.ahead_bytes -= item.bytes
-                if item.state == "ahead":
-                    stats.files_used += 1
-                    stats.bytes_used += item.bytes
-            item.state = "opened"
-            hint.furthest = max(hint.furthest, item.index)
+            if hint.states[i] == AHEAD:
+                stats = self.stats[hint.source]
+                stats.files_used += 1
+                stats.bytes_used += hint.live[i][0]
+            self._settle(hint, i, OPENED)
+            hint.furthest = max(hint.furthest, i)
             hint.touched = self.clock()
             self._pass_by(hint)
-            if hint.next_todo() is None and hint.ahead == 0:
-                self._end(hint, "done")
+            self._maybe_done(hint)
+        # The caller's other hints: the reader may be ahead of what they started. While a
+        # user has a hint, their opens are not guessed for (they told us their order).
+        key = (ds.id, path)
+        for hint in list(self.hints.values()):
+            if hint.source != "hint" or hint in done or (uid is not None and uid != hint.uid):
+                continue
+            hinted = True
+            hint.early[key] = None
+            if len(hint.early) > EARLY_MAX * hint.limit_files:
+                hint.early.popitem(last=False)
         return hinted
 
     def _pass_by(self, hint: Hint) -> None:
@@ -272,17 +275,13 @@ class Prefetcher:
         order: only files `PASSED_BY` windows behind the furthest one opened are given up."""
         behind = hint.furthest - PASSED_BY * hint.limit_files
         while hint.swept < behind:
-            item = hint.items[hint.swept]
-            if item.state in ("fetching", "ahead"):
-                self._drop(hint, item)
+            if hint.states[hint.swept] in (FETCHING, AHEAD):
+                self._drop(hint, hint.swept)
             hint.swept += 1
 
-    def _unindex(self, hint: Hint, ds_id: int, path: str) -> None:
-        hints = self._by_path.get((ds_id, path))
-        if hints is not None:
-            hints.discard(hint)
-            if not hints:
-                del self._by_path[(ds_id, path)]
+    def _maybe_done(self, hint: Hint) -> None:
+        if not hint.live and hint.next_todo() is None:
+            self._end(hint, "done")
 
     def _dir_order(self, ds: Datastore, path: str, pid: int, uid: int) -> None:
         """Feed the directory-order guess of this reader (only from a fresh cached listing:
@@ -308,10 +307,11 @@ class Prefetcher:
         owner = ("dir", pid, ds.id, parent)
         decision = self.dir_order.opened(owner, names, index, now)
         hint = self.hints.get(owner)
-        for gone in decision.abandon:
-            if hint is not None:
-                for i in hint.positions.get((ds.id, join(parent, gone)), ()):
-                    self._drop(hint, hint.items[i])
+        if hint is not None and decision.abandon:
+            gone = {join(parent, n) for n in decision.abandon}
+            for i in range(hint.swept, len(hint.paths)):
+                if hint.paths[i] in gone and hint.states[i] in (TODO, FETCHING, AHEAD):
+                    self._drop(hint, i)
         if not decision.fetch:
             return
         if hint is None or hint.ended is not None:
@@ -321,7 +321,7 @@ class Prefetcher:
             self._add_hint(hint)
         hint.touched = now
         for n in decision.fetch:
-            self._index(hint, hint.add(ds, join(parent, n)))
+            hint.add(ds, join(parent, n))
 
     # -- fetching ahead ------------------------------------------------------------------------
     def _fill(self) -> None:
@@ -329,73 +329,91 @@ class Prefetcher:
         if self._nursery is None:
             return
         started = True
+        finished: list[Hint] = []
         while started and self.ahead_bytes < self.window_bytes:
             started = False
             for _ in range(len(self._rr)):
                 hint = self._rr[0]
                 self._rr.rotate(-1)
-                if hint.ahead >= hint.limit_files:
+                if len(hint.live) >= hint.limit_files:
                     continue
-                item = hint.next_todo()
-                if item is None:
+                i = hint.next_todo()
+                while i is not None and hint.early and hint.key(i) in hint.early:
+                    del hint.early[hint.key(i)]  # opened already: nothing to fetch ahead
+                    hint.states[i] = OPENED
+                    hint.furthest = max(hint.furthest, i)
+                    i = hint.next_todo()
+                if i is None:
+                    if not hint.live:
+                        finished.append(hint)
                     continue
-                item.state = "fetching"
-                hint.ahead += 1
-                self._nursery.start_soon(self._fetch, hint, item)
+                hint.states[i] = FETCHING
+                hint.live[i] = (0, None)
+                self._by_path.setdefault(hint.key(i), []).append((hint, i))
+                self._nursery.start_soon(self._fetch, hint, i)
                 started = True
                 if self.ahead_bytes >= self.window_bytes:
                     break
+        for hint in finished:
+            self._maybe_done(hint)
 
-    async def _fetch(self, hint: Hint, item: _Item) -> None:
+    async def _fetch(self, hint: Hint, i: int) -> None:
+        ds, path = hint.stores[i], hint.paths[i]
         try:
             async with self._resolving:
-                if item.state != "fetching":
+                if hint.states[i] != FETCHING:
                     return
-                entry, dirs = await self._look_up(item)
-            if item.state != "fetching":
+                entry, dirs = await self._look_up(ds, path)
+            if hint.states[i] != FETCHING:
                 return
             if entry is None or entry.kind != "file" or not may_read_file(
-                    item.ds, item.path, entry, hint.reader, self.core.settings, dirs):
-                self._skip(hint, item)
+                    ds, path, entry, hint.reader, self.core.settings, dirs):
+                self._skip(hint, i)
                 return
-            handle = self.core.reads.handle(Node(0, item.ds, item.path, entry, self.clock()),
-                                            item.ds)
+            handle = self.core.reads.handle(Node(0, ds, path, entry, self.clock()), ds)
             size = min(handle.size, self.per_file)
+            start, end = handle.base, handle.base + size
+            if size == 0 or self.core.cache.assemble(handle.source.key, start, end) is not None:
+                # Cached already (a reader got here first, or an earlier epoch): nothing to
+                # fetch, and the reader has been here - that is progress.
+                hint.touched = self.clock()
+                self._settle(hint, i, SKIPPED)
+                self._maybe_done(hint)
+                return
             # The window in bytes: wait for the reader to consume (or a hint to end) first.
-            while item.state == "fetching" and self.ahead_bytes > 0 \
+            while hint.states[i] == FETCHING and self.ahead_bytes > 0 \
                     and self.ahead_bytes + size > self.window_bytes:
                 await self._wait()
-            if item.state != "fetching":
+            if hint.states[i] != FETCHING:
                 return
-            item.bytes, item.key = size, handle.source.key
+            hint.live[i] = (size, handle.source.key)
             self.ahead_bytes += size
-            while not self.core.cache.prefetch(handle.source, handle.base, handle.base + size,
-                                               item.ds.counters, self._gets):
+            while not self.core.cache.prefetch(handle.source, start, end, ds.counters,
+                                               self._gets):
                 # No room (the budget is smaller than the window): the reader frees some.
                 await trio.sleep(ROOM_RETRY)
-                if item.state != "fetching":
+                if hint.states[i] != FETCHING:
                     return
-            item.state = "ahead"
+            hint.states[i] = AHEAD
             stats = self.stats[hint.source]
             stats.files_prefetched += 1
             stats.bytes_prefetched += size
         except DsmountError as e:
-            log.debug("prefetch of %s skipped: %s", item.path, e)
-            if item.state == "fetching":
-                self._skip(hint, item)
+            log.debug("prefetch of %s skipped: %s", path, e)
+            if hint.states[i] == FETCHING:
+                self._skip(hint, i)
 
-    async def _look_up(self, item: _Item) -> tuple[Entry | None, list[Entry]]:
+    async def _look_up(self, ds: Datastore, path: str) -> tuple[Entry | None, list[Entry]]:
         """The file's entry and those of the directories on its way (root first); entry None
         if it does not exist."""
-        lookups, ds = self.core.lookups, item.ds
-        root = lookups.datastore_root(ds).entry
-        dirs = [root]
+        lookups = self.core.lookups
+        dirs = [lookups.datastore_root(ds).entry]
         if ds.backend.root_entry is not None:  # owners and modes of its own: check each
-            parts = item.path.split("/")
+            parts = path.split("/")
             for depth in range(1, len(parts)):
                 dirs.append(await lookups.stat(ds, "/".join(parts[:depth])))
         try:
-            return await lookups.stat(ds, item.path), dirs
+            return await lookups.stat(ds, path), dirs
         except NotFound:
             return None, dirs
 
@@ -407,29 +425,37 @@ class Prefetcher:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _skip(self, hint: Hint, item: _Item) -> None:
-        self._release(hint, item)
-        item.state = "skipped"
+    def _settle(self, hint: Hint, i: int, state: int) -> None:
+        """A started (or TODO) position leaves the window: it becomes `state`."""
+        live = hint.live.pop(i, None)
+        if live is not None:
+            self.ahead_bytes -= live[0]
+            key = hint.key(i)
+            started = self._by_path.get(key)
+            if started is not None:
+                started.remove((hint, i))
+                if not started:
+                    del self._by_path[key]
+            self._poke()
+        hint.states[i] = state
+
+    def _skip(self, hint: Hint, i: int) -> None:
+        self._settle(hint, i, SKIPPED)
         self.stats[hint.source].files_skipped += 1
+        self._maybe_done(hint)
         self._fill()
 
-    def _drop(self, hint: Hint, item: _Item) -> None:
-        """Give up an item fetched (or being fetched) ahead: nobody is coming for it."""
-        was = item.state
-        self._release(hint, item)
-        item.state = "dropped"
-        if was == "ahead":
+    def _drop(self, hint: Hint, i: int) -> None:
+        """Give up a position (fetched ahead, being fetched, or not started): nobody is coming
+        for it."""
+        if hint.states[i] == AHEAD:
+            size, key = hint.live[i]
             stats = self.stats[hint.source]
             stats.files_wasted += 1
-            stats.bytes_wasted += item.bytes
-            if item.key is not None:
-                self.core.cache.abandon(item.key)
-
-    def _release(self, hint: Hint, item: _Item) -> None:
-        if item.state in ("fetching", "ahead"):
-            hint.ahead -= 1
-            self.ahead_bytes -= item.bytes
-            self._poke()
+            stats.bytes_wasted += size
+            if key is not None:
+                self.core.cache.abandon(key)
+        self._settle(hint, i, DROPPED)
 
     def _end(self, hint: Hint, why: str) -> None:
         if hint.ended is not None:
@@ -437,21 +463,15 @@ class Prefetcher:
         hint.ended = why
         if hint.source == "hint":
             self.ended[why] = self.ended.get(why, 0) + 1
-        for item in hint.items:
-            if item.state in ("fetching", "ahead"):
-                self._drop(hint, item)
-            elif item.state == "todo":
-                item.state = "dropped"
-        for ds_id, path in list(hint.positions):
-            self._unindex(hint, ds_id, path)
-        hint.positions.clear()
+        for i in list(hint.live):
+            self._drop(hint, i)
         if self.hints.get(hint.owner) is hint:
             del self.hints[hint.owner]
         if hint in self._rr:
             self._rr.remove(hint)
         if hint.source == "hint":
             log.info("hint of uid %d (%s): %s after %d of %d files", hint.uid, hint.owner[2],
-                     why, hint.furthest + 1, len(hint.items))
+                     why, hint.furthest + 1, len(hint.paths))
         self._fill()
 
     def _reap(self) -> None:
