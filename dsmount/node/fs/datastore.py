@@ -10,6 +10,7 @@ only to its owner and root, and its root directory is theirs alone (see attribut
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -96,9 +97,11 @@ class Datastore:
         """Its path under the mountpoint: NAME or NAME/VERSION."""
         return f"{self.name}/{self.version}" if self.version else self.name
 
-    @property
+    @functools.cached_property
     def cache_identity(self) -> str:
-        """Names the storage location (stable across restarts), for the disk cache's keys."""
+        """Names the storage location (stable across restarts), for the disk cache's keys.
+        Computed once: every open of a remote file needs it, and the backend's description
+        does not change while attached."""
         return json.dumps(self.backend.describe(), sort_keys=True)
 
     @property

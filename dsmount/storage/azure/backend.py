@@ -40,6 +40,7 @@ class AzureBackend(Backend):
         self._bridge = bridge
         self._secrets = credential.secret_strings()
         self._client: Any = None  # the SDK client, made on the asyncio loop
+        self._lean: Any = None  # its lean pipeline for our raw requests (common.lean_pipeline)
         self._token_credential: Any = None
         self._closed = False
 

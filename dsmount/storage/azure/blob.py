@@ -60,6 +60,7 @@ from dsmount.storage.azure.blob_write import BlobWrites
 from dsmount.storage.azure.bridge import AsyncioThread
 from dsmount.storage.azure.common import (
     content_range,
+    lean_pipeline,
     pipeline_options,
     read_body,
     resolve_target,
@@ -204,7 +205,9 @@ class BlobBackend(BlobWrites, AzureBackend):
         self.stats.requests += 1
         # stream=True: with stream=False the pipeline's ContentDecodePolicy would also decode
         # the body by its Content-Type (XML into a tree, a blob into text).
-        return (await client._pipeline.run(request, stream=True)).http_response
+        if self._lean is None:
+            self._lean = lean_pipeline(client)
+        return (await self._lean.run(request, stream=True)).http_response
 
     async def _list_page(
         self,

@@ -56,6 +56,7 @@ from dsmount.storage.azure.backend import AzureBackend
 from dsmount.storage.azure.bridge import AsyncioThread
 from dsmount.storage.azure.common import (
     content_range,
+    lean_pipeline,
     pipeline_options,
     read_body,
     resolve_target,
@@ -200,7 +201,9 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         request = HttpRequest(method, url, headers=headers, params=params, content=content)
         # stream=True: otherwise the pipeline's ContentDecodePolicy decodes the body by its
         # Content-Type (XML into a tree, file content into text).
-        return (await client._pipeline.run(request, stream=True)).http_response
+        if self._lean is None:
+            self._lean = lean_pipeline(client)
+        return (await self._lean.run(request, stream=True)).http_response
 
     async def _properties(self, full: str, *, directory: bool) -> Any:
         """Headers of Get File Properties (HEAD) or Get Directory Properties; None if the
