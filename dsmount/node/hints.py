@@ -106,7 +106,10 @@ class Prefetcher:
             try:
                 while True:
                     await trio.sleep(TICK)
-                    self._reap()
+                    try:
+                        self._reap()
+                    except Exception:  # never the daemon
+                        log.exception("checking hints")
             finally:
                 self._nursery = None
 
@@ -337,6 +340,10 @@ class Prefetcher:
             stats.bytes_prefetched += size
         except DsmountError as e:
             log.debug("prefetch of %s skipped: %s", path, e)
+            if hint.states[i] == FETCHING:
+                self._skip(hint, i)
+        except Exception:  # a bug must cost one prefetch, never the daemon
+            log.exception("prefetch of %s failed", path)
             if hint.states[i] == FETCHING:
                 self._skip(hint, i)
 

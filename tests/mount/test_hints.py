@@ -297,3 +297,22 @@ def test_directory_order_prefetch_starts_and_stops(mounted: Mounted) -> None:
     assert wasted_files >= 1  # the guess was ahead when the reader jumped
     metrics_text = mounted.daemon.call("status")["prefetch"]
     assert metrics_text["dir_order"]["files_prefetched"] == d["files_prefetched"]
+
+
+def test_a_named_hint_ends_when_idle_or_cancelled(mounted: Mounted) -> None:
+    names = mounted.paths(sorted(mounted.files)[:40])
+    mounted.daemon.cli("hint", "--caller", "job-a", "--idle-timeout", "1", *names[:20])
+    mounted.daemon.cli("hint", "--caller", "job-b", *names[20:])
+    assert mounted.prefetch()["hints_active"] == 2
+    # job-a: nothing of it is opened and nobody renews it.
+    wait_until(lambda: mounted.prefetch()["hints_ended"] == {"idle": 1}, timeout=30,
+               what="the idle hint to end")
+    mounted.daemon.cli("hint", "--caller", "job-b", "--cancel")
+    p = mounted.prefetch()
+    assert p["hints_active"] == 0 and p["hints_ended"] == {"idle": 1, "cancelled": 1}
+    assert p["ahead_bytes"] == 0
+    assert p["hints"]["files_wasted"] == p["hints"]["files_prefetched"]
+    # What they fetched ahead went to the backend once, and nothing more is coming.
+    gets = mounted.gets()
+    assert all(n == 1 for n in gets.values())
+    assert sum(gets.values()) == p["hints"]["files_prefetched"]
