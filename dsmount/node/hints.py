@@ -226,7 +226,7 @@ class Prefetcher:
     def _dir_order(self, ds: Datastore, path: str, pid: int, uid: int) -> None:
         """Feed the directory-order guess of this reader (only from a fresh cached listing:
         it is the order the reader listed; never LIST for it)."""
-        if ds.backend.kind == "local":
+        if not ds.backend.capabilities.remote:
             return  # a local file is a pread away: nothing to hide
         parent, _, name = path.rpartition("/")
         now = self.clock()

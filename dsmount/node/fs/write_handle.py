@@ -25,8 +25,7 @@ from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import Node
 from dsmount.node.fs.staging import StagedFile
-from dsmount.storage.base import Entry
-from dsmount.storage.writes import Part, Upload
+from dsmount.storage.base import Entry, Part, Upload
 
 CLEAN, STREAM, STAGED = "clean", "stream", "staged"
 

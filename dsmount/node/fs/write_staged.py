@@ -13,17 +13,14 @@ Invariants (see write_handle.py for the grid):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import trio
 
 from dsmount.errors import Changed, DsmountError, NoSpace
-from dsmount.node.fs.write_handle import STAGED, WriteHandle
-from dsmount.storage.base import Entry
-from dsmount.storage.writes import Part
-
-if TYPE_CHECKING:
-    from dsmount.node.fs.writes import WritePath
+from dsmount.node.cache.blocks import BlockCache
+from dsmount.node.fs.staging import Staging
+from dsmount.node.fs.write_handle import STAGED, WriteHandle, WriteSettings
+from dsmount.storage.base import Entry, Part
 
 
 async def run_all(jobs: list[Callable[[], Awaitable[None]]], limit: int) -> None:
@@ -54,12 +51,13 @@ async def run_all(jobs: list[Callable[[], Awaitable[None]]], limit: int) -> None
 
 
 class StagedOps:
-    if TYPE_CHECKING:
-        settings = WritePath.settings
-        staging = WritePath.staging
-        cache = WritePath.cache
-        _puts = WritePath._puts
-        _ensure_upload = WritePath._ensure_upload
+    # What this mode uses of the `WritePath` it is mixed into, declared here (annotations
+    # only, no values) so that this module need not import writes.py, which imports it.
+    settings: WriteSettings
+    staging: Staging
+    cache: BlockCache
+    _puts: trio.CapacityLimiter
+    _ensure_upload: Callable[[WriteHandle], Awaitable[None]]
 
     def _account(self, h: WriteHandle, size: int) -> None:
         assert h.staged is not None
