@@ -1,4 +1,5 @@
-"""The public Python API (`from dsmount.api import Workspace, Datastore, DataTypeIds`).
+"""The public Python API (`from dsmount.api import Workspace, Datastore, DataTypeIds, hint,
+HintingSampler`).
 
 The implementation lives in `dsmount.workspace.api` and `dsmount.workspace.datasets`; this
 module is the stable import path.
@@ -12,6 +13,9 @@ from dsmount.workspace.datasets import (
     Datasets,
     DataTypeIds,
 )
+from dsmount.workspace.hinting import cancel as cancel_hint
+from dsmount.workspace.hinting import hint
+from dsmount.workspace.sampler import HintingSampler
 
 __all__ = [
     "DataReference",
@@ -21,5 +25,8 @@ __all__ = [
     "DatasetNotFound",
     "Datasets",
     "Datastore",
+    "HintingSampler",
     "Workspace",
+    "cancel_hint",
+    "hint",
 ]

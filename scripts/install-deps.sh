@@ -8,7 +8,8 @@
 # the write tests, systemd for `systemd-analyze verify` / `systemd-tmpfiles` in tests, node+npm
 # only when missing), Azurite
 # from npm, /dev/fuse + user_allow_other, then the project venv `.venv` with
-# `.[test,dataframe]` (the optional dataframe helpers are tested too).
+# `.[test,dataframe,torch]` (the optional dataframe helpers and the DataLoader sampler
+# wrapper are tested too; torch is the CPU wheel, a few hundred MB).
 set -euo pipefail
 
 # Azurite 3.36+ requires Node >= 21; Debian 12 ships Node 18. 3.35.x is the newest that runs on
@@ -112,16 +113,16 @@ fi
 stamp="$VENV/.dsmount-deps.sha256"
 want_hash="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_hash" ]] && [[ -x "$VENV/bin/ruff" ]] \
-    && "$VENV/bin/python" -c 'import dsmount, pyfuse3, trio, pytest, azure.storage.blob, pandas' \
+    && "$VENV/bin/python" -c 'import dsmount, pyfuse3, trio, pytest, azure.storage.blob, pandas, torch' \
         2>/dev/null; then
     say "venv: up to date"
 else
-    say "pip install -e '.[test,dataframe]' into .venv"
+    say "pip install -e '.[test,dataframe,torch]' into .venv (torch: the CPU wheel, for the DataLoader tests)"
     # The build backend is chatty on stderr (deprecation notices): keep the output in a log and
     # show it only when the install fails.
     pip_log="$(mktemp)"
     if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        -e "$REPO_ROOT[test,dataframe]" >"$pip_log" 2>&1; then
+        -e "$REPO_ROOT[test,dataframe,torch]" >"$pip_log" 2>&1; then
         cat "$pip_log" >&2
         rm -f "$pip_log"
         die "pip install failed"

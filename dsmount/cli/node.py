@@ -206,6 +206,16 @@ def status(obj: Context, as_json: bool) -> None:
     if memory:
         click.echo(f"budget {format_size(memory['budget_bytes'])} ({memory['budget_from']}); "
                    f"limit: {memory['limit']}")
+    prefetch = result.get("prefetch")
+    if prefetch:
+        for label, key in (("hints", "hints"), ("directory order", "dir_order")):
+            s = prefetch[key]
+            click.echo(f"prefetch by {label}: {s['files_prefetched']} file(s) "
+                       f"{format_size(s['bytes_prefetched'])} fetched ahead, "
+                       f"{s['files_used']} ({format_size(s['bytes_used'])}) used, "
+                       f"{s['files_wasted']} ({format_size(s['bytes_wasted'])}) wasted"
+                       + (f"; {prefetch['hints_active']} hint(s) active" if key == "hints"
+                          else ""))
     writers = sum(d.get("writers_open", 0) for d in result["datastores"])
     written = sum(d.get("bytes_written", 0) for d in result["datastores"])
     if any(d.get("read_write") for d in result["datastores"]):

@@ -23,7 +23,8 @@ PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # a request larger than this is refused and the connection closed
 MAX_MESSAGE = 1000  # characters of an error message in a reply
 OPERATIONS = frozenset({"ping", "attach", "detach", "list", "status", "refresh",
-                        "warm", "warm_status", "warm_cancel", "doctor"})
+                        "warm", "warm_status", "warm_cancel", "doctor",
+                        "hint"})
 
 
 @dataclass
@@ -328,3 +329,45 @@ class AttachRequest:
         if self.read_write:
             out["read_write"] = True
         return out
+
+
+MAX_HINT_PATHS = 200_000  # per request; a longer order is sent in several (`append`)
+MAX_CALLER = 200  # characters of a caller id
+
+
+@dataclass(frozen=True)
+class HintRequest:
+    """A `hint` request: absolute paths under the mountpoint in the order they will be read.
+
+    The hint belongs to (the peer's uid, `caller`); `caller` absent: the peer's pid. A new
+    hint of the same owner replaces the old one, unless `append` (the next part of a long
+    order). `pid`: the process whose exit ends the hint (absent: the peer itself, unless a
+    `caller` is given - then none, and only `idle_timeout` ends it). An empty `paths` without
+    `append` cancels the owner's hint."""
+
+    paths: list[str]
+    caller: str | None = None
+    pid: int | None = None
+    append: bool = False
+    idle_timeout: float | None = None
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> HintRequest:
+        paths = args.get("paths", [])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise InvalidRequest("argument 'paths' must be a list of strings")
+        if len(paths) > MAX_HINT_PATHS:
+            raise InvalidRequest(f"argument 'paths' has more than {MAX_HINT_PATHS} entries; "
+                                 "send the rest with append")
+        caller = get_str(args, "caller", required=False)
+        if caller is not None and not 0 < len(caller) <= MAX_CALLER:
+            raise InvalidRequest(f"argument 'caller' must be 1 to {MAX_CALLER} characters")
+        pid = args.get("pid")
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 1):
+            raise InvalidRequest("argument 'pid' must be a process id")
+        idle = args.get("idle_timeout")
+        if idle is not None:
+            idle = get_number(args, "idle_timeout", 0.0)
+            if not 1.0 <= idle <= 86_400.0:
+                raise InvalidRequest("argument 'idle_timeout' must be 1 to 86400 seconds")
+        return cls(paths, caller, pid, get_bool(args, "append"), idle)

@@ -83,6 +83,26 @@ class CacheSection:
 
 
 @dataclass(frozen=True)
+class PrefetchSection:
+    #: Bytes fetched ahead of readers along hints and directory order, all readers together
+    #: (at most half the memory budget): 256 MiB is 2,600 files of 100 KiB, far more than 16
+    #: GETs in flight need behind 30 ms, and small beside a 1 GiB budget.
+    window_bytes: int = 256 * 1024**2
+    #: Files fetched ahead of one reader at most: 64 keep 16 GETs busy while a reader with 4
+    #: workers consumes, and bound what a wrong guess costs.
+    window_files: int = 64
+    #: Seconds a hint lives without progress (no file of it opened) or renewal: a job that
+    #: stopped reading must not hold the window; a minute outlasts a slow first batch.
+    idle_timeout: float = 60.0
+    #: Guess directory order (tar, cp -r, rsync, an unshuffled loader) and fetch ahead along it.
+    dir_order: bool = True
+    #: GETs of files fetched ahead in flight at most (besides [cache] max_concurrent_gets): a
+    #: 100 KiB file is one request's latency, so its rate is in-flight / latency; measured
+    #: behind 20 ms, 4 readers of a hinted epoch: 16 gave ~300-390 files/s, 64 ~570.
+    gets_in_flight: int = 64
+
+
+@dataclass(frozen=True)
 class MetadataSection:
     #: Seconds attributes and listings are trusted: 60 s makes an epoch's lookups free while a
     #: file replaced by another tool shows within a minute (`dsmount refresh` at once).
@@ -151,6 +171,7 @@ class Config:
     retry: RetrySection = field(default_factory=RetrySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     writes: WritesSection = field(default_factory=WritesSection)
+    prefetch: PrefetchSection = field(default_factory=PrefetchSection)
     datastores: tuple[dict[str, Any], ...] = ()
     source: str | None = None  # the file it came from, for messages
 
@@ -163,9 +184,10 @@ _SECTIONS: dict[str, type] = {
     "retry": RetrySection,
     "metrics": MetricsSection,
     "writes": WritesSection,
+    "prefetch": PrefetchSection,
 }
 _SIZE_KEYS = {"memory_budget", "block_size", "disk_budget", "readahead_max", "staging_budget",
-              "part_size"}
+              "part_size", "window_bytes"}
 _MODE_KEYS = {"file_mode", "dir_mode"}
 
 
@@ -234,6 +256,10 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("[retry] max_attempts must be at least 1")
     if cfg.metrics.address:
         parse_address(cfg.metrics.address)
+    if (cfg.prefetch.window_files < 1 or cfg.prefetch.idle_timeout <= 0
+            or cfg.prefetch.gets_in_flight < 1):
+        raise ConfigError("[prefetch] window_files and gets_in_flight must be at least 1 and "
+                          "idle_timeout > 0")
     w = cfg.writes
     if w.part_size < 64 * 1024 or w.part_size > 256 * 1024**2:
         raise ConfigError("[writes] part_size must be between 64KiB and 256MiB")

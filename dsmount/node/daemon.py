@@ -28,6 +28,7 @@ from dsmount.node.cache.disk import DiskCache
 from dsmount.node.config import Config, parse_address
 from dsmount.node.fs.core import FileSystem, FsSettings, WriteSettings
 from dsmount.node.fuse_adapter import FuseSession
+from dsmount.node.hints import Prefetcher, PrefetchSettings
 from dsmount.node.malloc import limit_arenas, pin_mmap_threshold
 from dsmount.node.memory_limit import choose_budget, effective_limit
 from dsmount.node.metrics import MetricsServer
@@ -109,12 +110,19 @@ class Daemon:
         )
         self.state = StateStore(c.daemon.state_dir)
         self.warmer = Warmer(self.core, parallel=c.cache.max_concurrent_gets)
+        p = c.prefetch
+        self.prefetcher = Prefetcher(self.core, PrefetchSettings(
+            window_bytes=p.window_bytes, window_files=p.window_files,
+            idle_timeout=p.idle_timeout, per_file=c.cache.block_size, dir_order=p.dir_order,
+            gets_in_flight=p.gets_in_flight,
+        ), mountpoint=self.mountpoint)
+        self.core.on_open = self.prefetcher.opened
         self.ops = NodeOps(
             self.core, retry=self.retry, ttl=c.metadata.ttl, negative_ttl=c.metadata.negative_ttl,
             allow_shared=c.daemon.allow_shared, on_change=self._changed,
             status_extra=self._status_extra,
             manifest_dir=Path(c.daemon.state_dir) / "manifests",
-            writes_enabled=c.writes.enabled, warmer=self.warmer,
+            writes_enabled=c.writes.enabled, warmer=self.warmer, prefetcher=self.prefetcher,
         )
         self.server = ControlServer(self.ops.handle, c.daemon.socket, group=c.daemon.socket_group)
         self.metrics: MetricsServer | None = None
@@ -165,6 +173,7 @@ class Daemon:
             extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
         extra["staging"] = self.core.writes.staging.as_dict()
         extra["fuse_requests"] = dict(fuse_adapter.requests)
+        extra["prefetch"] = self.prefetcher.status()
         return extra
 
     def summary(self) -> str:
@@ -186,6 +195,7 @@ class Daemon:
                 self._nursery = nursery
                 await nursery.start(self.cache.run)
                 await nursery.start(self.warmer.run)
+                await nursery.start(self.prefetcher.run)
                 await nursery.start(self.core.writes.run)
                 nursery.start_soon(self._fuse_main, nursery)
                 await self._tune_after_init()

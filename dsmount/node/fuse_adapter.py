@@ -183,7 +183,8 @@ class FuseOperations(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         with _guard("open"):
-            fh, keep_cache = await self.core.open(inode, flags)
+            fh, keep_cache = await self.core.open(inode, flags, getattr(ctx, "pid", None),
+                                                  getattr(ctx, "uid", None))
             return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:

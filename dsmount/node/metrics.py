@@ -127,6 +127,7 @@ class StatusCollector:
                                     value=warm.get("running", 0))
             yield CounterMetricFamily("dsmount_warm_bytes", "Bytes warm jobs fetched.",
                                       value=warm.get("bytes_fetched", 0))
+        yield from _prefetch(s.get("prefetch", {}))
 
     def _datastores(self, stores: list[dict[str, Any]]) -> Iterator[Metric]:
         label = ["datastore"]
@@ -165,6 +166,32 @@ class StatusCollector:
             if "read_stall_seconds" in ds:
                 _add_histogram(stall, [key], ds["read_stall_seconds"])
         yield from (info, degraded, open_files, *counters.values(), calls, latency, stall)
+
+
+def _prefetch(p: dict[str, Any]) -> Iterator[Metric]:
+    """Ordered prefetch (hints and directory order): what it fetched ahead, what readers
+    then opened, what was abandoned unread."""
+    if not p:
+        return
+    labels = ["source", "outcome"]
+    files = CounterMetricFamily("dsmount_prefetch_files",
+                                "Files fetched ahead along hints or directory order.",
+                                labels=labels)
+    size = CounterMetricFamily("dsmount_prefetch_bytes",
+                               "Bytes fetched ahead along hints or directory order.",
+                               labels=labels)
+    for source, key in (("hint", "hints"), ("dir", "dir_order")):
+        stats = p.get(key, {})
+        for outcome in ("prefetched", "used", "wasted"):
+            files.add_metric([source, outcome], stats.get(f"files_{outcome}", 0))
+            size.add_metric([source, outcome], stats.get(f"bytes_{outcome}", 0))
+    yield files
+    yield size
+    yield GaugeMetricFamily("dsmount_hints_active", "Reader hints being followed.",
+                            value=p.get("hints_active", 0))
+    yield GaugeMetricFamily("dsmount_prefetch_ahead_bytes",
+                            "Bytes fetched ahead and not yet opened.",
+                            value=p.get("ahead_bytes", 0))
 
 
 class MetricsServer:

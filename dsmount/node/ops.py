@@ -20,13 +20,14 @@ from typing import Any
 
 from dsmount.control.dispatch import Dispatcher, Handler
 from dsmount.control.peer import Peer
-from dsmount.control.protocol import get_bool, get_str, get_target
+from dsmount.control.protocol import HintRequest, get_bool, get_str, get_target
 from dsmount.errors import InvalidRequest
 from dsmount.node.access import AccessRules
-from dsmount.node.attach import Attacher, owner_of
+from dsmount.node.attach import Attacher, owner_of, reader_of
 from dsmount.node.doctor_probe import probe_all
 from dsmount.node.fs.core import FileSystem
 from dsmount.node.fs.datastore import Datastore, user_name
+from dsmount.node.hints import Prefetcher
 from dsmount.node.status_ops import StatusOps
 from dsmount.node.warm import Warmer
 from dsmount.storage.base import Backend
@@ -51,8 +52,10 @@ class NodeOps:
         manifest_dir: Path | None = None,
         warmer: Warmer | None = None,
         writes_enabled: bool = True,
+        prefetcher: Prefetcher | None = None,
     ) -> None:
         self.core = core
+        self.prefetcher = prefetcher
         self.rules = AccessRules(allow_shared=allow_shared, name_of=user_name)
         self.attacher = Attacher(
             core, self.rules, retry=retry, ttl=ttl, negative_ttl=negative_ttl,
@@ -77,6 +80,7 @@ class NodeOps:
             "warm_status": self.reports.warm_status,
             "warm_cancel": self.reports.warm_cancel,
             "doctor": self.doctor,
+            "hint": self.hint,
         }
 
     async def doctor(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -140,3 +144,13 @@ class NodeOps:
         self.rules.require_owner(peer, ds.owner, ds.shared, ds.key, "refresh")
         dropped = self.core.refresh(name, version, path)
         return {"refreshed": name if version is None else f"{name}/{version}", "dropped": dropped}
+
+    # -- hints (node/hints.py does the work) ------------------------------------------------------
+    async def hint(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        if self.prefetcher is None:
+            raise InvalidRequest("this daemon does not take hints")
+        r = HintRequest.from_args(args)
+        watch = r.pid if r.pid is not None else (peer.pid if r.caller is None else None)
+        return self.prefetcher.hint(r.paths, uid=peer.uid, reader=reader_of(peer),
+                                    caller=r.caller or f"pid {peer.pid}", watch_pid=watch,
+                                    append=r.append, idle_timeout=r.idle_timeout)

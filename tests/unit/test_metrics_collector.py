@@ -90,3 +90,25 @@ def test_the_dashboard_uses_only_exported_metrics() -> None:
     assert len(used) >= 15
     assert used <= exported, used - exported
     assert any("dsmount_read_stall_seconds" in e for e in exprs)
+
+
+def test_ordered_prefetch_is_exported_by_source_and_outcome() -> None:
+    stats = {"files_prefetched": 10, "bytes_prefetched": 1000, "files_used": 8,
+             "bytes_used": 800, "files_wasted": 2, "bytes_wasted": 200, "files_skipped": 1}
+    status = {**_status(), "prefetch": {
+        "window_bytes": 1, "window_files": 64, "ahead_bytes": 300, "hints_active": 2,
+        "dir_guesses_active": 0, "hints_ended": {}, "hints": stats,
+        "dir_order": {**stats, "files_used": 3}}}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: status))  # type: ignore[arg-type]
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in f.samples}
+    assert samples[("dsmount_prefetch_files_total",
+                    (("outcome", "used"), ("source", "hint")))] == 8
+    assert samples[("dsmount_prefetch_files_total",
+                    (("outcome", "used"), ("source", "dir")))] == 3
+    assert samples[("dsmount_prefetch_bytes_total",
+                    (("outcome", "wasted"), ("source", "hint")))] == 200
+    assert samples[("dsmount_hints_active", ())] == 2
+    assert samples[("dsmount_prefetch_ahead_bytes", ())] == 300

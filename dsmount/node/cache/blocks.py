@@ -344,10 +344,13 @@ class BlockCache:
             counters.cache_hits += 1
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def prefetch(self, src: Source, start: int, end: int, counters: ReadCounters) -> bool:
+    def prefetch(self, src: Source, start: int, end: int, counters: ReadCounters,
+                 limiter: trio.CapacityLimiter | None = None) -> bool:
         """Start fetching the holes of [start, end) in the background if there is room now;
         never waits. False if the backend just failed or there was no room (read-ahead gives
-        way first)."""
+        way first). `limiter`: the GETs in flight these count against, if not the cache's
+        (ordered prefetch of small files is bound by latency, not bandwidth: it keeps more
+        requests in flight than streams need)."""
         end = min(end, src.size)
         if end <= start:
             return True
@@ -357,13 +360,15 @@ class BlockCache:
         holes = [(start, end)] if index is None else index.gaps(start, end)
         if not holes:
             return True
-        if self._nursery is None or not self._start_all(src, holes, counters, prefetch=True):
+        if self._nursery is None or not self._start_all(src, holes, counters, prefetch=True,
+                                                        limiter=limiter):
             counters.readahead_skipped += 1
             return False
         return True
 
     def _start_all(self, src: Source, holes: list[tuple[int, int]], counters: ReadCounters,
-                   *, prefetch: bool, started: list[_Extent] | None = None) -> bool:
+                   *, prefetch: bool, started: list[_Extent] | None = None,
+                   limiter: trio.CapacityLimiter | None = None) -> bool:
         """Start a fetch per piece of `holes` (cut at `src.unit`) while there is room (adding
         each to `started`); False at the first piece there was no room for."""
         for hole_start, hole_end in holes:
@@ -373,7 +378,7 @@ class BlockCache:
                     raise RuntimeError("BlockCache.run() is not running")
                 if not self._evict_for(size, readahead=prefetch):
                     return False
-                extent = self._start(src, start, end, size, counters, prefetch)
+                extent = self._start(src, start, end, size, counters, prefetch, limiter)
                 if started is not None:
                     started.append(extent)
                 if prefetch:
@@ -382,7 +387,7 @@ class BlockCache:
         return True
 
     def _start(self, src: Source, start: int, end: int, size: int, counters: ReadCounters,
-               prefetch: bool) -> _Extent:
+               prefetch: bool, limiter: trio.CapacityLimiter | None = None) -> _Extent:
         assert self._nursery is not None
         index = self._objects.get(src.key)
         if index is None:
@@ -391,13 +396,14 @@ class BlockCache:
         index.add(extent)
         self._reserved += size
         self._note_peak()
-        self._nursery.start_soon(self._fetch, src, extent)
+        self._nursery.start_soon(self._fetch, src, extent, limiter or self._limiter)
         return extent
 
-    async def _fetch(self, src: Source, extent: _Extent) -> None:
+    async def _fetch(self, src: Source, extent: _Extent, limiter: trio.CapacityLimiter
+                     ) -> None:
         stored = False
         try:
-            async with self._limiter:
+            async with limiter:
                 data = await src.fetch(extent.start, extent.end)
             if len(data) != extent.end - extent.start:
                 raise IntegrityError(
@@ -445,6 +451,16 @@ class BlockCache:
                 src.stored(extent.start, extent.end)
             except Exception:  # a disk-cache hiccup must not fail the read that fetched it
                 log.exception("after caching %s %d-%d", src.key[1], extent.start, extent.end)
+
+    def abandon(self, key: ObjectKey) -> None:
+        """Nobody is coming for the unread bytes of `key` fetched ahead (an ordered prefetch
+        was abandoned): they become the first to evict, instead of pinning the budget until
+        they go stale."""
+        index = self._objects.get(key)
+        if index is not None:
+            for extent in index:
+                if extent.prefetch and extent.data is not None:
+                    self._resident.demote(extent)
 
     # -- invalidation --------------------------------------------------------------------------
     def drop(self, datastore_id: int, path: str | None = None) -> int:

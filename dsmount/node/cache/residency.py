@@ -76,6 +76,15 @@ class Residency(Generic[X, K]):
         elif extent in self._read:
             self._read.move_to_end(extent)
 
+    def demote(self, extent: X) -> None:
+        """Nobody is coming for a pending `extent` any more (a prefetch guess was abandoned):
+        it becomes the first read extent to evict."""
+        key = self._pending.pop(extent, None)
+        if key is not None:
+            self._read[extent] = key
+            self._read.move_to_end(extent, last=False)
+            self.read_bytes += extent.end - extent.start
+
     def stale(self, now: float) -> tuple[X, K] | None:
         """Take out the least recently touched pending extent if it is stale."""
         if self._pending and next(iter(self._pending)).touched < now - self.stale_after:

@@ -96,6 +96,8 @@ class FileSystem:
         )
         self.mutations = Mutations(self.lookups, self.inodes, self.metadata, self.writes, clock,
                                    self._invalidate_inode, self._invalidate_entry)
+        # Told of every open for reading (datastore, path, pid, uid): ordered prefetch.
+        self.on_open: Callable[[Datastore, str, int | None, int | None], None] | None = None
         self._files: dict[int, FileHandle] = {}
         self._writers: dict[int, WriteHandle] = {}
         self._next_fh = 1
@@ -236,8 +238,9 @@ class FileSystem:
         await self.dirs.releasedir(fh)
 
     # -- files --------------------------------------------------------------------------------
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a file. Returns (fh, keep_cache)."""
+    async def open(self, ino: int, flags: int, pid: int | None = None, uid: int | None = None
+                   ) -> tuple[int, bool]:
+        """Open a file (for process `pid` of `uid`, when known). Returns (fh, keep_cache)."""
         node = self.lookups.node(ino)
         if flags & _WRITE_FLAGS:
             self.mutations.writable(node)  # ReadOnly unless attached read-write
@@ -266,6 +269,8 @@ class FileSystem:
         self._files[fh] = h = self.reads.handle(node, ds)
         ds.open_files += 1
         self.reads.opened(h, pages_kept=seen)
+        if self.on_open is not None:  # ordered prefetch (node/hints.py) follows the reader
+            self.on_open(ds, node.path, pid, uid)
         return fh, keep_cache
 
     async def _open_writer(self, node: Node, ds: Datastore, flags: int) -> int:
