@@ -10,8 +10,9 @@ commits nothing, ever). What its content is beyond that is its `strategy`:
 - a `StagedWrite` (node/fs/write_staged.py): the content lives in a local staging file, the
   base fetched only where a write does not cover it.
 Both answer the one `WriteStrategy` protocol; the write path (node/fs/writes.py) picks one at
-the first write and a `StreamedWrite` replaces itself with a `StagedWrite` when it is asked for
-anything a stream cannot serve (a write out of sequence, a read, a truncate).
+the first write or truncate, and a `StreamedWrite` replaces itself with a `StagedWrite` when it
+is asked for anything a stream cannot serve (a write out of sequence, a read, a truncate). A
+commit or a truncate to nothing drops the strategy: the handle holds its base again.
 
 Invariants:
 - a strategy is switched or dropped only once its part uploads have ended (`settle`);
