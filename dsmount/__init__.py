@@ -9,8 +9,10 @@ The packages and what each may import (tests/unit/test_layering.py enforces it):
 - `workspace` the registry of named datastores, versions, transfers, the run wrapper, the Python
               API. Imports `storage`, `shared`, `errors` and `control.client` (the only way it
               reaches a daemon); never `node`.
-- `control`   the door between the two: protocol (plain data), client, server and service
-              (the service is the node's half and may import `node`).
+- `control`   the door between the two, transport only: protocol (plain data), client, server
+              (socket, peer credentials, limits), a dispatcher over a table of handlers the
+              node gives it. Imports `storage`, `shared`, `errors`; never `node` or
+              `workspace` (a floor below both).
 - `cli`       the command line, one module per side; imports anything above it.
 - `shared`    credentials, secret references, logging, file helpers. Imports only `errors`.
 """

@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from dsmount.cli.common import Context, auth_options, choose_auth, fail, print_table, run_guarded
-from dsmount.cli.daemon_options import daemon_extra_options, daemon_extra_overrides
 from dsmount.errors import DsmountError
 from dsmount.shared.sizes import format_size
 
@@ -35,12 +34,14 @@ from dsmount.shared.sizes import format_size
 @click.option("--socket", "socket_path", default=None, metavar="PATH",
               help="Control socket to serve [the global --socket, env DSMOUNT_SOCKET, else "
               "[daemon] socket].")
-@daemon_extra_options
+@click.option("--metrics-address", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 "
+              "[[metrics] address; off unless set].")
 @click.pass_obj
 def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foreground: bool,
            log_level: str | None, log_file: str | None, cache_budget: str | None,
            block_size: str | None, cache_dir: str | None, state_dir: str | None,
-           socket_path: str | None, **extra: Any) -> None:
+           socket_path: str | None, metrics_address: str | None) -> None:
     """Run the daemon: mount the datastore tree and serve the control socket."""
     from dsmount.node.config import load_config
     from dsmount.node.daemon import daemonize_and_run, run_daemon
@@ -54,7 +55,7 @@ def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foregr
                        "socket": explicit_socket},
             "cache": {"memory_budget": cache_budget, "block_size": block_size,
                       "disk_dir": cache_dir},
-            **daemon_extra_overrides(extra),
+            "metrics": {"address": metrics_address},
         })
     except DsmountError as e:
         fail(str(e))

@@ -1,1 +1,3 @@
-"""The control socket: a JSON-lines protocol (plain data), a thin server and a client."""
+"""The control socket, transport only: a JSON-lines protocol (plain data), peer credentials, a
+thin server that dispatches to a table of handlers given to it, and a client. Never imports
+`dsmount.node` or `dsmount.workspace`: both stand on it."""

@@ -157,6 +157,15 @@ def get_version(args: dict[str, Any]) -> str | None:
     return str(value)
 
 
+def get_target(args: dict[str, Any]) -> tuple[str, str | None]:
+    """(name, version) of the datastore a request names: `name` and `version`, or a `name`
+    written "name/version"."""
+    name, version = get_str(args, "name") or "", get_version(args)
+    if version is None and "/" in name:
+        name, version = name.split("/", 1)
+    return name, version
+
+
 def get_number(args: dict[str, Any], key: str, default: float) -> float:
     value = args.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -226,9 +235,9 @@ class AttachRequest:
     (`storage`, validated by `DatastoreSpec`). The wire form is one flat object, as the state
     file of a restarted daemon also keeps it (so an owner survives a restart).
 
-    `owner`/`shared` as a client sends them are wishes: the control service decides them from
-    the peer's credentials (a non-root peer always owns what it attaches) before anything is
-    attached or saved.
+    `owner`/`shared` as a client sends them are wishes: the node (node/access.py) decides them
+    from the peer's credentials (a non-root peer always owns what it attaches) before
+    anything is attached or saved.
 
     `read_write`: only a blob container or a file share, attached without a version and not
     immutable, can be read-write: a version is an immutable snapshot, and the (root) daemon
@@ -260,8 +269,7 @@ class AttachRequest:
             )
         if self.immutable:
             raise InvalidRequest("a read-write datastore cannot be immutable")
-        if self.storage.kind == "local":
-            raise InvalidRequest("local datastores are attached read-only")
+        self.storage.check_writable()
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> AttachRequest:

@@ -1,4 +1,7 @@
-"""The control socket server: a thin adapter from a Unix socket to `ControlService`.
+"""The control socket server: a thin adapter from a Unix socket to a request handler.
+
+The handler (`dispatch.Dispatcher` over the node's operations) is given by the daemon, so this
+package never imports the node: it is the floor both the node and the CLI stand on.
 
 Per connection: the peer's credentials are checked first (SO_PEERCRED, and SO_PEERGROUPS for
 its groups, both as of connect: root, the daemon's own user, or a member of the configured
@@ -15,37 +18,21 @@ import grp
 import logging
 import os
 import socket
-import struct
 
 import trio
 
+from dsmount.control.dispatch import RequestHandler
+from dsmount.control.peer import Peer, groups_of, peer_of
 from dsmount.control.protocol import MAX_LINE, Response, parse_request
-from dsmount.control.service import ControlService, Peer, _groups_of
 from dsmount.errors import ConfigError, DsmountError
 
 log = logging.getLogger(__name__)
-
-_PEERCRED = struct.Struct("3i")
-_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; not in every Python
-
-
-def peer_of(sock: trio.socket.SocketType) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    pid, uid, gid = _PEERCRED.unpack(raw)
-    groups: frozenset[int] | None
-    try:
-        # The groups as of connect(): unlike /proc/PID they cannot belong to a later process.
-        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)  # up to 256 groups
-        groups = frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
-    except OSError:  # ERANGE (more groups) or an old kernel: /proc, checked, instead
-        groups = None
-    return Peer(pid, uid, gid, groups)
 
 
 class ControlServer:
     def __init__(
         self,
-        service: ControlService,
+        handler: RequestHandler,
         path: str,
         *,
         group: str = "",
@@ -53,7 +40,7 @@ class ControlServer:
         idle_timeout: float = 30.0,
         request_timeout: float = 120.0,
     ) -> None:
-        self.service = service
+        self.handler = handler
         self.path = path
         self.group_gid: int | None = None
         if group:
@@ -68,9 +55,10 @@ class ControlServer:
         self._sock: trio.socket.SocketType | None = None
 
     def authorized(self, peer: Peer) -> bool:
+        """Who may talk to the socket at all; what each may then do is the handler's rule."""
         if peer.uid in (0, os.getuid()):
             return True
-        return self.group_gid is not None and self.group_gid in _groups_of(peer)
+        return self.group_gid is not None and self.group_gid in groups_of(peer)
 
     async def bind(self) -> None:
         parent = os.path.dirname(self.path) or "."
@@ -187,6 +175,6 @@ class ControlServer:
         except DsmountError as e:
             return Response.from_error(e)
         with trio.move_on_after(self.request_timeout):
-            return await self.service.handle(request, peer)
+            return await self.handler(request, peer)
         return Response.failure("timed_out", f"{request.op} took longer than "
                                 f"{self.request_timeout:.0f}s", request.id)

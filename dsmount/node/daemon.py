@@ -20,7 +20,6 @@ from typing import Any
 import trio
 
 from dsmount.control.server import ControlServer
-from dsmount.control.service import ControlService
 from dsmount.errors import DsmountError
 from dsmount.node import fuse_adapter
 from dsmount.node import mountpoint as mp
@@ -32,6 +31,7 @@ from dsmount.node.fuse_adapter import FuseSession
 from dsmount.node.malloc import limit_arenas, pin_mmap_threshold
 from dsmount.node.memory_limit import choose_budget, effective_limit
 from dsmount.node.metrics import MetricsServer
+from dsmount.node.ops import NodeOps
 from dsmount.node.sdnotify import Notifier, watchdog_loop
 from dsmount.node.state import StateStore
 from dsmount.node.warm import Warmer
@@ -109,18 +109,18 @@ class Daemon:
         )
         self.state = StateStore(c.daemon.state_dir)
         self.warmer = Warmer(self.core, parallel=c.cache.max_concurrent_gets)
-        self.service = ControlService(
+        self.ops = NodeOps(
             self.core, retry=self.retry, ttl=c.metadata.ttl, negative_ttl=c.metadata.negative_ttl,
             allow_shared=c.daemon.allow_shared, on_change=self._changed,
             status_extra=self._status_extra,
             manifest_dir=Path(c.daemon.state_dir) / "manifests",
             writes_enabled=c.writes.enabled, warmer=self.warmer,
         )
-        self.server = ControlServer(self.service, c.daemon.socket, group=c.daemon.socket_group)
+        self.server = ControlServer(self.ops.handle, c.daemon.socket, group=c.daemon.socket_group)
         self.metrics: MetricsServer | None = None
         if c.metrics.address:
             host, port = parse_address(c.metrics.address)
-            self.metrics = MetricsServer(host, port, self.service.status)
+            self.metrics = MetricsServer(host, port, self.ops.status)
         self.notifier = Notifier()
         self._mounted = False
         self._restoring = False
@@ -149,7 +149,7 @@ class Daemon:
 
     def _changed(self) -> None:
         if not self._restoring:
-            self.state.save(self.service.specs)
+            self.state.save(self.ops.specs)
         self.notifier.status(self.summary())
 
     def _status_extra(self) -> dict[str, Any]:
@@ -167,7 +167,7 @@ class Daemon:
 
     def summary(self) -> str:
         n = len(self.core.datastores())
-        failed = len(self.service.failed)
+        failed = len(self.ops.failed)
         text = (f"{n} datastore(s) attached, cache {format_size(self.cache.used_bytes)} of "
                 f"{format_size(self.cache.budget)}")
         return text + (f", {failed} failed" if failed else "")
@@ -263,12 +263,12 @@ class Daemon:
                     from_config.append(_config_spec(entry))
                 except DsmountError as e:
                     log.error("[%s] config entry: %s", key, e)
-                    self.service.failed[key] = {"name": entry["name"], "path": key,
+                    self.ops.failed[key] = {"name": entry["name"], "path": key,
                                                 "state": "failed", "error": str(e)}
-            await self.service.restore(saved + from_config)
+            await self.ops.restore(saved + from_config)
         finally:
             self._restoring = False
-        self.state.save(self.service.specs)
+        self.state.save(self.ops.specs)
 
 
 def run_daemon(config: Config, ready_fd: int | None = None) -> int:

@@ -4,11 +4,11 @@ background, as jobs the CLI starts, polls and cancels over the control socket.
 How a job warms: a walker lists the paths (using fresh cached listings, and leaving the
 listings it made in the metadata cache, so later lookups through the mount need no backend),
 and `parallel` workers read each file front to back through the very read path FUSE reads
-take (`ReadPath`, with its read-ahead), so the blocks land under the keys a reader will look
-up, in the disk cache too when one is configured. A worker reads through a *view* of the
-datastore with its own counters and a byte-counting backend wrapper: warming does not show as
-FUSE reads or stalls, and the job knows exactly how many bytes it downloaded (what was cached
-already is skipped at no cost: a cached block is never fetched again).
+take, so the blocks land under the keys a reader will look up, in the disk cache too when one
+is configured. Both go through the core's warming facade (`FileSystem.warming`,
+node/fs/warming.py): warming does not show as FUSE reads or stalls, and the job knows how many
+bytes it downloaded (what was cached already is skipped at no cost: a cached block is never
+fetched again).
 
 Where the bytes go: the disk cache when there is one (up to its budget), else the memory
 cache while they fit (three quarters of its budget: readers need room too); files past that
@@ -29,21 +29,18 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from dsmount.errors import Busy, DsmountError, InvalidRequest, NotFound
-from dsmount.node.cache.blocks import ReadCounters
 from dsmount.node.fs.core import FileSystem
 from dsmount.node.fs.datastore import Datastore
-from dsmount.node.fs.inodes import Node
-from dsmount.node.fs.lookup import close_listing, join
 from dsmount.shared.sizes import format_size
-from dsmount.storage.base import Backend, Entry
-from dsmount.storage.names import clean_path
+from dsmount.storage.base import Entry
+from dsmount.storage.names import clean_path, join
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +51,6 @@ MAX_RUNNING = 8  # jobs at once: each may have `parallel` reads in flight
 WALK_AHEAD = 20_000  # files listed but not yet warmed, at most
 MAX_ERRORS_KEPT = 5
 _ids = itertools.count(1)
-
-
-class CountingBackend(Backend):
-    """A backend that passes every call through and counts the bytes `read` returned."""
-
-    def __init__(self, inner: Backend) -> None:
-        super().__init__()
-        self.inner = inner
-        self.kind = inner.kind
-        self.list_on_lookup = inner.list_on_lookup
-        self.local_namespace = inner.local_namespace
-        self.entry_now = inner.entry_now  # type: ignore[method-assign]
-        self.stats = inner.stats
-        self.fetched = 0
-
-    async def stat(self, path: str) -> Entry:
-        return await self.inner.stat(path)
-
-    def list(self, path: str) -> AsyncIterator[list[Entry]]:
-        return self.inner.list(path)
-
-    async def read(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
-        data = await self.inner.read(path, offset, length, etag)
-        self.fetched += len(data)
-        return data
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
 
 
 @dataclass
@@ -145,7 +114,7 @@ class Warmer:
 
     def __init__(self, core: FileSystem, *, parallel: int = 16, abandon_after: float = 30.0,
                  keep: int = 16) -> None:
-        self.core = core
+        self.fs = core.warming
         self.parallel = parallel
         self.abandon_after = abandon_after
         self.keep = keep
@@ -177,11 +146,8 @@ class Warmer:
             # A path inside another one given is warmed with it (sorted: parents come first).
             if not any(q == "" or path.startswith(q + "/") for q in cleaned):
                 cleaned.append(path)
-        disk = self.core.disk
-        if disk is not None:
-            target, capacity = "disk", int(disk.budget * DISK_SHARE)
-        else:
-            target, capacity = "memory", int(self.core.cache.budget * MEMORY_SHARE)
+        target, budget = self.fs.room()
+        capacity = int(budget * (DISK_SHARE if target == "disk" else MEMORY_SHARE))
         n = parallel or self.parallel
         if not 1 <= n <= 256:
             raise InvalidRequest("parallel must be between 1 and 256")
@@ -238,8 +204,7 @@ class Warmer:
                     async with receive:
                         for _ in range(job.parallel):
                             nursery.start_soon(self._worker, job, receive.clone())
-                if self.core.disk is not None:
-                    await self.core.disk.flushed()
+                await self.fs.flushed()
                 job.state = "done"
                 job.message = job.message or self._fit_note(job)
             except* DsmountError as group:
@@ -273,14 +238,14 @@ class Warmer:
         async with send:
             for path in job.paths:
                 entry = (Entry("", True) if not path
-                         else await self.core.lookups.stat(ds, path))
+                         else await self.fs.stat(ds, path))
                 if not entry.is_dir:
                     await self._plan(job, path, entry, send)
                     continue
                 todo = [path]
                 while todo:
                     directory = todo.pop()
-                    entries = await self._listing(ds, directory)
+                    entries = await self.fs.listing(ds, directory)
                     for name in sorted(entries, reverse=True):
                         child = entries[name]
                         if child.is_dir:
@@ -289,23 +254,6 @@ class Warmer:
                         if not entries[name].is_dir:
                             await self._plan(job, join(directory, name), entries[name], send)
             job.progress.listing = False
-
-    async def _listing(self, ds: Datastore, directory: str) -> dict[str, Entry]:
-        """The entries of `directory`: a fresh cached listing, else listed and cached."""
-        cached = self.core.metadata.listing(ds.id, directory, ds.metadata_ttl, self.core.clock())
-        if cached is not None:
-            return cached.entries
-        pages = ds.backend.list(directory)
-        entries: dict[str, Entry] = {}
-        try:
-            async for page in pages:
-                for e in page:
-                    entries[e.name] = e
-        finally:
-            await close_listing(pages)
-        self.core.metadata.put_listing(ds.id, directory, entries, self.core.clock(),
-                                       local=ds.backend.local_namespace)
-        return entries
 
     async def _plan(self, job: WarmJob, path: str, entry: Entry,
                     send: trio.MemorySendChannel[tuple[str, Entry]]) -> None:
@@ -350,30 +298,18 @@ class Warmer:
 
     async def _warm_file(self, job: WarmJob, path: str, entry: Entry) -> int:
         """Read one file through the read path; the bytes this downloaded."""
-        ds = job.datastore
-        counting = CountingBackend(ds.backend)
-        view = replace(ds, backend=counting, counters=ReadCounters())
-        node = self.core.inodes.find(ds, path)
-        if node is None or node.entry.etag != entry.etag or node.entry.size != entry.size:
-            # Not known to the kernel: a private node (ino 0 is never handed out).
-            node = Node(0, ds, path, entry, self.core.clock())
-        reads = self.core.reads
-        handle = reads.handle(node, view)
-        # A warm reads the whole file: start with the widest read-ahead window, no ramp.
-        handle.readahead.next_offset = 0
-        handle.readahead.window = handle.readahead.config.maximum
-        bs = self.core.settings.block_size
-        offset = 0
+        done = 0
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            job.progress.bytes_done += n
+
         try:
-            while offset < entry.size:
-                n = min(bs, entry.size - offset)
-                await reads.read(handle, offset, n)
-                offset += n
-                job.progress.bytes_done += n
+            return await self.fs.read_file(job.datastore, path, entry, progress)
         except BaseException:
-            job.progress.bytes_done -= offset  # a file counts once it is whole
+            job.progress.bytes_done -= done  # a file counts once it is whole
             raise
-        return counting.fetched
 
 
 def warm_capacity_note(job: WarmJob) -> str:

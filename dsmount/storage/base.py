@@ -8,16 +8,42 @@ hides that behind these methods.
 Errors: backends raise only the typed errors of `dsmount.errors` (NotFound, AuthFailed,
 Transient, Changed, IntegrityError, BackendError). `is_transient` decides what is retried.
 
-Writing: a backend with `writable = True` implements the write verbs below (uploads are
-`dsmount.storage.writes.Upload`s); the others answer every one with ReadOnly. Whether a
-datastore is *attached* read-write is the node's decision, not the backend's.
+Capabilities: what differs between kinds is declared, never guessed from `kind`, `isinstance`
+or `getattr`. Each backend has a frozen `Capabilities` (`backend.capabilities`):
+- `writable`        it implements the write verbs below (the others answer ReadOnly); whether
+                    a datastore is *attached* read-write is the node's decision, not the
+                    backend's;
+- `remote`          its bytes come over a network (worth fetching ahead of the reader);
+- `disk_cacheable`  an object version (its ETag) names bytes that never change, so they may
+                    be kept in the node's disk cache (not so for a local directory, whose
+                    files can change in place and are on disk already);
+- `locate`          its files live inside packed objects of another backend: `locate(path)`
+                    says where (a version's manifest); `objects` and `content_bytes` name
+                    the objects holding them, so a cache keys the objects' bytes;
+- `local_directory` it serves one local directory, held open: `directory_identity` names it,
+                    so a caller that checked a path can prove the directory served is the one
+                    it checked.
+
+Writing: `begin_upload` hands out an `Upload`: one new version of one object being written,
+part by part, and made visible all at once by `commit`. Each kind maps the verbs onto what its
+service offers (blob: Put Block + Put Block List; file share: a temporary file renamed over
+the target; see `azure/`). Invariants of every Upload:
+- Nothing `put` does is visible under the object's name before `commit` returns (except the
+  documented in-place append of a file share).
+- `commit(parts, size)` is given parts that tile `[start, size)` in offset order, where `start`
+  is `kept` when `keep=True` and 0 otherwise; the committed object is `size` bytes: the kept
+  prefix of the base version, then the parts. A part may be committed only once per commit.
+- `abort` makes a best effort to drop what was staged (a blob's uncommitted blocks expire by
+  themselves; a file share's temporary file is deleted), never raises, and says whether it
+  left nothing behind.
+- Every failure is a `dsmount.errors` error; `Changed` means the base version was replaced
+  meanwhile (an append or update would otherwise graft onto the wrong object).
 """
 
 from __future__ import annotations
 
 import abc
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +51,21 @@ from dsmount.errors import ReadOnly
 from dsmount.storage.retry import BackendStats
 
 if TYPE_CHECKING:
-    from dsmount.storage.writes import Upload
+    from dsmount.storage.manifest import Location
 
-log = logging.getLogger(__name__)
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do (see the module docstring)."""
+
+    writable: bool = False
+    remote: bool = False
+    disk_cacheable: bool = False
+    locate: bool = False
+    local_directory: bool = False
+
+
+# The capabilities of the cloud kinds (blob containers, file shares).
+REMOTE_WRITABLE = Capabilities(writable=True, remote=True, disk_cacheable=True)
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -57,9 +95,10 @@ class Entry:
 
 
 class Backend(abc.ABC):
-    """A read-only view of one datastore's objects."""
+    """One datastore's objects (see the module docstring)."""
 
     kind: str = "abstract"
+    capabilities: Capabilities = Capabilities()
     # Answer a lookup in an unlisted directory by listing it (one page) rather than a stat per
     # name: right for object stores, where a LIST costs about what a HEAD does.
     list_on_lookup: bool = False
@@ -97,6 +136,25 @@ class Backend(abc.ABC):
         Changed rather than return bytes of another version.
         """
 
+    # -- what `capabilities` enables ------------------------------------------------------------
+    def locate(self, path: str) -> Location:
+        """Where the bytes of file `path` are: a range of one of `objects()`'s objects (only
+        where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def objects(self) -> Backend:
+        """The backend holding the objects `locate` names (only where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def content_bytes(self) -> int:
+        """The bytes of every file `locate` answers for (only where `capabilities.locate`)."""
+        raise NotImplementedError(f"{self.kind}: files are not located inside objects")
+
+    def directory_identity(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the directory served (only where
+        `capabilities.local_directory`)."""
+        raise NotImplementedError(f"{self.kind}: serves no local directory")
+
     async def check(self) -> None:
         """A cheap call proving the datastore is reachable and the credentials work."""
         await self.stat("")
@@ -108,8 +166,11 @@ class Backend(abc.ABC):
         """What `status`/`list` show about this backend. Never contains a secret."""
         return {"kind": self.kind}
 
-    # -- writing (only where `writable`) ---------------------------------------------------------
-    writable: bool = False
+    # -- writing (only where `capabilities.writable`) --------------------------------------------
+    @property
+    def writable(self) -> bool:
+        return self.capabilities.writable
+
     # Whether `rename` of a directory is one server-side operation (file shares); otherwise it
     # is a copy and a delete per entry, done only up to `max_entries`.
     native_dir_rename: bool = False
@@ -155,3 +216,57 @@ class Backend(abc.ABC):
         refused with CrossDevice before anything changes. Returns the renamed file's new Entry
         where the service gives one."""
         raise self._read_only(f"rename {src!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One staged part of an upload: where it goes and the backend's name for it."""
+
+    offset: int
+    length: int
+    token: str = ""  # a blob's block id; unused by kinds that write in place
+
+
+class Upload(abc.ABC):
+    """One new version of `path` being written (see the module docstring)."""
+
+    path: str
+    # Bytes of the base version already in place at the start of the new one without being
+    # uploaded again (an append); 0 when the caller must put everything.
+    kept: int = 0
+    # The largest part `put` accepts in one call.
+    max_part: int = 4000 * 1024**2
+    # A temporary object this upload created under another name (file shares), for the
+    # crash journal; None when nothing is staged under a name.
+    temp_path: str | None = None
+
+    @abc.abstractmethod
+    async def put(self, offset: int, data: bytes | bytearray | memoryview) -> Part:
+        """Stage `data` as the bytes at `offset` of the new version. The caller does not
+        change `data` until this returns (an upload may send it without a copy)."""
+
+    @abc.abstractmethod
+    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
+        """Make the new version visible under `path`; its Entry (new ETag)."""
+
+    async def commit_whole(self, data: bytes) -> Entry:
+        """The whole new version at once (`kept` ignored): a small file in one request where
+        the kind can (a blob's Put Blob)."""
+        parts = [await self.put(0, data)] if data else []
+        return await self.commit(parts, len(data), keep=False)
+
+    async def abort(self) -> bool:
+        """Drop what was staged; best effort, never raises. False if something staged under
+        a name (`temp_path`) may be left behind."""
+        return True
+
+
+def check_tiling(parts: Sequence[Part], start: int, size: int, what: str) -> None:
+    """Raise ValueError unless `parts` tile [start, size) in order (a bug in the caller)."""
+    at = start
+    for p in parts:
+        if p.offset != at or p.length <= 0:
+            raise ValueError(f"{what}: parts do not tile the object (gap or overlap at {at})")
+        at += p.length
+    if at != size:
+        raise ValueError(f"{what}: parts end at {at}, the object is {size} bytes")

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from dsmount.errors import Changed, from_oserror
-from dsmount.storage.base import Backend, Entry
+from dsmount.storage.base import Backend, Capabilities, Entry
 from dsmount.storage.local_root import Found, LocalRoot, NotRegular
 
 PAGE_SIZE = 1000  # entries per listing page; keeps first-entry latency low for huge dirs
@@ -52,6 +52,9 @@ def entry_of(found: Found) -> Entry:
 
 class LocalBackend(Backend):
     kind = "local"
+    # Read-only (the mount serves local directories as they are); on disk already and its
+    # files change in place, so nothing of it goes to the node's disk cache.
+    capabilities = Capabilities(local_directory=True)
 
     def __init__(self, root: str | Path, *, limiter: trio.CapacityLimiter | None = None) -> None:
         super().__init__()
@@ -64,6 +67,9 @@ class LocalBackend(Backend):
 
     async def check(self) -> None:
         self.root_entry = await self.stat("")
+
+    def directory_identity(self) -> tuple[int, int]:
+        return self.local.identity
 
     async def stat(self, path: str) -> Entry:
         self.stats.requests += 1

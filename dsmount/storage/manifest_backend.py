@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dsmount.errors import Changed, NotFound
-from dsmount.storage.base import Backend, Entry
+from dsmount.storage.base import Backend, Capabilities, Entry
 from dsmount.storage.manifest import Location, Manifest, Row
 
 FETCH_CHUNK = 8 * 1024 * 1024
@@ -54,6 +54,11 @@ class ManifestBackend(Backend):
         self.manifest = manifest
         self.name = name  # the manifest object, for status
         self.kind = inner.kind
+        self.capabilities = Capabilities(
+            remote=inner.capabilities.remote,
+            disk_cacheable=inner.capabilities.disk_cacheable,
+            locate=True,
+        )
         self.stats = inner.stats  # one set of counters: the requests are the inner backend's
         self._entries: OrderedDict[str, Entry] = OrderedDict()
 
@@ -102,6 +107,15 @@ class ManifestBackend(Backend):
         if row.is_dir:
             raise NotFound(f"{path}: is a directory")
         return self.manifest.location(path, row)
+
+    def objects(self) -> Backend:
+        return self.inner
+
+    def content_bytes(self) -> int:
+        return self.manifest.total_bytes
+
+    def directory_identity(self) -> tuple[int, int]:
+        return self.inner.directory_identity()
 
     async def read(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
         path = path.strip("/")

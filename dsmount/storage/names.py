@@ -1,11 +1,14 @@
 """The naming rules every storage kind shares: what a POSIX name may be, how datastore paths
-are normalised, what marks an empty blob as a directory, and how ETags are spelled.
+are normalised, what marks an empty blob as a directory, how ETags are spelled, and which
+content type a stored file is given.
 
 Pure functions, no I/O: the listings, the stat paths and the transfers all call these, so a
 name the mount would skip is the same name a download would refuse.
 """
 
 from __future__ import annotations
+
+import mimetypes
 
 from dsmount.errors import InvalidRequest
 
@@ -19,6 +22,11 @@ def is_folder_marker(size: int, marker_value: str | None) -> bool:
     """Whether an object of `size` bytes whose `hdi_isfolder` metadata is `marker_value` is a
     directory marker: only an empty object, and only with the value "true" (any case)."""
     return size == 0 and (marker_value or "").strip().lower() == "true"
+
+
+def content_type(path: str) -> str:
+    """The Content-Type a file named `path` is stored with."""
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
 def strip_etag(etag: str | None) -> str | None:

@@ -12,7 +12,10 @@ always carried: `{"kind": "blob", "container": ..., "account": ..., "endpoint": 
 
 Invariants:
 - `kind` is one of `KINDS`; a local spec has an absolute `path`; a blob spec a `container`; a
-  file share spec a `share`; `prefix` is normalised ("a/b", no "." or ".." segments).
+  file share spec a `share` that Azure accepts as a share name; `prefix` is normalised ("a/b",
+  no "." or ".." segments).
+- `check_writable()` is the one rule for which kinds may be attached or registered read-write
+  (not local: the daemon runs as root and does not write on a user's behalf).
 - `credential` is None exactly for local datastores; an Azure spec without one authenticates
   with Azure AD (managed identity), as the SDKs' default credential does.
 - `to_dict(secrets=False)` and `redacted()` never contain a secret.
@@ -21,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -32,6 +36,17 @@ Kind = Literal["local", "blob", "fileshare"]
 KINDS: tuple[str, ...] = get_args(Kind)
 FIELDS = ("kind", "path", "container", "share", "account", "endpoint", "prefix", "auth")
 _WHERE = {"local": "path", "blob": "container", "fileshare": "share"}
+_FLAG = {"local": "--path", "blob": "--container", "fileshare": "--share"}
+# Share names: 3-63 lower-case letters, digits and single dashes, starting and ending with a
+# letter or digit (checked before any request, so a typo fails with a clear message).
+_SHARE_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def share_name_problem(share: str | None) -> str | None:
+    """Why `share` cannot name an Azure file share, or None if it can."""
+    if _SHARE_RE.match(share or ""):
+        return None
+    return f"invalid file share name {share!r}: 3-63 lower-case letters, digits and dashes"
 
 
 def _string(d: dict[str, Any], key: str) -> str | None:
@@ -66,11 +81,13 @@ class DatastoreSpec:
             )
         where = _WHERE[self.kind]
         if not getattr(self, where):
-            raise InvalidRequest(f"a {self.kind} datastore needs {where!r}")
+            raise InvalidRequest(f"a {self.kind} datastore needs a {where} ({_FLAG[self.kind]})")
         for other in set(_WHERE.values()) - {where}:
             if getattr(self, other):
                 raise InvalidRequest(f"a {self.kind} datastore takes no {other!r}")
         object.__setattr__(self, "prefix", clean_path(self.prefix, what="prefix"))
+        if self.kind == "fileshare" and (problem := share_name_problem(self.share)):
+            raise InvalidRequest(problem)
         if self.kind == "local":
             if not os.path.isabs(self.path or ""):
                 raise InvalidRequest(f"local path must be absolute: {self.path}")
@@ -110,6 +127,11 @@ class DatastoreSpec:
             prefix=_string(d, "prefix") or "",
             credential=credential,
         )
+
+    def check_writable(self) -> None:
+        """Raise InvalidRequest unless this datastore may be attached read-write."""
+        if self.kind == "local":
+            raise InvalidRequest("local datastores are attached read-only")
 
     # -- forms ------------------------------------------------------------------------------------
     def to_dict(self, *, secrets: bool) -> dict[str, Any]:

@@ -4,7 +4,7 @@ The FUSE side reads through the trio-async `dsmount.storage` (ranged reads, cach
 downloads, versions, registration checks and the Python API's readers need other verbs - put a
 whole file, walk a prefix recursively, create a container - from plain synchronous code (the
 CLI, a notebook, worker threads), so they go through this small interface instead. One
-implementation per datastore kind (`stores.local`, `stores.blob`, `stores.fileshare`);
+implementation per datastore kind (`local_store`, `azure/blob_store`, `azure/fileshare_store`);
 `dsmount.storage.factory.make_store` builds one from a `DatastoreSpec`.
 
 Invariants of every Store:
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import mimetypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,6 @@ class RemoteFile:
 def file_md5(path: str | Path) -> bytes:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).digest()
-
-
-def content_type(path: str) -> str:
-    return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
 class Store(abc.ABC):

@@ -15,7 +15,6 @@ from dsmount.shared.credentials import Credential
 from dsmount.storage.names import clean_path
 from dsmount.storage.spec import DatastoreSpec
 
-KINDS = ("blob", "fileshare", "local")
 SOURCES = ("stored", "env", "file", "none")
 # Letters, digits, ".", "_", "-": a valid directory name under /datastores and easy to turn
 # into an environment variable name (dsmount run).
@@ -123,18 +122,13 @@ class DatastoreInfo:
 
     def validate(self) -> DatastoreInfo:
         check_name(self.name)
-        if self.kind not in KINDS:
-            raise InvalidRequest(f"unknown datastore kind {self.kind!r} (one of {KINDS})")
+        # Kind and location are checked by the storage layer's one rule set (DatastoreSpec);
+        # a placeholder credential stands in for the one the registry resolves later.
+        spec = self.storage_spec(None if self.kind == "local" else Credential("azure_ad"))
+        if self.read_write:
+            spec.check_writable()
         if self.kind == "local":
-            if not self.path or not os.path.isabs(self.path):
-                raise InvalidRequest("a local datastore needs an absolute path")
-            if self.read_write:
-                raise InvalidRequest("local datastores are attached read-only")
             return self
-        if self.kind == "blob" and not self.container:
-            raise InvalidRequest("a blob datastore needs a container (--container)")
-        if self.kind == "fileshare" and not self.share:
-            raise InvalidRequest("a file share datastore needs a share (--share)")
         if self.auth is None:
             raise InvalidRequest(f"a {self.kind} datastore needs a credential")
         if not (self.account or self.endpoint or self.auth.kind == "connection_string"):

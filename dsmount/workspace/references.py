@@ -5,20 +5,25 @@ the run wrapper's `Reference`, or into `dsmount run` options."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dsmount.errors import InvalidRequest
 from dsmount.workspace import runwrap
 
-if TYPE_CHECKING:
-    from dsmount.workspace.api import Datastore
+
+class NamedDatastore(Protocol):
+    """What a reference needs of its datastore: its name. The API's `Datastore` is one; the
+    API module imports this one, so this one does not import it back."""
+
+    @property
+    def name(self) -> str: ...
 
 
 @dataclass(frozen=True)
 class DataReference:
     """A path in a datastore and how a run gets it: mounted, downloaded, or uploaded after."""
 
-    datastore: Datastore
+    datastore: NamedDatastore
     path_on_datastore: str = ""
     data_reference_name: str = ""
     mode: str = "mount"  # mount | download | upload

@@ -1,4 +1,5 @@
-"""The control operations (dsmount/control/service.py) on plain Request objects, no socket.
+"""The control operations (dsmount/node/ops.py, attach.py, status_ops.py) on plain Request
+objects through the dispatcher the server uses, no socket.
 
 Covered: attach of a local directory (and what may be shown of it: never a secret), the error
 codes of every refusal, list/status shapes, refresh, the peer-permission check on local
@@ -19,16 +20,17 @@ from typing import Any
 import pytest
 import trio
 
-from dsmount.control.protocol import Request, Response
-from dsmount.control.service import ControlService, Peer, _groups_of
+from dsmount.control.peer import Peer, groups_of
+from dsmount.control.protocol import OPERATIONS, Request, Response
 from dsmount.errors import NotFound
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.core import FileSystem, FsSettings
+from dsmount.node.ops import NodeOps
 from dsmount.storage.base import Backend
 from dsmount.storage.factory import make_backend
 from dsmount.storage.local import LocalBackend
-from dsmount.storage.memory import MemoryBackend
 from dsmount.storage.retry import RetryPolicy
+from tests.support.memory_backend import MemoryBackend
 
 # A well-formed (base64, 64 bytes) account key that is no real account's.
 ACCOUNT_KEY = "VE9QU0VDUkVULWFjY291bnQta2V5LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3ODlhYmNkZWY="
@@ -48,7 +50,7 @@ class Harness:
             self.built.append(backend)
             return backend
 
-        self.service = ControlService(
+        self.service = NodeOps(
             core,
             retry=RetryPolicy(base_delay=0.001, max_delay=0.01, deadline=5.0),
             backend_factory=counting_factory,
@@ -456,8 +458,16 @@ async def test_restore_keeps_owners_and_checks_them_again(service: Harness,
 
 def test_peer_groups_come_from_the_connection_or_a_process_still_theirs() -> None:
     me = os.getpid()
-    assert _groups_of(Peer(pid=me, uid=0, gid=5, groups=frozenset({7, 8}))) == {5, 7, 8}
-    proc = _groups_of(Peer(pid=me, uid=0, gid=5))
+    assert groups_of(Peer(pid=me, uid=0, gid=5, groups=frozenset({7, 8}))) == {5, 7, 8}
+    proc = groups_of(Peer(pid=me, uid=0, gid=5))
     assert proc == {5, *os.getgroups()}
     # A pid now running as someone else (reused after the client exited) tells nothing.
-    assert _groups_of(Peer(pid=me, uid=12345, gid=5)) == {5}
+    assert groups_of(Peer(pid=me, uid=12345, gid=5)) == {5}
+
+
+async def test_every_protocol_operation_has_one_handler(service: Harness) -> None:
+    assert set(service.service.operations()) == OPERATIONS
+    # An operation the parser knows but this table does not serve is a typed refusal.
+    response = await service.service.handle(Request(op="no_such_op", id=7), ROOT)
+    assert (response.ok, response.code, response.id) == (False, "invalid_request", 7)
+    assert "no_such_op" in (response.message or "")

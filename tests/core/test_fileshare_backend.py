@@ -600,20 +600,6 @@ async def test_a_deleted_share_gives_not_found_quickly(
     assert backend.stats.retries == 0
 
 
-async def test_create_share_with_prefix(
-    azurefiles: AzureFilesEmulator, make_backend: BackendFactory
-) -> None:
-    share = unique_share("new")
-    backend = make_backend(share, prefix="x/y")
-    with pytest.raises(NotFound):
-        await backend.check()
-    assert await backend.create_share() is True
-    await backend.check()
-    assert await collect(backend, "") == {}
-    assert await backend.create_share() is False  # already there: fine, and idempotent
-    ShareClient.from_connection_string(azurefiles.connection_string, share).delete_share()
-
-
 async def test_closed_backend_refuses_calls(
     file_share: ShareClient, make_backend: BackendFactory
 ) -> None:

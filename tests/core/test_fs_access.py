@@ -19,8 +19,8 @@ from dsmount.errors import InvalidRequest, NotFound
 from dsmount.node.fs.datastore import Presentation
 from dsmount.node.fs.inodes import ROOT_INODE
 from dsmount.storage.local import LocalBackend
-from dsmount.storage.memory import MemoryBackend
 from tests.core.test_fs_core import Env, running_fs
+from tests.support.memory_backend import MemoryBackend
 
 
 @pytest.fixture

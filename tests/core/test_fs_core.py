@@ -38,7 +38,7 @@ from dsmount.node.fs.core import Attributes, FileSystem, FsSettings
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import ROOT_INODE
 from dsmount.storage.local import LocalBackend
-from dsmount.storage.memory import MemoryBackend
+from tests.support.memory_backend import MemoryBackend
 
 BS = 64 * 1024  # small blocks, so modest files cross many of them
 MTIME = 1_700_000_000_000_000_000  # MemoryBackend's default mtime

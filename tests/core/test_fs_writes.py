@@ -31,8 +31,8 @@ from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.core import FileSystem, FsSettings, WriteSettings
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import ROOT_INODE
-from dsmount.storage.memory import MemoryBackend
 from dsmount.storage.retry import RetryPolicy
+from tests.support.memory_backend import MemoryBackend
 
 PART = 64 * 1024
 O_NEW = os.O_WRONLY | os.O_CREAT

@@ -4,14 +4,16 @@ bytes through the wrapped backend at the recorded place, pinned to the recorded 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dsmount.errors import Changed, InvalidRequest, NotFound
+from dsmount.storage.local import LocalBackend
 from dsmount.storage.manifest import FileRecord, Manifest, write_manifest
 from dsmount.storage.manifest_backend import ManifestBackend, fetch_manifest
-from dsmount.storage.memory import MemoryBackend
+from tests.support.memory_backend import MemoryBackend
 
 
 def build(tmp_path: Path, inner: MemoryBackend) -> Manifest:
@@ -149,3 +151,27 @@ async def test_a_version_keeps_no_entry_per_inode_and_bounded_attributes(tmp_pat
     assert fs.inodes.get(listed[0][7][1]) is None
     again = await fs.lookup(d.ino, "f0007.bin")
     assert again.ino not in {ino for _, ino, _ in listed[0]} and again.size == 8  # never reused
+
+
+async def test_a_version_declares_what_it_can_and_keeps_its_kinds_other_capabilities(
+    tmp_path: Path,
+) -> None:
+    inner = MemoryBackend()
+    backend = ManifestBackend(inner, build(tmp_path, inner), name="v.manifest")
+    assert not inner.capabilities.locate and backend.capabilities.locate
+    assert backend.capabilities == replace(inner.capabilities, locate=True, writable=False)
+    where = backend.locate("d/e/b.txt")
+    assert (where.object, where.offset, where.length) == ("v/.packs/p1", 4, 6)
+    assert backend.objects() is inner and backend.content_bytes() == 5011
+    with pytest.raises(NotImplementedError):
+        inner.locate("d/e/b.txt")
+    (tmp_path / "dir").mkdir()
+    local = LocalBackend(tmp_path / "dir")
+    try:
+        caps = local.capabilities
+        assert (caps.remote, caps.disk_cacheable, caps.local_directory) == (False, False, True)
+        st = (tmp_path / "dir").stat()
+        assert local.directory_identity() == (st.st_dev, st.st_ino)
+        assert not inner.capabilities.local_directory
+    finally:
+        await local.aclose()

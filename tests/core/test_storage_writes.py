@@ -16,18 +16,27 @@ import trio
 from azure.storage.blob import ContainerClient
 from azure.storage.fileshare import ShareClient
 
-from dsmount.errors import AlreadyExists, Changed, CrossDevice, NotEmpty, NotFound, Transient
+from dsmount.errors import (
+    AlreadyExists,
+    AuthFailed,
+    Changed,
+    CrossDevice,
+    NotEmpty,
+    NotFound,
+    Transient,
+)
 from dsmount.shared.credentials import Credential, Secret
 from dsmount.storage.azure.blob import BlobBackend
 from dsmount.storage.azure.fileshare import FileShareBackend
-from dsmount.storage.base import Backend
-from dsmount.storage.local_write import WritableLocalBackend
-from dsmount.storage.memory import MemoryBackend
+from dsmount.storage.base import Backend, Part
 from dsmount.storage.retry import RetryPolicy
-from dsmount.storage.writes import Part, is_temp_name
+from dsmount.storage.writes import is_temp_name
 from tests.support.azurefiles import AzureFilesEmulator
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.faulty_backend import FaultyBackend
+from tests.support.local_writable_backend import WritableLocalBackend
+from tests.support.memory_backend import MemoryBackend
 
 MiB = 1024 * 1024
 FAST = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, deadline=30)
@@ -426,3 +435,56 @@ async def test_a_small_file_is_committed_whole(kit: Kit) -> None:
     if kit.kind == "blob":
         assert kit.backend.stats.requests - requests == 1  # one Put Blob
     assert not any(is_temp_name(n) for n in kit.names(""))
+
+
+# -- the fault-injecting wrapper, over every kind ------------------------------------------------
+@every_kind
+async def test_a_failed_commit_keeps_the_old_version_and_the_next_upload_works(kit: Kit) -> None:
+    """Injected above the backend's retries: the caller sees the failure, the backend's own
+    clean-up runs, and nothing of the failed version is visible or left behind."""
+    await kit.backend.make_dir("dir")
+    kit.seed("dir/f", b"old version")
+    faulty = FaultyBackend(kit.backend)
+    assert faulty.capabilities == kit.backend.capabilities and faulty.kind == kit.kind
+    fault = faulty.inject(Transient("injected"), ops=["commit"], times=1)
+    body = data(3 * MiB + 17, 11)
+    base = await faulty.stat("dir/f")
+    upload = await faulty.begin_upload("dir/f", base=base)
+    parts = await put_all(upload, body, MiB)
+    with pytest.raises(Transient, match="injected"):
+        await upload.commit(parts, len(body), keep=False)
+    assert await upload.abort() is True
+    assert kit.get("dir/f") == b"old version"
+    assert not any(is_temp_name(n) for n in kit.names("dir"))
+    assert fault.injected == 1
+
+    upload = await faulty.begin_upload("dir/f", base=await faulty.stat("dir/f"))
+    entry = await upload.commit(await put_all(upload, body, MiB), len(body), keep=False)
+    assert kit.get("dir/f") == body and entry.size == len(body)
+    assert faulty.calls["commit"] == 2 and faulty.calls["put"] == 8 and faulty.calls["abort"] == 1
+
+
+@every_kind
+async def test_faults_reach_the_filesystem_as_errors_and_leave_it_serving(
+    kit: Kit, tmp_path: Path
+) -> None:
+    """The filesystem core over a wrapped backend of each kind: a failed read, listing or
+    lookup is that call's error; the next call is served from the real backend."""
+    from tests.core.test_fs_writes import running
+
+    kit.seed("f.bin", data(300_000, 3))
+    faulty = FaultyBackend(kit.backend)
+    async with running(tmp_path) as env:
+        env.cache.failure_ttl = 0  # the next read asks the backend again (no failure memory)
+        env.attach("ds", faulty, read_write=False)
+        faulty.inject(Transient("list down"), ops=["list", "stat"], times=1)
+        with pytest.raises(Transient, match="list down"):
+            await env.names("ds")
+        assert "f.bin" in await env.names("ds")
+        fault = faulty.inject(AuthFailed("403 injected"), ops=["read"], times=10**6)
+        with pytest.raises(AuthFailed, match="403 injected"):
+            await env.read("ds/f.bin")
+        assert fault.injected >= 1
+        faulty.clear()
+        assert await env.read("ds/f.bin") == data(300_000, 3)
+    assert faulty.calls["read"] >= 2

@@ -2,23 +2,30 @@
 counts what is fetched. Covered: a warm fetches each byte once and a second one nothing;
 overlapping paths are warmed once; the memory target stops at its capacity and says so; a
 warm counts neither as reads nor as stalls; files that fail are reported, and a dead backend
-fails the job without taking anything else down; cancel; the running-jobs limit."""
+fails the job without taking anything else down; cancel; the running-jobs limit; a packed
+version is warmed under its packs' keys, so its readers fetch nothing more."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from dsmount.errors import Busy, NotFound, Transient
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.core import FileSystem, FsSettings
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.warm import MAX_RUNNING, Warmer
-from dsmount.storage.memory import MemoryBackend
+from dsmount.storage.base import Backend
+from dsmount.storage.manifest import FileRecord, Manifest, write_manifest
+from dsmount.storage.manifest_backend import ManifestBackend
 from dsmount.storage.retry import RetryPolicy
+from tests.support.memory_backend import MemoryBackend
 
 BS = 64 * 1024
 
@@ -31,7 +38,7 @@ def files() -> dict[str, bytes]:
 
 
 @asynccontextmanager
-async def warm_fs(backend: MemoryBackend, budget: int = 64 * 2**20
+async def warm_fs(backend: Backend, budget: int = 64 * 2**20
                   ) -> AsyncIterator[tuple[FileSystem, Warmer, Datastore]]:
     cache = BlockCache(budget)
     fs = FileSystem(cache, FsSettings(block_size=BS, readahead_max=4 * BS,
@@ -135,3 +142,41 @@ async def test_at_most_a_few_jobs_run_at_once() -> None:
             warmer.start(ds, [])
         for job in jobs:
             warmer.cancel(job.id)
+
+
+def packed_version(tmp_path: Path, inner: MemoryBackend
+                   ) -> tuple[ManifestBackend, dict[str, bytes]]:
+    """A version of eight files in two packs (the first spans three blocks)."""
+    content = {f"d/{i}.bin": bytes([i + 1]) * (30_000 + i) for i in range(8)}
+    records, packs = [], []
+    for name, members in (("v/.packs/p1", range(6)), ("v/.packs/p2", range(6, 8))):
+        blob, offset = b"", 0
+        for i in members:
+            data = content[f"d/{i}.bin"]
+            records.append(FileRecord(f"d/{i}.bin", len(data), 7, None, pack=name,
+                                      offset=offset))
+            blob += data
+            offset += len(data)
+        inner.put(name, blob)
+        packs.append((name, len(blob), inner.files[name][1]))
+    write_manifest(tmp_path / "m", records, root="v", kind="version", packs=packs)
+    return ManifestBackend(inner, Manifest(tmp_path / "m"), name="m"), content
+
+
+async def test_a_packed_version_is_warmed_under_its_packs_keys(tmp_path: Path) -> None:
+    inner = MemoryBackend()
+    version, content = packed_version(tmp_path, inner)
+    async with warm_fs(version) as (fs, warmer, ds):
+        done = await finish(warmer, warmer.start(ds, []).id)
+        assert done["state"] == "done" and done["files_done"] == len(content)
+        await trio.testing.wait_all_tasks_blocked()  # the packs' read-ahead has landed
+        fetched = sum(n for _, _, n in inner.faults.reads)
+        assert fetched == sum(len(v) for v in content.values())  # each pack byte once
+        calls = len(inner.faults.reads)
+        d = await fs.lookup((await fs.lookup(1, "w")).ino, "d")
+        for name, data in content.items():
+            attrs = await fs.lookup(d.ino, name.split("/")[1])
+            fh, _ = await fs.open(attrs.ino, os.O_RDONLY)
+            assert bytes(await fs.read(fh, 0, len(data) + 1)) == data
+            await fs.release(fh)
+        assert len(inner.faults.reads) == calls  # every read was served by the warm

@@ -16,7 +16,7 @@ from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.memory_limit import MemoryLimit, choose_budget
 from dsmount.node.metrics import MetricsServer, StatusCollector
-from dsmount.storage.memory import MemoryBackend
+from tests.support.memory_backend import MemoryBackend
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dsmount-dashboard.json"
 

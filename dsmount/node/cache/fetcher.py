@@ -13,7 +13,7 @@ Invariants:
 - The disk cache holds whole blocks (`block_size`-aligned, the last one ending at EOF) under
   the key (storage location, path, ETag, block index, block size), whatever ranges the memory
   cache fetched them in; a fetch inside a block on disk is served from it. It is used only for
-  objects with an ETag on remote storage (a local file is already on disk).
+  objects with an ETag whose backend is `disk_cacheable` (a local file is already on disk).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Fetcher:
         self.disk = disk
 
     def source(self, obj: ObjectRef, block_size: int) -> PinnedSource:
-        disk = self.disk if obj.etag and obj.backend.kind != "local" else None
+        disk = self.disk if obj.etag and obj.backend.capabilities.disk_cacheable else None
         return PinnedSource(obj, block_size, self.cache, disk)
 
 

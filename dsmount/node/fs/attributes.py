@@ -96,7 +96,7 @@ class AttributeMemo:
 
 
 def attributes_of(node: Node, settings: FsSettings) -> Attributes:
-    """The attributes of `node`, unmemoised."""
+    """The attributes of `node`, unmemoised (reader hints check access with them)."""
     return _compute(node, node.entry, settings)
 
 

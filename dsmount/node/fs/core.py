@@ -1,11 +1,12 @@
 """The filesystem core: what every FUSE request means, with no FUSE in sight.
 
-`FileSystem` is the one object the FUSE adapter and the control service talk to. It composes
-the parts that hold the logic: `namespace` (which datastores are attached where), `lookup`
-(names to nodes, and what is known of them), `attributes` (what getattr answers), `dirs`
-(directory handles), `reads` (file handles and the read path, over `node.cache.fetcher`),
-`writes` (files open for writing, their uploads and commits) and `mutations` (create, unlink,
-mkdir, rmdir, rename, setattr).
+`FileSystem` is the one object the FUSE adapter and the control operations (node/ops.py)
+talk to. It composes the parts that hold the logic: `namespace` (which datastores are
+attached where), `lookup` (names to nodes, and what is known of them), `attributes` (what
+getattr answers), `dirs` (directory handles), `reads` (file handles and the read path, over
+`node.cache.fetcher`), `warming` (what a warm job may ask: walk and read through the read
+path), `writes` (files open for writing, their uploads and commits) and `mutations` (create,
+unlink, mkdir, rmdir, rename, setattr).
 
 Invariants:
 - Every method either returns or raises a `dsmount.errors` error (or OSError); the FUSE
@@ -42,6 +43,7 @@ from dsmount.node.fs.metadata import MetadataCache
 from dsmount.node.fs.mutations import Mutations
 from dsmount.node.fs.namespace import NAME_MAX, Namespace, check_name
 from dsmount.node.fs.reads import FileHandle, ReadPath
+from dsmount.node.fs.warming import Warming
 from dsmount.node.fs.writes import WriteHandle, WritePath, WriteSettings
 from dsmount.storage.base import Entry
 
@@ -85,6 +87,9 @@ class FileSystem:
         self.reads = ReadPath(
             Fetcher(cache, disk), self.metadata, self.settings, self._invalidate_inode
         )
+        # What the warm jobs (node/warm.py) may ask of the core, and no more.
+        self.warming = Warming(self.lookups, self.metadata, self.inodes, self.reads,
+                               self.settings, clock, cache, disk)
         self.writes = WritePath(
             cache, writes or WriteSettings(staging_dir="", deadline=self.settings.request_deadline),
             self._on_commit, self._on_abandon,

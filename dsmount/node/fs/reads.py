@@ -8,7 +8,7 @@ Invariants:
   kernel probably still holds its pages), so it overlaps the FUSE round trips of open and read.
 - A read never waits longer than `request_deadline`; after it the reader gets TimedOut.
 - A read that falls inside one cached extent is answered with a zero-copy memoryview.
-- A packed file of a version (a byte range of a pack object, `ManifestBackend.locate`) is read
+- A packed file of a version (a byte range of a pack object, `Backend.locate`) is read
   as that range of its pack: the cache keys the pack's bytes, so files sharing a pack share
   what was fetched. While the whole version fits in half the cache budget a read fetches the
   pack block (`block_size`) around it and starts fetching the rest of its pack, so a
@@ -87,14 +87,14 @@ class ReadPath:
     def handle(self, node: Node, ds: Datastore) -> FileHandle:
         """A handle pinned to the version `node.entry` describes now."""
         state = ReadaheadState(self.readahead_config)
-        locate = getattr(ds.backend, "locate", None)
-        if locate is not None:  # a version served from its manifest
-            where = locate(node.path)
-            obj = ObjectRef(ds.id, ds.cache_identity, ds.backend.inner, where.object,
+        backend = ds.backend
+        if backend.capabilities.locate:  # a version served from its manifest
+            where = backend.locate(node.path)
+            obj = ObjectRef(ds.id, ds.cache_identity, backend.objects(), where.object,
                             where.etag, where.object_size)
             source = self.fetcher.source(obj, self.settings.block_size)
             packed = where.object_size > where.length
-            twice = 2 * ds.backend.manifest.total_bytes
+            twice = 2 * backend.content_bytes()
             spread = packed and twice <= self.cache.budget
             disk = self.fetcher.disk
             spread_disk = packed and not spread and disk is not None and twice <= disk.budget
@@ -130,7 +130,7 @@ class ReadPath:
         a pread takes microseconds (nothing to overlap), and one replaced between open and
         read must still fail the read (ESTALE) rather than serve the version opened."""
         if (0 < h.size <= self.settings.block_size and not pages_kept
-                and h.obj.backend.kind != "local"):
+                and h.obj.backend.capabilities.remote):
             self.cache.prefetch(h.source, *self._in_object(h, 0, h.size), h.datastore.counters)
             h.frontier = h.size
             if h.spread:

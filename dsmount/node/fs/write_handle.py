@@ -31,8 +31,7 @@ from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import Node
 from dsmount.node.fs.staging import Staging
-from dsmount.storage.base import Entry
-from dsmount.storage.writes import Upload
+from dsmount.storage.base import Entry, Upload
 
 
 class PartBuffer(bytearray):

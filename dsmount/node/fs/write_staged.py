@@ -27,8 +27,7 @@ import trio
 from dsmount.errors import DsmountError, NoSpace
 from dsmount.node.fs.staging import StagedFile
 from dsmount.node.fs.write_handle import WriteHandle, WriteResources
-from dsmount.storage.base import Entry
-from dsmount.storage.writes import Part
+from dsmount.storage.base import Entry, Part
 
 
 async def run_all(jobs: list[Callable[[], Awaitable[None]]], limit: int) -> None:

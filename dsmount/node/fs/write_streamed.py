@@ -30,8 +30,7 @@ from dsmount.errors import DsmountError, InvalidRequest, NoSpace, TimedOut
 from dsmount.node.fs.staging import StagedFile
 from dsmount.node.fs.write_handle import PartBuffer, WriteHandle, WriteResources
 from dsmount.node.fs.write_staged import StagedWrite
-from dsmount.storage.base import Entry
-from dsmount.storage.writes import Part
+from dsmount.storage.base import Entry, Part
 
 log = logging.getLogger(__name__)
 

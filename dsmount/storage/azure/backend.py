@@ -1,9 +1,13 @@
 """What the Azure blob and file share backends share: the asyncio bridge, the one retried
-network call, closing the SDK client, and the redacted description.
+network call, closing the REST client, and the redacted description.
 
-Subclasses set `location_field` ("container" or "share"), create `_client` and
-`_token_credential` lazily on the asyncio loop, and hold `credential`, `retry`, `account`,
-`endpoint` and `prefix`.
+Layers: a backend (`blob.BlobBackend`, `fileshare.FileShareBackend`) turns the storage verbs
+into calls of its REST client (`blob_client.BlobRest`, `fileshare_client.ShareRest`), each one
+run on the asyncio loop by `_call` under the retry policy, its failures mapped by `map_error`.
+
+Subclasses set `location_field` ("container" or "share") and `rest` (anything with an async
+`close()` and an `opened` flag), and hold `credential`, `retry`, `account`, `endpoint` and
+`prefix`.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from dsmount.errors import BackendError, DsmountError
+from dsmount.errors import BackendError, ConfigError, DsmountError
 from dsmount.shared.credentials import Credential, redact
 from dsmount.storage.azure.bridge import AsyncioThread, shared_loop
-from dsmount.storage.azure.common import map_error
+from dsmount.storage.azure.common import Service, map_error, resolve_target
 from dsmount.storage.base import Backend
 from dsmount.storage.retry import RetryPolicy, with_retry
 
@@ -26,6 +30,7 @@ T = TypeVar("T")
 
 class AzureBackend(Backend):
     location_field = "container"
+    rest: Any  # the REST client of the container or share (see the module docstring)
     # Count one request per attempt in `_call` (a backend whose sender counts sets False).
     count_calls = True
 
@@ -35,14 +40,32 @@ class AzureBackend(Backend):
     endpoint: str | None
     prefix: str
 
-    def _init_azure(self, credential: Credential, bridge: AsyncioThread | None) -> None:
+    def __init__(
+        self,
+        *,
+        service: Service,
+        credential: Credential,
+        account: str | None,
+        endpoint: str | None,
+        retry: RetryPolicy | None,
+        page_size: int,
+        max_connections: int,
+        bridge: AsyncioThread | None,
+    ) -> None:
+        super().__init__()
+        if not 1 <= page_size <= 5000:
+            raise ConfigError("page_size must be within 1..5000 (the service's maximum)")
         self.credential = credential
         self._bridge = bridge
         self._secrets = credential.secret_strings()
-        self._client: Any = None  # the SDK client, made on the asyncio loop
-        self._lean: Any = None  # its lean pipeline for our raw requests (common.lean_pipeline)
-        self._token_credential: Any = None
         self._closed = False
+        self.retry = retry or RetryPolicy()
+        self.page_size = page_size
+        self.max_connections = max_connections
+        self.target = resolve_target(credential, service=service, account=account,
+                                     endpoint=endpoint)
+        self.account = self.target.account
+        self.endpoint = self.target.endpoint
 
     @property
     def bridge(self) -> AsyncioThread:
@@ -68,25 +91,26 @@ class AzureBackend(Backend):
 
         return await with_retry(self.retry, attempt, stats=self.stats, what=what)
 
-    def _before_close(self) -> None:
-        """Runs on the asyncio loop just before the client is closed."""
+    async def _call_again(self, what: str, fn: Callable[[bool], Coroutine[Any, Any, T]]) -> T:
+        """`_call` for a call that changes state: `fn(again)` learns whether an earlier attempt
+        was sent (its answer maybe lost), so it can take "already done" for success."""
+        attempts = 0
+
+        async def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            return await fn(attempts > 1)
+
+        return await self._call(what, attempt)
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._client is None and self._token_credential is None:
+        if not self.rest.opened:
             return
-
-        async def close() -> None:
-            self._before_close()
-            if self._client is not None:
-                await self._client.close()
-            if self._token_credential is not None:
-                await self._token_credential.close()
-
         try:
-            await self.bridge.run(close)
+            await self.bridge.run(self.rest.close)
         except Exception as exc:  # closing is best effort; never fail a detach on it
             log.debug("closing %s client: %s", self.kind, redact(repr(exc), self._secrets))
 

@@ -1,19 +1,14 @@
 """Azure Blob Storage backend: one container (optionally below a prefix) as a directory tree.
 
-The read side lives here; the write verbs (staged blocks, commits, deletes, markers, copies)
-in `blob_write`, mixed in.
+The backend maps the storage verbs onto its container's REST client (`blob_client.BlobRest`,
+which sends every request) and hands out `blob_upload.BlobUpload`s; each network call runs
+on the shared asyncio loop (`bridge`, why: see there) under `with_retry` (`AzureBackend._call`).
 
-Requests go through the Azure SDK's asyncio client pipeline, driven from trio by the shared
-`AsyncioThread` (why: see aio_bridge). Authentication, SAS signing and the HTTP transport stay
-the SDK's; the three calls on the hot paths are sent as plain requests through that pipeline:
-
-- List Blobs (`list`, directory checks): the XML is parsed by `blob_listing`, not the SDK's
-  model deserializer, and the next page is requested while the caller consumes this one
-  (20,000 blobs in one directory on Azurite: `walk_blobs` 8.9 s / 4.7 s client CPU, this
-  2.5 s / 0.8 s; scripts/bench_adapters.py --list-blobs 20000);
-- Get Blob Properties (`stat`): one HEAD;
-- Get Blob (`read`): exactly one ranged GET per call, raw bytes, no SDK chunking - the cache
-  above decides block sizes.
+Reading: `list` is List Blobs with "/" as delimiter, pages read ahead; `stat` one HEAD;
+`read` exactly one ranged GET per call. Writing: Put Block / Put Block List (`blob_upload`),
+Delete Blob, empty marker blobs for directories, Copy Blob; a rename is Copy Blob (the
+destination replaced atomically) then Delete Blob, and a directory is renamed entry by
+entry, refused beforehand (CrossDevice) beyond `max_entries` objects.
 
 Invariants:
 - One retry policy: the SDK's retries are off (`retry_total=0`); each network call (a HEAD, a
@@ -21,10 +16,10 @@ Invariants:
 - Every failure leaves this module as a `dsmount.errors` type, built by `map_error` alone, with
   a message made of our own words, HTTP status and Azure error code: never an SDK message or
   URL, which can carry a SAS signature (and `redact` scrubs what we quote from exceptions).
-- `read` returns exactly the bytes the server promised in Content-Range, or raises: a short
-  body is Transient (retried), a replaced object under an ETag pin is Changed, bytes that do
-  not match the range's MD5 (asked for ranges up to 4 MiB) or, for a whole-blob read, the
-  blob's stored MD5 are an IntegrityError (`integrity`).
+- `read` returns exactly the bytes the server promised, or raises (`BlobRest.get_range`); a
+  replaced object under an ETag pin is Changed, a deleted one NotFound.
+- Retries of calls that change state are safe: a retried delete that finds nothing, or a
+  retried marker create that finds the marker, succeed.
 - Directory semantics are those of `blob_listing` (virtual directories from "/"; markers with
   metadata hdi_isfolder=true are directories; invalid names skipped and reported once).
   `stat` answers from the blob when one exists (so a blob "x" that is also a prefix "x/" stats
@@ -34,41 +29,31 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
+
+import trio
 
 from dsmount.errors import (
+    AlreadyExists,
     BackendError,
     Changed,
     ConfigError,
+    CrossDevice,
+    NotEmpty,
     NotFound,
-    Transient,
+    TimedOut,
 )
 from dsmount.shared.credentials import Credential
 from dsmount.storage.azure.backend import AzureBackend
-from dsmount.storage.azure.blob_listing import (
-    DirectoryPages,
-    ListPage,
-    parse_http_date,
-    parse_list_page,
-)
-from dsmount.storage.azure.blob_write import BlobWrites
+from dsmount.storage.azure.blob_client import BlobRest
+from dsmount.storage.azure.blob_listing import DirectoryPages, parse_http_date
+from dsmount.storage.azure.blob_upload import BlockLists, begin_blob_upload
 from dsmount.storage.azure.bridge import AsyncioThread
-from dsmount.storage.azure.common import (
-    content_range,
-    lean_pipeline,
-    pipeline_options,
-    read_body,
-    resolve_target,
-    sdk_credential,
-    status_error,
-)
-from dsmount.storage.base import Entry
-from dsmount.storage.integrity import range_md5_headers, verify_md5
+from dsmount.storage.azure.common import status_error
+from dsmount.storage.base import REMOTE_WRITABLE, Entry, Upload
 from dsmount.storage.names import FOLDER_MARKER_KEY, is_folder_marker, name_problem, strip_etag
 from dsmount.storage.retry import RetryPolicy
 
@@ -80,21 +65,19 @@ _sdk_http_log = logging.getLogger("azure.core.pipeline.policies.http_logging_pol
 if _sdk_http_log.level == logging.NOTSET:
     _sdk_http_log.setLevel(logging.WARNING)
 
-T = TypeVar("T")
-
 _REPORTED_MAX = 10_000  # names remembered for log-once; beyond it, nothing more is logged
-_PREFETCH_MAX = 16  # listing pages fetched ahead and not yet consumed, across all listings
-_PREFETCH_TTL = 30.0  # seconds an unclaimed prefetched page (an abandoned listing) is kept
+_COPY_POLL = 0.05  # seconds between checks of a pending server-side copy
 
 
-class BlobBackend(BlobWrites, AzureBackend):
-    """One Azure blob container, or a prefix inside one, as a directory tree (writable
-    through `blob_write.BlobWrites`)."""
+class BlobBackend(AzureBackend):
+    """One Azure blob container, or a prefix inside one, as a directory tree."""
 
     kind = "blob"
     list_on_lookup = True
     location_field = "container"
-    count_calls = False  # `_send` counts, so read-ahead listing pages count too
+    count_calls = False  # the REST client counts, so read-ahead listing pages count too
+    capabilities = REMOTE_WRITABLE
+    native_dir_rename = False
 
     def __init__(
         self,
@@ -109,50 +92,20 @@ class BlobBackend(BlobWrites, AzureBackend):
         max_connections: int = 32,
         bridge: AsyncioThread | None = None,
     ) -> None:
-        super().__init__()
         if not container:
             raise ConfigError("a blob datastore needs a container name")
-        if not 1 <= page_size <= 5000:
-            raise ConfigError("page_size must be within 1..5000 (the service's maximum)")
-        self.container = container
-        self._init_azure(credential, bridge)
-        self.prefix = prefix.strip("/")
-        self.retry = retry or RetryPolicy()
-        self.page_size = page_size
-        self.max_connections = max_connections
-        self._reported: set[tuple[str, str]] = set()
-        # Listing pages requested ahead, by (listing id, marker); touched on the loop only.
-        self._prefetched: dict[tuple[int, str], asyncio.Task[ListPage]] = {}
-        self._listings = itertools.count()
-
-        self.target = resolve_target(credential, service="blob", account=account, endpoint=endpoint)
-        self.account = self.target.account
-        self.endpoint = self.target.endpoint
-
-    # --- the adapter: every network call goes through here --------------------------------
-
-    def _container(self) -> Any:
-        """The SDK client, created on first use ON THE ASYNCIO LOOP (aiohttp needs it)."""
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
-
-    def _make_client(self) -> Any:
-        from azure.storage.blob.aio import ContainerClient
-
-        credential, self._token_credential = sdk_credential(self.target)
-        # 4 MiB socket reads: an 8 MiB block arrives without flow-control churn.
-        options = pipeline_options(
-            endpoint=self.endpoint,
-            max_connections=self.max_connections,
-            attempt_timeout=self.retry.attempt_timeout,
-            read_bufsize=4 * 1024 * 1024,
+        super().__init__(
+            service="blob", credential=credential, account=account, endpoint=endpoint,
+            retry=retry, page_size=page_size, max_connections=max_connections, bridge=bridge,
         )
-        return ContainerClient(
-            account_url=self.endpoint,
-            container_name=self.container,
-            credential=credential,
-            **options,
+        self.container = container
+        self.prefix = prefix.strip("/")
+        self._reported: set[tuple[str, str]] = set()
+        self._listings = itertools.count()
+        self._block_lists = BlockLists()
+        self.rest = BlobRest(
+            self.target, container, stats=self.stats, max_connections=max_connections,
+            attempt_timeout=self.retry.attempt_timeout,
         )
 
     def _blob_name(self, path: str) -> str:
@@ -169,11 +122,6 @@ class BlobBackend(BlobWrites, AzureBackend):
             return f"{self.prefix}/{path}" if path else self.prefix
         return path
 
-    def _blob_url(self, client: Any, name: str) -> str:
-        base, _, query = client.url.partition("?")  # a connection string's SAS sits in query
-        url = f"{base}/{quote(name, safe='~/')}"
-        return f"{url}?{query}" if query else url
-
     def _report(self, kind: str, name: str, detail: str) -> None:
         key = (kind, name)
         if key in self._reported or len(self._reported) >= _REPORTED_MAX:
@@ -186,150 +134,6 @@ class BlobBackend(BlobWrites, AzureBackend):
         else:
             log.warning("%s/%s: skipping blob %r: %s", self.account, self.container, name, detail)
 
-    # --- raw requests (run on the asyncio loop) ---------------------------------------------
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        params: Any = None,
-        content: Any = None,
-    ) -> Any:
-        from azure.core.rest import HttpRequest
-
-        client = self._container()
-        headers["x-ms-version"] = client.api_version
-        request = HttpRequest(method, url, headers=headers, params=params, content=content)
-        # Counted here, on the loop thread (the only writer), so prefetches count too.
-        self.stats.requests += 1
-        # stream=True: with stream=False the pipeline's ContentDecodePolicy would also decode
-        # the body by its Content-Type (XML into a tree, a blob into text).
-        if self._lean is None:
-            self._lean = lean_pipeline(client)
-        return (await self._lean.run(request, stream=True)).http_response
-
-    async def _list_page(
-        self,
-        prefix: str,
-        marker: str | None,
-        delimiter: str | None,
-        max_results: int,
-        listing: int | None = None,
-    ) -> ListPage:
-        """One List Blobs page. For a `listing` (an id unique to one walk of one directory),
-        the request for the following page is sent as soon as this one has arrived, so the
-        server works on it while the caller consumes this page (listing time ~ server time
-        instead of server + client time). A prefetched page serves only its own listing."""
-        ahead = self._prefetched.pop((listing, marker), None) if listing is not None else None
-        if ahead is not None:
-            # A failed prefetch raises here; the retry of this attempt sends a fresh request.
-            return await ahead
-        page = await self._fetch_page(prefix, marker, delimiter, max_results)
-        if listing is not None and page.next_marker is not None and not self._closed:
-            task = asyncio.get_running_loop().create_task(
-                self._fetch_page(prefix, page.next_marker, delimiter, max_results)
-            )
-            self._keep_prefetch((listing, page.next_marker), task)
-        return page
-
-    def _keep_prefetch(self, key: tuple[int, str], task: asyncio.Task[ListPage]) -> None:
-        loop = asyncio.get_running_loop()
-        self._prefetched[key] = task
-        while len(self._prefetched) > _PREFETCH_MAX:  # abandoned listings: drop the oldest
-            self._prefetched.pop(next(iter(self._prefetched))).cancel()
-
-        def expire() -> None:
-            if self._prefetched.get(key) is task:  # nobody came for it: the listing was left
-                del self._prefetched[key]
-
-        def on_done(_: asyncio.Task[ListPage]) -> None:
-            if not task.cancelled():
-                task.exception()  # mark it seen: an unclaimed failure is not worth a log line
-            loop.call_later(_PREFETCH_TTL, expire)
-
-        task.add_done_callback(on_done)
-
-    async def _fetch_page(
-        self, prefix: str, marker: str | None, delimiter: str | None, max_results: int
-    ) -> ListPage:
-        client = self._container()
-        params = {
-            "restype": "container",
-            "comp": "list",
-            "maxresults": str(max_results),
-            # Metadata costs nothing measurable (Azurite; small on Azure) and is the only way to
-            # tell an empty directory marker from an empty file without a HEAD per empty blob.
-            "include": "metadata",
-        }
-        if prefix:
-            params["prefix"] = prefix
-        if delimiter:
-            params["delimiter"] = delimiter
-        if marker:
-            params["marker"] = marker
-        response = await self._send("GET", client.url, {}, params)
-        try:
-            body = await response.read()
-            if response.status_code != 200:
-                raise status_error(response, body)
-        finally:
-            await response.close()
-        return parse_list_page(body)
-
-    async def _head(self, name: str) -> Any:
-        client = self._container()
-        response = await self._send("HEAD", self._blob_url(client, name), {})
-        try:
-            if response.status_code == 404:
-                return None
-            if response.status_code != 200:
-                raise status_error(response, b"")
-            return response.headers
-        finally:
-            await response.close()
-
-    async def _get_range(self, name: str, offset: int, length: int, etag: str | None) -> bytes:
-        client = self._container()
-        headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}"}
-        headers.update(range_md5_headers(length))
-        if etag:
-            headers["If-Match"] = f'"{etag}"'
-        response = await self._send("GET", self._blob_url(client, name), headers)
-        try:
-            # The aiohttp response itself: the SDK's body helper would gunzip a blob stored
-            # with Content-Encoding: gzip, and the bytes must be those stored.
-            body = await read_body(response, length)
-            status = response.status_code
-            if status == 416:  # offset at or past the end (or an empty blob)
-                return b""
-            if status not in (200, 206):
-                raise status_error(response, body)
-            served = content_range(response.headers.get("Content-Range"))
-            if served is None:
-                if status == 200 and offset == 0:  # whole blob, no range applied
-                    return body[:length]
-                raise Transient(f"read {name!r}: response without a valid Content-Range")
-            first, last, total = served
-            if first != offset or last >= offset + length:
-                raise BackendError(f"read {name!r}: server sent range {first}-{last}")
-            if len(body) != last - first + 1:
-                raise Transient(
-                    f"read {name!r}: short body ({len(body)} of {last - first + 1} bytes)"
-                )
-            await verify_md5(
-                body,
-                response.headers,
-                what=f"read {name!r} bytes {first}-{last}",
-                asked_range_md5="x-ms-range-get-content-md5" in headers,
-                whole=first == 0 and last == total - 1,
-                stored_header="x-ms-blob-content-md5",
-            )
-            return body
-        finally:
-            await response.close()
-
-
     # --- the Backend interface ----------------------------------------------------------------
 
     async def stat(self, path: str) -> Entry:
@@ -338,7 +142,7 @@ class BlobBackend(BlobWrites, AzureBackend):
             await self._probe(self._dir_prefix(""), "stat /")
             return Entry("", True)
         name = self._blob_name(path)
-        headers = await self._call(f"stat {path!r}", lambda: self._head(name))
+        headers = await self._call(f"stat {path!r}", lambda: self.rest.head(name))
         leaf = path.rsplit("/", 1)[-1]
         if headers is not None:
             size = int(headers.get("Content-Length") or 0)
@@ -360,7 +164,7 @@ class BlobBackend(BlobWrites, AzureBackend):
 
         Also proves the container exists (404 ContainerNotFound otherwise) and that listing is
         allowed. Flat, not hierarchical: a delimiter listing with a tiny page can be slow."""
-        page = await self._call(what, lambda: self._list_page(prefix, None, None, 1))
+        page = await self._call(what, lambda: self.rest.list_page(prefix, None, None, 1))
         return bool(page.items)
 
     async def list(self, path: str) -> AsyncIterator[list[Entry]]:
@@ -375,7 +179,7 @@ class BlobBackend(BlobWrites, AzureBackend):
             while True:
                 page = await self._call(
                     what,
-                    lambda m=marker: self._list_page(prefix, m, "/", self.page_size, listing),
+                    lambda m=marker: self.rest.list_page(prefix, m, "/", self.page_size, listing),
                 )
                 marker = page.next_marker
                 entries = pages.feed(page, last=marker is None)
@@ -393,11 +197,7 @@ class BlobBackend(BlobWrites, AzureBackend):
             if marker is not None and self._bridge is not None:
                 # Left early (or failed): cancel the page requested ahead. Not awaited - this
                 # may run while the generator is being finalized.
-                self._bridge.call_soon(self._drop_prefetch, listing)
-
-    def _drop_prefetch(self, listing: int) -> None:
-        for key in [k for k in self._prefetched if k[0] == listing]:
-            self._prefetched.pop(key).cancel()
+                self._bridge.call_soon(self.rest.drop_prefetch, listing)
 
     async def read(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
         if offset < 0 or length < 0:
@@ -408,13 +208,13 @@ class BlobBackend(BlobWrites, AzureBackend):
         etag = strip_etag(etag)
         try:
             data = await self._call(
-                f"read {path!r}", lambda: self._get_range(name, offset, length, etag)
+                f"read {path!r}", lambda: self.rest.get_range(name, offset, length, etag)
             )
         except Changed:
             # 412 on a pinned read: replaced, or deleted (some services, Azurite among them,
             # answer If-Match on a missing blob with 412). One HEAD tells which: a deleted
             # blob is ENOENT for the reader, not ESTALE.
-            if etag and await self._call(f"stat {path!r}", lambda: self._head(name)) is None:
+            if etag and await self._call(f"stat {path!r}", lambda: self.rest.head(name)) is None:
                 raise NotFound(f"read {path!r}: the blob was deleted") from None
             raise
         self.stats.bytes_fetched += len(data)
@@ -424,20 +224,128 @@ class BlobBackend(BlobWrites, AzureBackend):
         """Prove the container exists and the credentials may list it (one small request)."""
         await self._probe(self._dir_prefix(""), "check")
 
-    async def create_container(self) -> bool:
-        """Create the container (for --create-if-not-exists). False if it already existed."""
-        from azure.core.exceptions import ResourceExistsError
+    # --- the write verbs -------------------------------------------------------------------------
+    async def begin_upload(
+        self, path: str, *, base: Entry | None = None, append: bool = False
+    ) -> Upload:
+        return await begin_blob_upload(
+            self, self.rest, self._block_lists, path, self._blob_name(path),
+            base=base, append=append,
+        )
 
-        async def create() -> bool:
-            try:
-                await self._container().create_container()
-            except ResourceExistsError:
-                return False
-            return True
+    async def delete(self, path: str) -> None:
+        name = self._blob_name(path)
 
-        return await self._call(f"create container {self.container!r}", create)
+        async def delete(again: bool) -> None:
+            status, response, body = await self.rest.request("DELETE", name, {})
+            if status == 404 and again:
+                return  # an earlier attempt deleted it, its answer lost
+            if status not in (200, 202):
+                raise status_error(response, body)
 
-    def _before_close(self) -> None:
-        for task in self._prefetched.values():
-            task.cancel()
-        self._prefetched.clear()
+        await self._call_again(f"delete {path!r}", delete)
+
+    async def make_dir(self, path: str) -> Entry:
+        name = self._blob_name(path)
+        headers = {
+            "x-ms-blob-type": "BlockBlob",
+            f"x-ms-meta-{FOLDER_MARKER_KEY}": "true",
+            "If-None-Match": "*",
+        }
+
+        async def create(again: bool) -> Entry:
+            status, response, body = await self.rest.request("PUT", name, dict(headers))
+            if status == 201:
+                return Entry(name.rsplit("/", 1)[-1], True)
+            if status == 409:
+                existing = await self.rest.head(name)
+                size = int(existing.get("Content-Length") or 0) if existing is not None else -1
+                marker = existing.get(f"x-ms-meta-{FOLDER_MARKER_KEY}") if existing else None
+                if again and is_folder_marker(size, marker):
+                    return Entry(name.rsplit("/", 1)[-1], True)
+                raise AlreadyExists(f"mkdir {path!r}: a blob of that name exists")
+            raise status_error(response, body)
+
+        return await self._call_again(f"mkdir {path!r}", create)
+
+    async def remove_dir(self, path: str) -> None:
+        prefix = self._dir_prefix(path)
+        page = await self._call(
+            f"rmdir {path!r}", lambda: self.rest.list_page(prefix, None, None, 1)
+        )
+        if page.items:
+            raise NotEmpty(f"rmdir {path!r}: the directory is not empty")
+        name = self._blob_name(path)
+        headers = await self._call(f"rmdir {path!r}", lambda: self.rest.head(name))
+        if headers is None:
+            raise NotFound(f"rmdir {path!r}: no such directory")
+        size = int(headers.get("Content-Length") or 0)
+        if not is_folder_marker(size, headers.get(f"x-ms-meta-{FOLDER_MARKER_KEY}")):
+            raise BackendError(f"rmdir {path!r}: not a directory")
+        await self.delete(path)
+
+    async def copy(self, src: str, dst: str) -> Entry:
+        src_name, dst_name = self._blob_name(src), self._blob_name(dst)
+
+        async def start() -> Any:
+            headers = {"x-ms-copy-source": self.rest.copy_source(src_name)}
+            status, response, body = await self.rest.request("PUT", dst_name, headers)
+            if status not in (200, 202):
+                raise status_error(response, body)
+            return response.headers
+
+        headers = await self._call(f"copy {src!r}", start)
+        deadline = trio.current_time() + self.retry.deadline
+        while (headers.get("x-ms-copy-status") or "success").lower() == "pending":
+            if trio.current_time() > deadline:
+                raise TimedOut(f"copy {src!r}: the server-side copy did not finish")
+            await trio.sleep(_COPY_POLL)
+            found = await self._call(f"copy {src!r}", lambda: self.rest.head(dst_name))
+            if found is None:
+                raise NotFound(f"copy {src!r}: the destination vanished")
+            headers = found
+        if (headers.get("x-ms-copy-status") or "success").lower() != "success":
+            raise BackendError(f"copy {src!r}: the server-side copy failed")
+        entry = await self.stat(dst)
+        return entry
+
+    async def rename(
+        self, src: str, dst: str, *, is_dir: bool = False, max_entries: int = 1000
+    ) -> Entry | None:
+        if not is_dir:
+            entry = await self.copy(src, dst)
+            await self.delete(src)
+            return entry
+        names = await self._all_below(src, max_entries)
+        src_name = self._blob_name(src)
+        marker = await self._call(f"rename {src!r}", lambda: self.rest.head(src_name))
+        base = self._blob_name(src)
+        rel = [n[len(base) + 1 :] for n in names]
+        for r in rel:  # copy everything first: an interruption leaves both, never neither
+            await self.copy(f"{src}/{r}", f"{dst}/{r}")
+        if marker is not None:
+            await self.make_dir(dst)
+        for r in rel:
+            await self.delete(f"{src}/{r}")
+        if marker is not None:
+            await self.delete(src)
+        return None
+
+    async def _all_below(self, path: str, limit: int) -> list[str]:
+        prefix = self._dir_prefix(path)
+        names: list[str] = []
+        marker: str | None = None
+        while True:
+            page = await self._call(
+                f"rename {path!r}",
+                lambda m=marker: self.rest.list_page(prefix, m, None, min(5000, limit + 1)),
+            )
+            names += [item.name for item in page.items if not isinstance(item, str)]
+            if len(names) > limit:
+                raise CrossDevice(
+                    f"rename {path!r}: more than {limit} objects below it (the blob directory "
+                    "rename limit); copy and delete instead"
+                )
+            marker = page.next_marker
+            if marker is None:
+                return names

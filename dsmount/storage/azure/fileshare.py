@@ -1,101 +1,61 @@
 """Azure Files backend: one file share (optionally a directory inside it) as a directory tree.
 
-The read side lives here; the write verbs (temporary file + rename, in-place appends,
-directories) in `fileshare_write`, mixed in. Listings skip uploads' temporary files.
+The backend maps the storage verbs onto its share's REST client
+(`fileshare_client.ShareRest`, which sends every request) and hands out
+`fileshare_upload.FileShareUpload`s; each network call runs on the shared asyncio loop
+(`bridge`) under `with_retry` (`AzureBackend._call`). Listings skip uploads' temporary files.
 
-Requests go through the asyncio `azure-storage-file-share` client pipeline, driven from trio by
-the shared `AsyncioThread`, exactly like the blob backend: authentication (SharedKey, SAS,
-Azure AD bearer with the backup intent Files requires) and the HTTP transport are the SDK's,
-while the calls on hot paths are sent as plain requests through that pipeline:
-
-- List Directories and Files (`list`): `include=Timestamps,ETag`, parsed by
-  `fileshare_listing` (sizes, times and ETags without a request per file);
-- Get File Properties (`stat` of a file: one HEAD), Get Directory Properties (`stat` of a
-  directory, `check`);
-- Get File (`read`): exactly one ranged GET per call, raw bytes, no SDK chunking.
+Writing: Azure Files has no atomic commit, so a new version of a file is written into a
+temporary file and renamed over the target at commit (`fileshare_upload`); directories are
+native (Create Directory, Delete Directory, Rename Directory).
 
 Invariants:
 - One retry policy: the SDK's retries are off; each network call runs under
   `with_retry(self.retry, ...)` and is counted in `self.stats`.
-- Every failure leaves this module as a `dsmount.errors` type built by
-  `azure_common.map_error`, with no SDK message, URL or secret in it.
-- The Files service ignores If-Match on reads, so `read` compares the response's ETag with the
-  pinned one itself: it never returns bytes of another version (Changed instead). It returns
-  exactly the bytes the server promised in Content-Range, or raises (a short body is Transient
-  and so retried).
-- Ranged reads are checked against the MD5 the service sends (`integrity`): the range's own
-  for ranges up to 4 MiB, else the file's stored one when the whole file is read; a mismatch
-  is an IntegrityError, never served.
-- Every request says `x-ms-allow-trailing-dot: true`: without it the service trims trailing
-  dots from path segments, and a listed "name." would be read as "name".
+- Every failure leaves this module as a `dsmount.errors` type built by `common.map_error`,
+  with no SDK message, URL or secret in it.
+- Reads never return bytes of another version than the pinned one (`ShareRest.get_range`).
 - The ETag changes with any change to a file (content or properties): a pinned handle fails
   (ESTALE) even after a change of attributes only, never reads a mix of versions.
 - Names are case-insensitive on the service: listings show the stored case, and a lookup in
   another case finds the same file (as on an SMB mount of the share).
+- Retries of calls that change state are safe: a retried delete that finds nothing, or a
+  retried Create Directory that finds the directory, succeed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
-from dsmount.errors import (
-    AuthFailed,
-    BackendError,
-    Changed,
-    ConfigError,
-    NotFound,
-    Transient,
-)
+from dsmount.errors import AlreadyExists, AuthFailed, ConfigError, NotEmpty, NotFound, NotSupported
 from dsmount.shared.credentials import Credential
 from dsmount.storage.azure.backend import AzureBackend
 from dsmount.storage.azure.bridge import AsyncioThread
-from dsmount.storage.azure.common import (
-    content_range,
-    lean_pipeline,
-    pipeline_options,
-    read_body,
-    resolve_target,
-    sdk_credential,
-    status_error,
-)
-from dsmount.storage.azure.fileshare_listing import (
-    DirectoryEntries,
-    ListPage,
-    entry_from_headers,
-    parse_list_page,
-)
-from dsmount.storage.azure.fileshare_write import FileShareWrites
-from dsmount.storage.base import Entry
-from dsmount.storage.integrity import range_md5_headers, verify_md5
+from dsmount.storage.azure.common import status_error
+from dsmount.storage.azure.fileshare_client import ShareRest
+from dsmount.storage.azure.fileshare_listing import DirectoryEntries, entry_from_headers
+from dsmount.storage.azure.fileshare_upload import FileShareUpload, rename_over
+from dsmount.storage.base import REMOTE_WRITABLE, Entry, Upload
 from dsmount.storage.names import strip_etag
 from dsmount.storage.retry import RetryPolicy
+from dsmount.storage.spec import share_name_problem
 from dsmount.storage.writes import is_temp_name
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Share names: 3-63 lower-case letters, digits and single dashes, starting and ending with a
-# letter or digit (checked here so a typo fails at attach with a clear message).
-_SHARE_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _REPORTED_MAX = 10_000  # names remembered for log-once; beyond it, nothing more is logged
-# A HEAD on a directory's path: the service answers 404 ResourceNotFound (or, for some
-# operations, 409 ResourceTypeMismatch); either means "not a file, maybe a directory".
-_NOT_A_FILE = {(404, "ResourceNotFound"), (404, None), (409, "ResourceTypeMismatch")}
 
 
-class FileShareBackend(FileShareWrites, AzureBackend):
-    """One Azure file share, or a directory inside one, as a directory tree (writable through
-    `fileshare_write.FileShareWrites`)."""
+class FileShareBackend(AzureBackend):
+    """One Azure file share, or a directory inside one, as a directory tree."""
 
     kind = "fileshare"
     list_on_lookup = True
     location_field = "share"
+    capabilities = REMOTE_WRITABLE
+    native_dir_rename = True
 
     def __init__(
         self,
@@ -111,56 +71,29 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         connection_verify: bool | str = True,
         bridge: AsyncioThread | None = None,
     ) -> None:
-        super().__init__()
-        if not _SHARE_RE.match(share or ""):
-            raise ConfigError(
-                f"invalid file share name {share!r}: 3-63 lower-case letters, digits and dashes"
-            )
-        if not 1 <= page_size <= 5000:
-            raise ConfigError("page_size must be within 1..5000 (the service's maximum)")
+        problem = share_name_problem(share)
+        if problem:
+            raise ConfigError(problem)
         if credential.kind == "anonymous":
             raise ConfigError("Azure Files has no anonymous access; give a credential")
         segments = [s for s in prefix.strip("/").split("/") if s]
         if any(s in (".", "..") for s in segments) or "//" in prefix.strip("/"):
             raise ConfigError(f"invalid directory prefix {prefix!r}")
-        self.share = share
-        self._init_azure(credential, bridge)
-        self.prefix = "/".join(segments)
-        self.retry = retry or RetryPolicy()
-        self.page_size = page_size
-        self.max_connections = max_connections
-        self.connection_verify = connection_verify
-        self.target = resolve_target(credential, service="file", account=account, endpoint=endpoint)
+        super().__init__(
+            service="file", credential=credential, account=account, endpoint=endpoint,
+            retry=retry, page_size=page_size, max_connections=max_connections, bridge=bridge,
+        )
         if self.target.auth == "anonymous":
             raise ConfigError("the connection string has no AccountKey or SharedAccessSignature")
-        self.account = self.target.account
-        self.endpoint = self.target.endpoint
+        self.share = share
+        self.prefix = "/".join(segments)
+        self.connection_verify = connection_verify
         self._reported: set[tuple[str, str]] = set()
-
-    # --- the adapter: every network call goes through here --------------------------------
-
-    def _share_client(self) -> Any:
-        """The SDK client, created on first use ON THE ASYNCIO LOOP (aiohttp needs it)."""
-        if self._client is None:
-            from azure.storage.fileshare.aio import ShareClient
-
-            credential, self._token_credential = sdk_credential(self.target)
-            options = pipeline_options(
-                endpoint=self.endpoint,
-                max_connections=self.max_connections,
-                attempt_timeout=self.retry.attempt_timeout,
-                verify=self.connection_verify,
-            )
-            if self.target.auth == "azure_ad":
-                options["token_intent"] = "backup"  # the SDK refuses token auth without it
-            self._client = ShareClient(
-                account_url=self.endpoint,
-                share_name=self.share,
-                credential=credential,
-                allow_trailing_dot=True,
-                **options,
-            )
-        return self._client
+        self.rest = ShareRest(
+            self.target, share, max_connections=max_connections,
+            attempt_timeout=self.retry.attempt_timeout, connection_verify=connection_verify,
+            page_size=page_size,
+        )
 
     def _full(self, path: str) -> str:
         """The path inside the share of a datastore path."""
@@ -169,10 +102,6 @@ class FileShareBackend(FileShareWrites, AzureBackend):
             return f"{self.prefix}/{path}" if path else self.prefix
         return path
 
-    def _url(self, client: Any, full: str) -> str:
-        base = client.url.partition("?")[0]
-        return f"{base}/{quote(full, safe='~/')}" if full else base
-
     def _report(self, directory: str, name: str, problem: str) -> None:
         key = (directory, name)
         if key in self._reported or len(self._reported) >= _REPORTED_MAX:
@@ -180,124 +109,6 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         self._reported.add(key)
         where = f"{self.account}/{self.share}/{directory}".rstrip("/")
         log.warning("%s: skipping %r: %s", where, name, problem)
-
-    # --- raw requests (run on the asyncio loop) ---------------------------------------------
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        params: Any = None,
-        content: Any = None,
-    ) -> Any:
-        from azure.core.rest import HttpRequest
-
-        client = self._share_client()
-        headers["x-ms-version"] = client.api_version
-        headers["x-ms-allow-trailing-dot"] = "true"
-        if self.target.auth == "azure_ad":
-            headers["x-ms-file-request-intent"] = "backup"
-        request = HttpRequest(method, url, headers=headers, params=params, content=content)
-        # stream=True: otherwise the pipeline's ContentDecodePolicy decodes the body by its
-        # Content-Type (XML into a tree, file content into text).
-        if self._lean is None:
-            self._lean = lean_pipeline(client)
-        return (await self._lean.run(request, stream=True)).http_response
-
-    async def _properties(self, full: str, *, directory: bool) -> Any:
-        """Headers of Get File Properties (HEAD) or Get Directory Properties; None if the
-        service says there is no such file (for a file) / directory (for a directory)."""
-        client = self._share_client()
-        url = self._url(client, full)
-        if directory:
-            response = await self._send("GET", url, {}, {"restype": "directory"})
-        else:
-            response = await self._send("HEAD", url, {})
-        try:
-            body = await response.read() if directory else b""
-            if response.status_code == 200:
-                return response.headers
-            error = status_error(response, body)
-            if directory and error.status == 404 and error.code in ("ResourceNotFound", None):
-                return None
-            if not directory and (error.status, error.code) in _NOT_A_FILE:
-                return None
-            raise error  # ShareNotFound, ParentNotFound, 403, 5xx ...
-        finally:
-            await response.close()
-
-    async def _list_page(self, full: str, marker: str | None) -> ListPage:
-        client = self._share_client()
-        params = {
-            "restype": "directory",
-            "comp": "list",
-            "maxresults": str(self.page_size),
-            "include": "Timestamps,ETag",
-        }
-        if marker:
-            params["marker"] = marker
-        response = await self._send("GET", self._url(client, full), {}, params)
-        try:
-            body = await response.read()
-            if response.status_code != 200:
-                raise status_error(response, body)
-        finally:
-            await response.close()
-        return parse_list_page(body)
-
-    async def _get_range(self, full: str, offset: int, length: int, etag: str | None) -> bytes:
-        client = self._share_client()
-        headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}"}
-        headers.update(range_md5_headers(length))
-        response = await self._send("GET", self._url(client, full), headers)
-        try:
-            # The aiohttp response itself: the SDK's body helper would gunzip a file stored
-            # with Content-Encoding: gzip, and the bytes must be those stored.
-            body = await read_body(response, length)
-            status = response.status_code
-            if status == 416:  # offset at or past the end (or an empty file)
-                return await self._past_end(full, etag)
-            if status not in (200, 206):
-                raise status_error(response, body)
-            # The service ignores If-Match on Get File: this check is the version pin.
-            if etag is not None and strip_etag(response.headers.get("ETag")) != etag:
-                raise Changed(f"read {full!r}: the file changed (ETag no longer matches)")
-            span = content_range(response.headers.get("Content-Range"))
-            if span is None:
-                if status == 200 and offset == 0:  # whole file, no range applied
-                    if len(body) != int(response.headers.get("Content-Length") or -1):
-                        raise Transient(f"read {full!r}: short body")
-                    return body[:length]
-                raise Transient(f"read {full!r}: response without a valid Content-Range")
-            first, last, total = span
-            if first != offset or last >= offset + length:
-                raise BackendError(f"read {full!r}: server sent range {first}-{last}")
-            if len(body) != last - first + 1:
-                raise Transient(
-                    f"read {full!r}: short body ({len(body)} of {last - first + 1} bytes)"
-                )
-            await verify_md5(
-                body, response.headers, what=f"read {full!r} bytes {first}-{last}",
-                asked_range_md5="x-ms-range-get-content-md5" in headers,
-                whole=first == 0 and last == total - 1, stored_header="x-ms-content-md5",
-            )
-            return body
-        finally:
-            await response.close()
-
-    async def _past_end(self, full: str, etag: str | None) -> bytes:
-        """A 416 means "offset >= size" of the CURRENT version: that is end of file for the
-        pinned one only if it is still the current one (a truncated file must not look like
-        a shorter old one). The 416 carries no ETag, so ask with one HEAD."""
-        if etag is None:
-            return b""
-        headers = await self._properties(full, directory=False)
-        if headers is None:
-            raise NotFound(f"read {full!r}: the file is gone")
-        if strip_etag(headers.get("ETag")) != etag:
-            raise Changed(f"read {full!r}: the file changed (ETag no longer matches)")
-        return b""
 
     # --- the Backend interface ----------------------------------------------------------------
 
@@ -308,10 +119,10 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         full = self._full(path)
         leaf = path.rsplit("/", 1)[-1] if path else ""
         if path:
-            headers = await self._call(what, lambda: self._properties(full, directory=False))
+            headers = await self._call(what, lambda: self.rest.properties(full, directory=False))
             if headers is not None:
                 return entry_from_headers(leaf, headers, is_dir=False)
-        headers = await self._call(what, lambda: self._properties(full, directory=True))
+        headers = await self._call(what, lambda: self.rest.properties(full, directory=True))
         if headers is None:
             if not path and self.prefix:
                 raise NotFound(f"{what}: no such directory in the share")
@@ -326,7 +137,7 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         marker: str | None = None
         first = True
         while True:
-            page = await self._call(what, lambda m=marker: self._list_page(full, m))
+            page = await self._call(what, lambda m=marker: self.rest.list_page(full, m))
             marker = page.next_marker
             # An upload's temporary file is an implementation detail of a write in progress.
             batch = [e for e in entries.feed(page) if not is_temp_name(e.name)]
@@ -344,7 +155,7 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         full = self._full(path)
         pinned = strip_etag(etag)
         data = await self._call(
-            f"read {path!r}", lambda: self._get_range(full, offset, length, pinned)
+            f"read {path!r}", lambda: self.rest.get_range(full, offset, length, pinned)
         )
         self.stats.bytes_fetched += len(data)
         return data
@@ -360,27 +171,71 @@ class FileShareBackend(FileShareWrites, AzureBackend):
         except AuthFailed as exc:
             raise AuthFailed(f"{exc} (the credentials were refused)") from None
 
-    async def create_share(self) -> bool:
-        """Create the share, and the prefix directories inside it (for --create-if-not-exists).
+    # --- the write verbs -----------------------------------------------------------------------
+    async def begin_upload(
+        self, path: str, *, base: Entry | None = None, append: bool = False
+    ) -> Upload:
+        return FileShareUpload(
+            self, self.rest, self._full, path.strip("/"), base,
+            in_place=append and base is not None,
+        )
 
-        Returns False if the share already existed."""
-        from azure.core.exceptions import ResourceExistsError
+    async def _rename(self, src: str, dst: str, *, is_dir: bool) -> Any:
+        return await rename_over(self, self.rest, self._full, src, dst, is_dir=is_dir)
 
-        async def create_share() -> bool:
-            try:
-                await self._share_client().create_share()
-            except ResourceExistsError:
-                return False
-            return True
+    async def delete(self, path: str) -> None:
+        full = self._full(path)
 
-        created = await self._call(f"create share {self.share!r}", create_share)
-        parts = self.prefix.split("/") if self.prefix else []
-        for depth in range(1, len(parts) + 1):
-            directory = "/".join(parts[:depth])
+        async def delete(again: bool) -> None:
+            status, response, body = await self.rest.request("DELETE", full, {})
+            if status == 404 and again:
+                return
+            if status != 202:
+                raise status_error(response, body)
 
-            async def create_directory(directory: str = directory) -> None:
-                with contextlib.suppress(ResourceExistsError):
-                    await self._share_client().create_directory(directory)
+        await self._call_again(f"delete {path!r}", delete)
 
-            await self._call(f"create directory {directory!r}", create_directory)
-        return created
+    async def make_dir(self, path: str) -> Entry:
+        full = self._full(path)
+
+        async def create(again: bool) -> Entry:
+            status, response, body = await self.rest.request(
+                "PUT", full, {}, {"restype": "directory"}
+            )
+            if status == 201:
+                return entry_from_headers(path.rsplit("/", 1)[-1], response.headers, is_dir=True)
+            error = status_error(response, body)
+            if status == 409 and error.code == "ResourceAlreadyExists":
+                if again:
+                    return Entry(path.rsplit("/", 1)[-1], True)
+                raise AlreadyExists(f"mkdir {path!r}: the name exists")
+            raise error
+
+        return await self._call_again(f"mkdir {path!r}", create)
+
+    async def remove_dir(self, path: str) -> None:
+        full = self._full(path)
+
+        async def remove(again: bool) -> None:
+            status, response, body = await self.rest.request(
+                "DELETE", full, {}, {"restype": "directory"}
+            )
+            if status == 202 or (status == 404 and again):
+                return
+            error = status_error(response, body)
+            if status == 409 and error.code == "DirectoryNotEmpty":
+                raise NotEmpty(f"rmdir {path!r}: the directory is not empty")
+            raise error
+
+        await self._call_again(f"rmdir {path!r}", remove)
+
+    async def copy(self, src: str, dst: str) -> Entry:
+        raise NotSupported(f"copy {src!r}: file shares rename natively; no copy is needed")
+
+    async def rename(
+        self, src: str, dst: str, *, is_dir: bool = False, max_entries: int = 1000
+    ) -> Entry | None:
+        headers = await self._rename(src, dst, is_dir=is_dir)
+        if is_dir:
+            return None
+        return await self.stat(dst) if headers is not None else None

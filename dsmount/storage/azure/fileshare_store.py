@@ -17,9 +17,9 @@ from typing import Any
 from dsmount.errors import AlreadyExists, ConfigError
 from dsmount.shared.credentials import Credential
 from dsmount.storage.azure.store import AzureStore, ProgressHook, client_options
-from dsmount.storage.names import clean_path, join
+from dsmount.storage.names import clean_path, content_type, join
 from dsmount.storage.retry import RetryPolicy
-from dsmount.storage.store import BIG_FILE, CHUNK_CONCURRENCY, Progress, RemoteFile, content_type
+from dsmount.storage.store import BIG_FILE, CHUNK_CONCURRENCY, Progress, RemoteFile
 
 
 class FileShareStore(AzureStore):

@@ -1,4 +1,5 @@
-"""A local directory with the write verbs (core tests of the write path on real files).
+"""A local directory with the write verbs (core tests of the write path on real files; a test
+double, so it lives with the tests).
 
 The mount attaches local datastores read-only (the daemon runs as root: writing there on a
 user's behalf is not offered); this class completes the storage interface for a local
@@ -17,9 +18,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from dsmount.errors import Changed, NotFound, from_oserror
-from dsmount.storage.base import Entry
+from dsmount.storage.base import Capabilities, Entry, Part, Upload, check_tiling
 from dsmount.storage.local import LocalBackend, _etag
-from dsmount.storage.writes import Part, Upload, check_tiling, is_temp_name, temp_name
+from dsmount.storage.writes import is_temp_name, temp_name
 
 
 def _entry(name: str, st: os.stat_result) -> Entry:
@@ -83,7 +84,7 @@ class LocalUpload(Upload):
 
 
 class WritableLocalBackend(LocalBackend):
-    writable = True
+    capabilities = Capabilities(writable=True)
     native_dir_rename = True
 
     async def list(self, path: str) -> AsyncIterator[list[Entry]]:
