@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from dsmount.cli import node, warm, workspace
+from dsmount.cli import dataset, doctor, node, warm, workspace
 from dsmount.cli.common import Context
 from dsmount.control.client import default_socket
 
@@ -24,7 +24,8 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
     ctx.obj = Context(socket_path or default_socket())
 
 
-for command in [*node.COMMANDS, *warm.COMMANDS, *workspace.COMMANDS]:
+for command in [*node.COMMANDS, *warm.COMMANDS, *workspace.COMMANDS, *doctor.COMMANDS,
+                *dataset.COMMANDS]:
     cli.add_command(command)
 
 

@@ -23,7 +23,7 @@ PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # a request larger than this is refused and the connection closed
 MAX_MESSAGE = 1000  # characters of an error message in a reply
 OPERATIONS = frozenset({"ping", "attach", "detach", "list", "status", "refresh",
-                        "warm", "warm_status", "warm_cancel"})
+                        "warm", "warm_status", "warm_cancel", "doctor"})
 
 
 @dataclass

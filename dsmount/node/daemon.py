@@ -155,6 +155,8 @@ class Daemon:
     def _status_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"mountpoint": self.mountpoint,
                                  "socket": self.config.daemon.socket,
+                                 "state_dir": os.path.abspath(self.config.daemon.state_dir),
+                                 "writes_enabled": self.config.writes.enabled,
                                  "config": self.config.source}
         if self.core.disk is not None:
             extra["disk_cache"] = self.core.disk.as_dict()

@@ -24,6 +24,7 @@ from dsmount.control.protocol import get_bool, get_str, get_target
 from dsmount.errors import InvalidRequest
 from dsmount.node.access import AccessRules
 from dsmount.node.attach import Attacher, owner_of
+from dsmount.node.doctor_probe import probe_all
 from dsmount.node.fs.core import FileSystem
 from dsmount.node.fs.datastore import Datastore, user_name
 from dsmount.node.status_ops import StatusOps
@@ -75,7 +76,15 @@ class NodeOps:
             "warm": self.reports.warm,
             "warm_status": self.reports.warm_status,
             "warm_cancel": self.reports.warm_cancel,
+            "doctor": self.doctor,
         }
+
+    async def doctor(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Probe every datastore the peer sees (node/doctor_probe.py does the work)."""
+        shown, failed = self.reports.visible(peer)
+        keys = [ds.key for ds in shown] + [str(f.get("path")) for f in failed]
+        return {"datastores": await probe_all({k: self.specs.get(k) for k in keys},
+                                              self.attacher.backend_factory)}
 
     # -- what the daemon reads and restores -------------------------------------------------------
     @property

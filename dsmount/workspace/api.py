@@ -32,6 +32,7 @@ from dsmount.storage.store import Store
 from dsmount.workspace import registry as _registry
 from dsmount.workspace import runwrap, transfer
 from dsmount.workspace import versions as _versions
+from dsmount.workspace.datasets import Datasets
 from dsmount.workspace.entries import CredentialRef, DatastoreInfo
 from dsmount.workspace.range_reader import RangeReader
 from dsmount.workspace.references import DataReference
@@ -46,8 +47,20 @@ class Workspace:
     """The registry of named datastores (see dsmount.workspace.registry for where it lives)."""
 
     def __init__(
-        self, registry_dir: str | Path | None = None, *, socket: str | None = None
+        self,
+        registry_dir: str | Path | None = None,
+        *,
+        socket: str | None = None,
+        workspace_id: str | None = None,
+        authorization_token: str | None = None,
     ) -> None:
+        if workspace_id is not None or authorization_token is not None:
+            # The Azure ML client's spelling: say what takes its place rather than a TypeError.
+            raise InvalidRequest(
+                "a dsmount workspace is a registry of datastores, not a service account: use "
+                "Workspace() or Workspace(registry_dir); credentials belong to the datastores "
+                "(Datastore.register_azure_blob_container)"
+            )
         self.registry = Registry(registry_dir)
         self.socket = socket  # the daemon's control socket, for `run` (default: DSMOUNT_SOCKET)
 
@@ -59,6 +72,20 @@ class Workspace:
     @property
     def datastores(self) -> dict[str, Datastore]:
         return {info.name: Datastore(self, info) for info in self.registry.list()}
+
+    @property
+    def datasets(self) -> Datasets:
+        """The datasets: those in the default datastore, then the examples (dsmount.workspace.
+        datasets); `ws.datasets['name']`, `ws.datasets[0]`, `ws.datasets.add_from_dataframe`."""
+        return Datasets(self.registry)
+
+    @property
+    def user_datasets(self) -> Datasets:
+        return Datasets(self.registry, which="user")
+
+    @property
+    def example_datasets(self) -> Datasets:
+        return Datasets(self.registry, which="example")
 
     def get_default_datastore(self) -> Datastore:
         name = self.registry.default_name()
@@ -316,6 +343,11 @@ class Datastore:
 
     def _store(self) -> Store:
         return self.workspace.registry.store(self.info)
+
+    @property
+    def datasets(self) -> Datasets:
+        """The datasets kept in this datastore (`ws.datasets` is the default datastore's)."""
+        return Datasets(self.workspace.registry, self.name, which="user")
 
     # -- transfers ------------------------------------------------------------------------------
     def upload(

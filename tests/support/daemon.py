@@ -191,14 +191,6 @@ class DsmountDaemon:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds the daemon process has used so far (from /proc; the
-        benchmark scripts take differences of it)."""
-        if self.pid is None:
-            raise RuntimeError("the daemon is not running")
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def command(self) -> list[str]:
         return [
             sys.executable,

@@ -7,7 +7,7 @@ what is sent and how answers are read is ours:
 - List Blobs: the XML is parsed by `blob_listing`, not the SDK's model deserializer, and for a
   directory listing the next page is requested while the caller consumes this one (20,000
   blobs in one directory on Azurite: `walk_blobs` 8.9 s / 4.7 s client CPU, this 2.5 s /
-  0.8 s; scripts/bench_adapters.py --list-blobs 20000);
+  0.8 s; python -m scripts.bench adapters --list-blobs 20000);
 - Get Blob Properties: one HEAD;
 - Get Blob: exactly one ranged GET per call, raw bytes, no SDK chunking - the cache above
   decides block sizes;

@@ -5,11 +5,12 @@ awaits `AsyncioThread.run(lambda: client.some_call(...))`: the coroutine is crea
 the asyncio loop, and the trio task sleeps until it settles.
 
 Why this and not the sync SDK client in `trio.to_thread` workers: measured with
-scripts/bench_adapters.py (1 GiB, 8 MiB ranged GETs, 8 in flight, Azurite, 2 busy cores) the
-two tie on throughput (~310-325 MB/s with the SDK downloader, ~400-410 MB/s with plain ranged
-GETs, which is what saves client CPU: ~0.8 instead of ~1.1 s/GiB). The bridge wins on what the
-numbers do not show: no thread is held per request in flight, and cancelling a trio task really
-cancels its HTTP request (a worker thread cannot be interrupted mid-read; it would run on).
+`python -m scripts.bench adapters` (1 GiB, 8 MiB ranged GETs, 8 in flight, Azurite, 2 busy
+cores) the two tie on throughput (~310-325 MB/s with the SDK downloader, ~400-410 MB/s with
+plain ranged GETs, which is what saves client CPU: ~0.8 instead of ~1.1 s/GiB). The bridge
+wins on what the numbers do not show: no thread is held per request in flight, and cancelling
+a trio task really cancels its HTTP request (a worker thread cannot be interrupted mid-read;
+it would run on).
 
 Invariants:
 - Objects of the asyncio world (SDK clients, aiohttp sessions) are created, used and closed

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Soak run: 16 readers through a real dsmount mount for N minutes while faults are injected.
 
-    .venv/bin/python scripts/soak.py --minutes 2
+    python -m scripts.bench soak --minutes 2
 
 Starts a private Azurite (in memory), a FaultProxy in front of it and a `dsmount daemon` on a
 temporary mountpoint (root and FUSE needed, as for the mount tests); uploads files whose every
@@ -24,20 +23,18 @@ import contextlib
 import errno
 import os
 import random
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.faults.conftest import upload_pattern  # noqa: E402
-from tests.faults.content import pattern_bytes  # noqa: E402
-from tests.support.azurite import Azurite  # noqa: E402
-from tests.support.daemon import DsmountDaemon  # noqa: E402
-from tests.support.faultproxy import FaultProxy  # noqa: E402
+from scripts.bench.harness.daemon import BenchDaemon, blob_attach_args
+from scripts.bench.harness.meters import vm_hwm_bytes, vm_rss_bytes
+from scripts.bench.harness.servers import start_azurite
+from tests.faults.conftest import upload_pattern
+from tests.faults.content import pattern_bytes
+from tests.support.faultproxy import FaultProxy
 
 MiB = 1024 * 1024
 READERS = 16
@@ -164,19 +161,9 @@ def injector(
     proxy.clear()
 
 
-def memory(pid: int) -> dict[str, int]:
-    """The daemon's VmRSS (now) and VmHWM (peak), in bytes."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench soak",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=2.0)
     parser.add_argument("--no-faults", action="store_true", help="A baseline run, no faults.")
     parser.add_argument(
@@ -184,13 +171,14 @@ def main() -> int:
         default="drop,drop," + ",".join(FAULT_KINDS[1:]),
         help=f"Comma-separated fault kinds to draw from (of {', '.join(FAULT_KINDS)}).",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     unknown = set(args.faults.split(",")) - set(FAULT_KINDS)
     if unknown:
         parser.error(f"unknown fault kind(s): {', '.join(sorted(unknown))}")
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dsm-soak-")))
-        server = stack.enter_context(Azurite(work / "azurite"))
+        server = start_azurite(work / "azurite")
+        stack.callback(server.stop)
         proxy = stack.enter_context(FaultProxy(server.host, server.blob_port))
         service = server.blob_service_client()
         stack.callback(service.close)
@@ -199,21 +187,11 @@ def main() -> int:
         for rel, seed, size in FILES + SMALL:
             upload_pattern(container, rel, seed, size)
             total += size
-        daemon = DsmountDaemon(config_text=CONFIG)
-        stack.callback(daemon.cleanup)
+        conn = proxy.connection_string_for(server.connection_string)
+        daemon = BenchDaemon(work / "daemon", config_text=CONFIG, env={"SOAK_CONN": conn})
+        stack.callback(daemon.stop)
         daemon.start()
-        daemon.cli(
-            "attach",
-            "soak",
-            "--blob",
-            "--container",
-            "soak",
-            "--connection-string-env",
-            "SOAK_CONN",
-            env={"SOAK_CONN": proxy.connection_string_for(server.connection_string)},
-        )
-        root = daemon.mountpoint / "soak"
-        assert daemon.pid is not None
+        root = daemon.attach("soak", *blob_attach_args("soak", "soak", None, "SOAK_CONN"))
         print(
             f"{len(FILES) + len(SMALL)} files, {total / MiB:.0f} MiB, {READERS} readers, "
             f"{args.minutes:g} min, deadline {DEADLINE:g}s, budget {BUDGET // MiB} MiB",
@@ -253,7 +231,7 @@ def main() -> int:
         elapsed = time.monotonic() - started
         status = daemon.call("status")
         ds = next(d for d in status["datastores"] if d["path"] == "soak")
-        rss = memory(daemon.pid)
+        rss = {"VmHWM": vm_hwm_bytes(daemon.pid), "VmRSS": vm_rss_bytes(daemon.pid)}
         proxy_stats = proxy.stats
 
     print()
@@ -294,7 +272,3 @@ def main() -> int:
     )
     print(f"readers hung        {hung}")
     return 1 if stats.wrong_bytes or hung else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Measure how fast trio code can pull one big blob through each way of driving the Azure SDK.
 
 Starts its own in-memory Azurite on 127.0.0.1 (tests/support/azurite.py), uploads one blob
@@ -23,7 +22,7 @@ case) and with `BlobBackend.list` (same REST calls, parsed by dsmount.storage.az
 
 Usage:
 
-    .venv/bin/python scripts/bench_adapters.py [--size-mib 1024] [--runs 2] [--methods ...]
+    python -m scripts.bench adapters [--size-mib 1024] [--runs 2] [--methods ...]
         [--list-blobs 20000] [--size-mib 0 to skip the read benchmark]
 """
 
@@ -31,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -41,10 +38,10 @@ from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dsmount.storage.azure.bridge import AsyncioThread  # noqa: E402
-from tests.support.azurite import Azurite  # noqa: E402
+from dsmount.storage.azure.bridge import AsyncioThread
+from scripts.bench.harness.meters import median
+from scripts.bench.harness.servers import start_azurite
+from tests.support.azurite import Azurite
 
 MiB = 1024 * 1024
 CONTAINER = "bench-adapters"
@@ -265,8 +262,8 @@ def bench_listing(az: Azurite, count: int, runs: int) -> None:
     for name, values in results.items():
         walls = [w for w, _ in values]
         print(
-            f"  {name:12s} {statistics.median(walls):6.2f} s  client CPU "
-            f"{statistics.median(c for _, c in values):5.2f} s   "
+            f"  {name:12s} {median(walls):6.2f} s  client CPU "
+            f"{median(c for _, c in values):5.2f} s   "
             f"(runs: {', '.join(f'{w:.2f}' for w in walls)})",
             flush=True,
         )
@@ -292,8 +289,9 @@ def upload(az: Azurite, size: int) -> None:
         service.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench adapters",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--block-mib", type=int, default=8)
     parser.add_argument("--inflight", type=int, default=8)
@@ -305,14 +303,15 @@ def main() -> None:
         default=["sync", "sync-raw", "aio", "aio-raw", "backend"],
         choices=["sync", "sync-raw", "aio", "aio-raw", "backend"],
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     size, block = args.size_mib * MiB, args.block_mib * MiB
 
-    with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp, Azurite(Path(tmp)) as az:
+    with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
+        az = start_azurite(Path(tmp) / "azurite")
         if args.list_blobs:
             bench_listing(az, args.list_blobs, args.runs)
         if not size:
-            return
+            return 0
         t = time.perf_counter()
         upload(az, size)
         print(f"uploaded {args.size_mib} MiB in {time.perf_counter() - t:.1f}s", flush=True)
@@ -339,11 +338,9 @@ def main() -> None:
         for method in args.methods:
             shown = ", ".join(f"{r:.0f}" for r in rates[method])
             print(
-                f"  {method:8s} {statistics.median(rates[method]):6.0f} MB/s  "
-                f"client CPU {statistics.median(cpus[method]):5.2f} s/GiB   (runs: {shown})",
+                f"  {method:8s} {median(rates[method]):6.0f} MB/s  "
+                f"client CPU {median(cpus[method]):5.2f} s/GiB   (runs: {shown})",
                 flush=True,
             )
-
-
-if __name__ == "__main__":
-    main()
+        az.stop()
+    return 0

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Many sequential readers through one memory budget: bytes downloaded per byte read, the
 rate and the daemon's CPU (not a test; run as root, alone on the machine).
 
-    python scripts/bench_streams.py [--readers N] [--size-mib S] [--budget B]
+    python -m scripts.bench streams [--readers N] [--size-mib S] [--budget B]
                                     [--block-size B] [--readahead-max B] [--py-spy FILE]
 
 Starts a private in-memory Azurite, uploads one blob per reader, starts a daemon with the
@@ -19,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,18 +28,18 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.support.azurite import Azurite  # noqa: E402
-from tests.support.daemon import DsmountDaemon  # noqa: E402
+from scripts.bench.harness.cleanup import on_exit
+from scripts.bench.harness.daemon import BenchDaemon, blob_attach_args
+from scripts.bench.harness.servers import start_azurite
 
 MiB = 1024**2
 COUNTERS = ("bytes_read", "bytes_fetched", "readahead_started", "readahead_skipped",
             "readahead_unread_bytes", "cache_misses")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench streams",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--readers", type=int, default=8)
     ap.add_argument("--size-mib", type=int, default=96, help="each reader's blob")
     ap.add_argument("--budget", default="256MiB", help="[cache] memory_budget")
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--readahead-max", default=None, help="[cache] readahead_max")
     ap.add_argument("--py-spy", default=None, help="write the daemon's stacks here")
     ap.add_argument("--gil", action="store_true", help="with --py-spy: GIL holders only")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     config = f'[cache]\nmemory_budget = "{args.budget}"\n'
     if args.block_size:
         config += f'block_size = "{args.block_size}"\n'
@@ -55,22 +55,20 @@ def main() -> None:
         config += f'readahead_max = "{args.readahead_max}"\n'
     size = args.size_mib * MiB
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
-    azurite = Azurite(tmp / "azurite")
-    azurite.start()
+    on_exit(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    azurite = start_azurite(tmp / "azurite")
     try:
         container = azurite.blob_service_client().create_container(f"s-{uuid.uuid4().hex[:8]}")
         blob = os.urandom(size)
         for i in range(args.readers):
             container.upload_blob(f"s{i}.bin", blob, max_concurrency=4)
-        daemon = DsmountDaemon(config_text=config)
-        daemon.start()
+        daemon = BenchDaemon(tmp / "daemon", config_text=config,
+                             env={"CS": azurite.connection_string}).start()
         try:
-            daemon.cli("attach", "b", "--blob", "--container", container.container_name,
-                       "--connection-string-env", "CS", env={"CS": azurite.connection_string})
+            daemon.attach("b", *blob_attach_args("b", container.container_name, None, "CS"))
             root = daemon.mountpoint / "b"
             spy = None
             if args.py_spy:
-                assert daemon.pid is not None
                 exe = Path(sys.executable).parent / "py-spy"
                 spy = subprocess.Popen(
                     [str(exe) if exe.exists() else "py-spy", "record", "-p", str(daemon.pid),
@@ -84,7 +82,6 @@ def main() -> None:
                     while f.read(MiB):
                         pass
 
-            assert daemon.pid is not None
             cpu0, t0 = daemon.cpu_seconds(), time.perf_counter()
             threads = [threading.Thread(target=stream, args=(i,)) for i in range(args.readers)]
             for t in threads:
@@ -105,10 +102,6 @@ def main() -> None:
             print({k: ds.get(k) for k in COUNTERS})
         finally:
             daemon.stop()
-            daemon.cleanup()
     finally:
         azurite.stop()
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,13 +1,11 @@
-#!/usr/bin/env python3
 """Benchmark dsmount workspace transfers (upload / download) against a local, in-memory Azurite.
 
-Standalone on purpose: it uses ONLY the public API `dsmount.api` (Workspace, Datastore) and the
-test helper `tests/support/azurite.py`, both present in every layout of the repository, so the
-same script can compare two versions of the code.
+It measures ONLY the public API `dsmount.api` (Workspace, Datastore), present in every layout
+of the repository, imported from `--repo`: the same suite compares two versions of the code.
 
-    cd /work/main && .venv/bin/python /tmp/bench_transfer.py --repo /work/main
-    .venv/bin/python /tmp/bench_transfer.py --repo /path/to/other/checkout --json other.json
-    .venv/bin/python /tmp/bench_transfer.py --repo . --scale 0.05 --repeat 1     # smoke run
+    python -m scripts.bench transfer --repo .
+    python -m scripts.bench transfer --repo /path/to/other/checkout --json other.json
+    python -m scripts.bench transfer --repo . --scale 0.05 --repeat 1     # smoke run
 
 Measured, each repeated --repeat times (fresh remote target / local directory every time):
   1. upload of N small files (default 500 x 100 KiB, random bytes, in 10 subdirectories);
@@ -16,8 +14,9 @@ Measured, each repeated --repeat times (fresh remote target / local directory ev
   4. download of it.
 --scale multiplies the file count and all sizes. The `dsmount` package is imported from
 --repo (it is put first on sys.path), and the path actually imported is printed, so you can
-check which code was measured. The registry is a temporary DSMOUNT_REGISTRY directory; Azurite
-and every temporary directory are removed at the end, also on failure or SIGTERM/SIGINT.
+check which code was measured; the harness (Azurite) is this checkout's. The registry is a
+temporary DSMOUNT_REGISTRY directory; Azurite and every temporary directory are removed at the
+end, also on failure or SIGTERM.
 Throughput: MB/s is 10**6 bytes per second.
 """
 
@@ -30,8 +29,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +36,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from scripts.bench.harness.meters import median
+from scripts.bench.harness.servers import start_azurite
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -53,7 +53,8 @@ OPS = ("upload_small", "download_small", "upload_big", "download_big")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.bench transfer", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--repo", default=".", help="repository root to import dsmount and tests from")
     p.add_argument("--repeat", type=int, default=3, help="repetitions of each operation (3)")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies file count and sizes")
@@ -61,9 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tmpdir", help="parent of the temporary directory (default: system temp)")
     p.add_argument(
         "--no-verify", action="store_true", help="skip the (untimed) content check of downloads"
-    )
-    p.add_argument(
-        "--azurite-timeout", type=float, default=60.0, help="seconds to wait for Azurite (60)"
     )
     args = p.parse_args(argv)
     if args.repeat < 1:
@@ -172,21 +170,13 @@ def _check_summary(op: str, summary: Any, files: int, nbytes: int) -> None:
         raise AssertionError(f"{op}: transferred {got_bytes} bytes, expected {nbytes}: {summary}")
 
 
-class _Terminated(BaseException):
-    pass
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated(f"signal {signum}")
-
-
 # --- the benchmark -------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     repo = Path(args.repo).resolve()
-    if not (repo / "tests" / "support" / "azurite.py").is_file():
-        raise SystemExit(f"{repo} has no tests/support/azurite.py: give the repo root with --repo")
+    if not (repo / "dsmount" / "api.py").is_file():
+        raise SystemExit(f"{repo} has no dsmount/api.py: give the repo root with --repo")
     sys.path.insert(0, str(repo))
 
     n_small = max(1, round(BASE_SMALL_FILES * args.scale))
@@ -207,7 +197,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         import dsmount
         from dsmount.api import Datastore, Workspace
-        from tests.support.azurite import Azurite
 
         dsmount_path = str(Path(dsmount.__file__).resolve().parent)
         print(f"dsmount from : {dsmount_path}  (repo {repo}, rev {_git_rev(repo) or '?'})")
@@ -229,9 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         big_digest = make_big_file(big_src, big_size)
         print(f"source data  : generated in {time.perf_counter() - t0:.1f} s")
 
-        azurite = Azurite(base / "azurite", in_memory=True)
         t0 = time.perf_counter()
-        azurite.start(timeout=args.azurite_timeout)
+        azurite = start_azurite(base / "azurite")
         print(f"azurite      : {azurite.blob_endpoint} (pid {azurite.pid}, "
               f"ready in {time.perf_counter() - t0:.1f} s)")  # fmt: skip
 
@@ -240,8 +228,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ws,
             "bench",
             container_name=container,
-            account_name=Azurite.ACCOUNT,
-            account_key=Azurite.KEY,
+            account_name=azurite.ACCOUNT,
+            account_key=azurite.KEY,
             endpoint=azurite.blob_endpoint,
             create_if_not_exists=True,
         )
@@ -312,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results: dict[str, Any] = {}
         for op in OPS:
             files, nbytes = workload[op]
-            med = statistics.median(times[op])
+            med = median(times[op])
             results[op] = {
                 "files": files,
                 "bytes": nbytes,
@@ -377,18 +365,9 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)  # so the finally blocks clean up
-    try:
-        report = run(args)
-    except (KeyboardInterrupt, _Terminated) as exc:
-        print(f"interrupted ({exc!r}); cleaned up", file=sys.stderr)
-        return 130
+    report = run(args)
     print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Measure `dsmount warm` against the direct asyncio SDK, and the read path with metrics on
 against metrics off (not a test; run as root on a quiet machine).
 
-    python scripts/bench_warm.py [--quick] [--only warm|metrics] [--rounds N] [--profile DIR]
-                                 [--metrics-rounds N] [--scrape-interval S] [--workdir DIR]
+    python -m scripts.bench warm [--quick] [--only warm|metrics] [--rounds N] [--profile DIR]
+                                  [--metrics-rounds N] [--scrape-interval S] [--workdir DIR]
 
 Starts a private in-memory Azurite, uploads 5,000 x 100 KiB files in 50 directories and one
 1 GiB blob (--quick: 500 files, 128 MiB), then:
@@ -32,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,10 +40,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.support.azurite import Azurite  # noqa: E402
-from tests.support.daemon import DsmountDaemon  # noqa: E402
+from scripts.bench.harness.cleanup import on_exit
+from scripts.bench.harness.daemon import BenchDaemon, blob_attach_args
+from scripts.bench.harness.meters import median
+from scripts.bench.harness.servers import start_azurite
 
 KiB, MiB, GiB, MB = 1024, 1024**2, 1024**3, 1e6
 BLOCK = 8 * MiB
@@ -138,16 +136,16 @@ async def sdk_blob(conn: str, size: int, in_flight: int, out: Path | None = None
         return size / (time.perf_counter() - t0) / MB
 
 
-def daemon_for(workdir: Path, config: str, extra: list[str] | None = None) -> DsmountDaemon:
-    d = DsmountDaemon(Path(tempfile.mkdtemp(prefix="bw-", dir="/tmp")),
-                      config_text=config, extra_args=extra or [])
-    d.start()
+def daemon_for(workdir: Path, config: str, conn: str,
+               extra: tuple[str, ...] = ()) -> BenchDaemon:
+    """A fresh daemon (cold caches) with the benchmark's container attached as `b`."""
+    d = BenchDaemon(Path(tempfile.mkdtemp(prefix="bw-", dir=workdir)), config_text=config,
+                    env={"CS": conn}, extra_args=extra).start()
+    d.attach("b", *blob_attach_args("b", "bench", None, "CS"))
     return d
 
 
-def warm(d: DsmountDaemon, conn: str, path: str, profile: Path | None) -> dict:
-    d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
-          env={"CS": conn})
+def warm(d: BenchDaemon, conn: str, path: str, profile: Path | None) -> dict:
     assert d.pid is not None
     spy = None
     if profile is not None:  # sampled for the whole job; stopped (SIGINT) right after it
@@ -179,7 +177,7 @@ def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int,
         "memory": '[cache]\nmemory_budget = "2GiB"\n',
         "disk": f'[cache]\ndisk_dir = "{workdir}/disk"\ndisk_budget = "4GiB"\n',
     }[kind]
-    d = daemon_for(workdir, config)
+    d = daemon_for(workdir, config, conn)
     try:
         got = warm(d, conn, path, profile)
         if path == "big":  # then read it through the mount: from the cache
@@ -189,7 +187,7 @@ def warm_once(workdir: Path, conn: str, kind: str, path: str, big: int,
                     pass
             got["read_after_mbps"] = big / (time.perf_counter() - t0) / MB
     finally:
-        d.cleanup()
+        d.stop()
         shutil.rmtree(workdir / "disk", ignore_errors=True)
     return got
 
@@ -249,7 +247,7 @@ def run_warm(workdir: Path, conn: str, n_small: int, big: int, rounds: int,
     for kind in ("memory", "disk"):
         for path in ("small", "big"):
             ratios = [rate / ref for _, k, p, rate, ref, _ in rows if (k, p) == (kind, path)]
-            print(f"| median | {kind} | {path} | | | {statistics.median(ratios):.2f} | |")
+            print(f"| median | {kind} | {path} | | | {median(ratios):.2f} | |")
 
 
 def read_seq(root: Path, n_small: int, big: int) -> float:
@@ -298,10 +296,8 @@ WORKLOADS = (("cold sequential read of the blob", "MB/s", read_seq),
 
 def scrape_cost(workdir: Path, conn: str, n: int = 200) -> None:
     """Daemon CPU per scrape, with one datastore that has been read (all families filled)."""
-    d = daemon_for(workdir, "", ["--metrics-address", "127.0.0.1:0"])
+    d = daemon_for(workdir, "", conn, ("--metrics-address", "127.0.0.1:0"))
     try:
-        d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
-              env={"CS": conn})
         (d.mountpoint / "b" / small_name(0)).read_bytes()
         address = d.call("status")["metrics"]["address"]
         assert d.pid is not None
@@ -312,7 +308,7 @@ def scrape_cost(workdir: Path, conn: str, n: int = 200) -> None:
                 size = len(r.read())
         c1, t1 = d.cpu_seconds(), time.perf_counter()
     finally:
-        d.cleanup()
+        d.stop()
     per = (c1 - c0) / n
     print(f"| one scrape ({size} bytes) | daemon CPU {per * 1000:.2f} ms | wall "
           f"{(t1 - t0) / n * 1000:.2f} ms | at one scrape per 15 s: {per / 15:.4%} of a core |")
@@ -322,8 +318,8 @@ def measure_once(workdir: Path, conn: str, mode: str, workload: int, n_small: in
                  interval: float) -> tuple[float, float, int]:
     """(rate, daemon CPU s, scrapes) of one workload in a fresh daemon (cold cache), with
     metrics off, or on and scraped every `interval` seconds from the start of the read."""
-    extra = ["--metrics-address", "127.0.0.1:0"] if mode == "on" else []
-    d = daemon_for(workdir, "", extra)
+    extra = ("--metrics-address", "127.0.0.1:0") if mode == "on" else ()
+    d = daemon_for(workdir, "", conn, extra)
     stop = threading.Event()
     scrapes = 0
 
@@ -338,8 +334,6 @@ def measure_once(workdir: Path, conn: str, mode: str, workload: int, n_small: in
 
     scraper = None
     try:
-        d.cli("attach", "b", "--blob", "--container", "bench", "--connection-string-env", "CS",
-              env={"CS": conn})
         if mode == "on":
             address = d.call("status")["metrics"]["address"]
             scraper = threading.Thread(target=scrape, args=(address,), daemon=True)
@@ -352,7 +346,7 @@ def measure_once(workdir: Path, conn: str, mode: str, workload: int, n_small: in
         stop.set()
         if scraper is not None:
             scraper.join()
-        d.cleanup()
+        d.stop()
     return rate, cpu, scrapes
 
 
@@ -375,16 +369,17 @@ def run_metrics(workdir: Path, conn: str, n_small: int, big: int, rounds: int,
                 cpus[mode].append(cpu)
                 log(f"round {r}: {what}, metrics {mode}: {rate:.0f} {unit}, daemon CPU "
                     f"{cpu:.2f}s" + (f" ({scrapes} scrapes)" if mode == "on" else ""))
-        off, on = (statistics.median(rates[m]) for m in ("off", "on"))
-        coff, con = (statistics.median(cpus[m]) for m in ("off", "on"))
+        off, on = (median(rates[m]) for m in ("off", "on"))
+        coff, con = (median(cpus[m]) for m in ("off", "on"))
         print(f"| {what} | {off:.0f} {unit} | {on:.0f} {unit} | {on / off:.3f} | "
               f"{coff:.2f} s | {con:.2f} s | {con / coff:.3f} |")
         print(f"|  (each run, {unit}) | {' '.join(f'{x:.0f}' for x in rates['off'])} | "
               f"{' '.join(f'{x:.0f}' for x in rates['on'])} | | | | |")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench warm",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", choices=["warm", "metrics"])
     ap.add_argument("--workdir", type=Path, default=None)
@@ -395,11 +390,13 @@ def main() -> int:
                     help="seconds between scrapes with metrics on [5]")
     ap.add_argument("--profile", type=Path, default=None,
                     help="py-spy (raw, collapsed stacks) of the daemon during each warm, here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     n_small, big = (500, 128 * MiB) if args.quick else (5000, GiB)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-warm-", dir="/tmp"))
-    server = Azurite(workdir / "azurite")
-    server.start()
+    workdir = args.workdir
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="bench-warm-", dir="/tmp"))
+        on_exit(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    server = start_azurite(workdir / "azurite")
     try:
         log(f"uploading {n_small} small files and a {big // MiB} MiB blob")
         asyncio.run(upload(server.connection_string, n_small, big))
@@ -414,6 +411,3 @@ def main() -> int:
         server.stop()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
-"""The write rows of scripts/bench.py (rows 12-14, issue 13's targets), kept apart so bench.py
-does not grow further: the source bytes, the workloads, and how "durable" is decided.
+"""The comparison table's write rows (12-14): the source bytes, the workloads, and how
+"durable" is decided.
 
 Rows (sizes at full scale; `--quick` is smaller, see `WRITE_QUICK`):
 - 12. one sequential write of a 1 GiB file: `dd if=SRC of=MOUNT/FILE bs=1M` (dd's exit includes
@@ -45,6 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scripts.bench.harness.cleanup import check, log, short_error
+from scripts.bench.harness.meters import vm_hwm_bytes
+
 KiB, MiB, GiB, MB = 1 << 10, 1 << 20, 1 << 30, 1_000_000
 WRITE_CONTAINER = "benchw"  # in an Azurite of its own: the read rows' containers stay as they are
 SEQ_NAME = "seq.bin"
@@ -54,7 +57,7 @@ THREADS = 8  # the SDK's tar reference, and the verification reads
 DURABLE_TIMEOUT_S = 1800.0
 POLL_S = 0.05
 
-# Row key -> (label, unit), in table order; bench.py appends them to its WORKLOADS.
+# Row key -> (label, unit), in table order; table/rows.py appends them to its WORKLOADS.
 WRITE_WORKLOADS: dict[str, tuple[str, str]] = {
     "wseq_mbps": ("12. sequential write, 1 file: until durable in the store", "MB/s"),
     "wseq_close_mbps": ("12. sequential write, 1 file: until close returns", "MB/s"),
@@ -85,11 +88,6 @@ class WriteScale:
 
 WRITE_FULL = WriteScale(GiB, 5000, 100 * KiB, 50, 16, 256 * MiB)
 WRITE_QUICK = WriteScale(256 * MiB, 500, 100 * KiB, 10, 16, 64 * MiB)
-
-
-def check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise RuntimeError(msg)
 
 
 class WriteSource:
@@ -321,11 +319,6 @@ def sdk_tar(cc: Any, src: WriteSource) -> dict[str, Any]:
     return {"wtar_per_s": n / secs, "wtar_close_per_s": n / secs}
 
 
-def vm_hwm_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / KiB
-
-
 def parallel_writers(root: Path, cc: Any, src: WriteSource, daemon_pid: int) -> dict[str, Any]:
     """Row 14: `writers` dd processes at once, each `writer_size` bytes of the same source;
     every object's sha256 read back with the SDK; the daemon's VmHWM (a fresh daemon: the
@@ -340,10 +333,21 @@ def parallel_writers(root: Path, cc: Any, src: WriteSource, daemon_pid: int) -> 
               for p in procs]
     secs = time.perf_counter() - t0
     check(all(rc == 0 for rc, _ in errors), f"writers failed: {[e for e in errors if e[0]]}")
-    hwm = vm_hwm_mib(daemon_pid)
+    hwm = vm_hwm_bytes(daemon_pid) / MiB
     with ThreadPoolExecutor(4) as pool:
         shas = list(pool.map(lambda i: blob_sha(cc, f"{W16_PREFIX}{i:02d}"), range(n)))
     bad = [i for i, sha in enumerate(shas) if sha != src.writer_sha]
     check(not bad, f"writers {bad}: sha256 of the object differs from the source")
     clear(cc)
     return {"w16_mbps": n * size / secs / MB, "w16_rss_mib": hwm}
+
+
+def row_cells(keys: tuple[str, ...], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One write row's cells, or its error in each of them (the run goes on)."""
+    try:
+        cells = fn()
+        log(", ".join(f"{k} = {cells[k]:.3f}" for k in keys))
+        return cells
+    except Exception as exc:
+        log(f"{keys[0]} error: {short_error(exc)}")
+        return dict.fromkeys(keys, {"error": short_error(exc)})

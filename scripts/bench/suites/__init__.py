@@ -1,0 +1,1 @@
+"""Single-purpose benchmark probes, each a `main(argv)` run by `python -m scripts.bench NAME`."""
