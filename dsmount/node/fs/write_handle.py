@@ -1,33 +1,37 @@
-"""What one file open for writing holds: its settings, its state, and the part grid.
+"""What one file open for writing holds, and what all of them share.
 
-A `WriteHandle` is in one of three modes (node/fs/writes.py moves it between them):
-- CLEAN: its content is its base version (or, if `emptied`, nothing at all);
-- STREAM: a sequential writer: `[0, origin)` is the base kept server-side (an append) or
-  nothing, `[origin, frontier)` was handed to part uploads (`parts`, by offset), and `fill`
-  holds `[frontier, size)` in memory (a pooled buffer, reserved from the block cache's one
-  budget). `staged`, if not None, is a shadow copy on disk of `[origin, frontier)` (made when
-  the first part is cut, so a small file never touches the disk), so a later seek back can
-  still be served;
-- STAGED: the staging file holds every part in `present`; a part not there still equals the
-  base (all of it lies below `base_valid`). Parts are cut on a grid from `grid` (the kept
-  prefix of an append, else 0): part i is `[grid + i*P, grid + (i+1)*P)` clipped to `size`.
-  `uploaded` are parts already staged on storage that `changed` has not touched since.
+A `WriteHandle` holds the state every way of writing shares: the base version the content
+starts from, the logical `size`, whether the content is `emptied` or `dirty`, `base_valid`,
+the storage `upload` and its journal record, and the first `error` (a handle that failed
+commits nothing, ever). What its content is beyond that is its `strategy`:
+- None: its content is its base version (or, if `emptied`, nothing at all);
+- a `StreamedWrite` (node/fs/write_streamed.py): a sequential writer whose parts are cut and
+  uploaded as they come;
+- a `StagedWrite` (node/fs/write_staged.py): the content lives in a local staging file, the
+  base fetched only where a write does not cover it.
+Both answer the one `WriteStrategy` protocol; the write path (node/fs/writes.py) picks one at
+the first write or truncate, and a `StreamedWrite` replaces itself with a `StagedWrite` when it
+is asked for anything a stream cannot serve (a write out of sequence, a read, a truncate). A
+commit or a truncate to nothing drops the strategy: the handle holds its base again.
+
+Invariants:
+- a strategy is switched or dropped only once its part uploads have ended (`settle`);
+- a strategy gives back what it holds (buffers, staging file) exactly once, in `discard`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
-from dsmount.errors import NoSpace
+from dsmount.errors import Changed, NoSpace
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.fs.datastore import Datastore
 from dsmount.node.fs.inodes import Node
-from dsmount.node.fs.staging import StagedFile
-from dsmount.storage.base import Entry, Part, Upload
-
-CLEAN, STREAM, STAGED = "clean", "stream", "staged"
+from dsmount.node.fs.staging import Staging
+from dsmount.storage.base import Entry, Upload
 
 
 class PartBuffer(bytearray):
@@ -155,6 +159,59 @@ class WriteSettings:
     deadline: float = 60.0
 
 
+class WriteStrategy(Protocol):
+    """How a handle's written content is held, uploaded and committed. Every method may
+    change the handle's shared state (`size`, `base_valid`, `upload`, `error`); only a
+    `StreamedWrite` replaces `WriteHandle.strategy` (with a `StagedWrite`)."""
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` (the caller then grows `size`)."""
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """The content's bytes `[offset, offset + length)`, all below `size`."""
+
+    async def truncate(self, size: int) -> None:
+        """Make the content `size` bytes (not 0: the write path resets the handle for that)."""
+
+    async def commit(self) -> Entry:
+        """Upload what is not on storage yet and commit it: the new version's Entry."""
+
+    async def settle(self) -> None:
+        """Wait until no part upload of this content runs (a checkpoint if none can)."""
+
+    def cancel(self) -> None:
+        """Cancel the part uploads running in the background."""
+
+    def discard(self) -> None:
+        """Give back buffers and the staging file (the upload stays with the handle)."""
+
+
+@dataclass(eq=False)
+class WriteResources:
+    """What the handles' strategies draw on: the one memory budget, the staging area, the
+    part-buffer pool, the limit on part uploads across all files, and the nursery background
+    part uploads run in (None until `WritePath.run`)."""
+
+    cache: BlockCache
+    settings: WriteSettings
+    staging: Staging
+    pool: BufferPool
+    puts: trio.CapacityLimiter
+    nursery: trio.Nursery | None = None
+
+    async def ensure_upload(self, h: WriteHandle) -> Upload:
+        if h.upload is None:
+            h.upload = await h.ds.backend.begin_upload(h.node.path, base=h.base)
+            await self.journal(h)
+        return h.upload
+
+    async def journal(self, h: WriteHandle) -> None:
+        """Record the upload's temporary object, if any, before anything is put into it."""
+        upload = h.upload
+        if upload is not None and upload.temp_path is not None and h.journal_id is None:
+            h.journal_id = await self.staging.record(h.ds.cache_identity, upload.temp_path)
+
+
 @dataclass(eq=False)
 class WriteHandle:
     node: Node
@@ -162,7 +219,7 @@ class WriteHandle:
     flags: int
     base: Entry | None  # the committed version the content starts from (None: no such file)
     size: int
-    mode: str = CLEAN
+    strategy: WriteStrategy | None = None  # None: the content is the base (or nothing)
     emptied: bool = False  # the content was truncated to nothing (or the file is new)
     created: bool = False  # a new file not committed yet (never on storage)
     dirty: bool = False  # the content differs from the base: a commit is due
@@ -170,33 +227,22 @@ class WriteHandle:
     lock: trio.Lock = field(default_factory=trio.Lock)
     upload: Upload | None = None
     journal_id: str | None = None
-    # STREAM
-    origin: int = 0
-    frontier: int = 0
-    fill: PartBuffer | None = None  # the part being filled: [frontier, frontier + filled)
-    filled: int = 0
-    parts: dict[int, Part] = field(default_factory=dict)
-    # STAGED (and the shadow of STREAM)
-    staged: StagedFile | None = None
-    shadow_lost: bool = False  # STREAM: a shadow copy could not be kept (budget full)
-    grid: int = 0
-    present: set[int] = field(default_factory=set)
-    changed: set[int] = field(default_factory=set)
-    uploaded: dict[int, Part] = field(default_factory=dict)
-    # part uploads running in the background
-    inflight: int = 0
-    idle: trio.Event = field(default_factory=trio.Event)
-    slots: trio.Semaphore | None = None
-    scopes: set[trio.CancelScope] = field(default_factory=set)
     error: BaseException | None = None
     reported: bool = False  # the error was counted as a failed commit
     orphan: bool = False  # unlinked while open: never committed
     released: bool = False
     request_room: bool = False  # holds BufferPool.REQUEST_BYTES of the budget (from a write)
 
-    def part_range(self, idx: int, part_size: int) -> tuple[int, int]:
-        start = self.grid + idx * part_size
-        return start, min(start + part_size, self.size)
+    def check(self) -> None:
+        """Raise the handle's error, if it failed."""
+        if self.error is not None:
+            raise self.error
 
-    def part_count(self, part_size: int) -> int:
-        return max(0, -(-(self.size - self.grid) // part_size))
+    async def read_base(self, offset: int, length: int) -> bytes:
+        """Bytes of the base version, pinned to its ETag."""
+        assert self.base is not None
+        data = await self.ds.backend.read(self.node.path, offset, length, self.base.etag)
+        if len(data) != length:
+            raise Changed(f"{self.ds.key}/{self.node.path}: the file changed while open for "
+                          "writing")
+        return data
