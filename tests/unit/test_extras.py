@@ -69,6 +69,12 @@ def _third_party(modules: set[str]) -> set[str]:
     return {m for m in modules if m not in sys.stdlib_module_names and m not in FIRST_PARTY}
 
 
+def _distributions(module: str, providers: dict[str, list[str]]) -> set[str]:
+    """The distributions that provide `module` here; one not installed in this environment (an
+    optional extra such as torch) is taken to come from the distribution of its own name."""
+    return {_normalise(d) for d in providers.get(module, [])} or {_normalise(module)}
+
+
 def test_every_test_import_is_declared_by_the_package_or_its_test_extra() -> None:
     project = _project()
     extras = project["optional-dependencies"]
@@ -83,11 +89,11 @@ def test_every_test_import_is_declared_by_the_package_or_its_test_extra() -> Non
         imported, optional = _imports(path)
         where = str(path.relative_to(REPO))
         for module in sorted(_third_party(imported)):
-            dists = {_normalise(d) for d in providers.get(module, [])}
+            dists = _distributions(module, providers)
             if not dists & declared:
                 undeclared.setdefault(module, []).append(where)
         for module in sorted(_third_party(optional)):
-            dists = {_normalise(d) for d in providers.get(module, [])}
+            dists = _distributions(module, providers)
             if not dists & in_some_extra:
                 not_in_extra.setdefault(module, []).append(where)
     assert not undeclared, (
