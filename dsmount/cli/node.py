@@ -37,11 +37,14 @@ from dsmount.shared.sizes import format_size
 @click.option("--metrics-address", default=None, metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 "
               "[[metrics] address; off unless set].")
+@click.option("--transport", type=click.Choice(["pyfuse3", "direct"]), default=None,
+              help="How FUSE requests reach the daemon [[fs] transport; pyfuse3].")
 @click.pass_obj
 def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foreground: bool,
            log_level: str | None, log_file: str | None, cache_budget: str | None,
            block_size: str | None, cache_dir: str | None, state_dir: str | None,
-           socket_path: str | None, metrics_address: str | None) -> None:
+           socket_path: str | None, metrics_address: str | None, transport: str | None
+           ) -> None:
     """Run the daemon: mount the datastore tree and serve the control socket."""
     from dsmount.node.config import load_config
     from dsmount.node.daemon import daemonize_and_run, run_daemon
@@ -56,6 +59,7 @@ def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foregr
             "cache": {"memory_budget": cache_budget, "block_size": block_size,
                       "disk_dir": cache_dir},
             "metrics": {"address": metrics_address},
+            "fs": {"transport": transport},
         })
     except DsmountError as e:
         fail(str(e))

@@ -56,6 +56,16 @@ class FsSection:
     #: datastore attached --read-write adds the owner's write bit (the owner is uid/gid).
     file_mode: int = 0o444
     dir_mode: int = 0o555
+    #: How FUSE requests reach the daemon. "pyfuse3" (libfuse through pyfuse3): the transport
+    #: the whole test suite has always run on. "direct": dsmount speaks the kernel protocol on
+    #: /dev/fuse itself (node/fuse_direct.py) - measured at about half the CPU per request, and
+    #: the only way to passthrough (below).
+    transport: str = "pyfuse3"
+    #: With the direct transport, as root, on a kernel with FUSE passthrough (>= 6.9): a file
+    #: whose bytes are complete and verified in the disk cache is opened with its cache file
+    #: as the kernel's backing file, so readers read it on their own cores and no READ reaches
+    #: the daemon. Off: every read goes through the daemon.
+    passthrough: bool = True
 
 
 @dataclass(frozen=True)
@@ -252,6 +262,8 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("[cache] max_concurrent_gets must be at least 1")
     if cfg.daemon.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("[daemon] log_level must be debug, info, warning or error")
+    if cfg.fs.transport not in ("pyfuse3", "direct"):
+        raise ConfigError(f"[fs] transport must be pyfuse3 or direct (got {cfg.fs.transport!r})")
     if cfg.retry.max_attempts < 1:
         raise ConfigError("[retry] max_attempts must be at least 1")
     if cfg.metrics.address:

@@ -21,13 +21,14 @@ import trio
 
 from dsmount.control.server import ControlServer
 from dsmount.errors import DsmountError
-from dsmount.node import fuse_adapter
+from dsmount.node import fuse_requests
 from dsmount.node import mountpoint as mp
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
 from dsmount.node.config import Config, parse_address
 from dsmount.node.fs.core import FileSystem, FsSettings, WriteSettings
 from dsmount.node.fuse_adapter import FuseSession
+from dsmount.node.fuse_direct import DirectSession
 from dsmount.node.hints import Prefetcher, PrefetchSettings
 from dsmount.node.malloc import limit_arenas, pin_mmap_threshold
 from dsmount.node.memory_limit import choose_budget, effective_limit
@@ -139,7 +140,7 @@ class Daemon:
     def _invalidate_entry(self, parent_ino: int, name: str) -> None:
         if self._mounted:
             try:
-                FuseSession.invalidate_entry(parent_ino, name)
+                self.session.invalidate_entry(parent_ino, name)
             except Exception as e:  # the kernel may already have forgotten it
                 log.debug("invalidate %s: %s", name, e)
 
@@ -150,7 +151,7 @@ class Daemon:
     async def _invalidate_inode_now(self, ino: int) -> None:
         # From a worker thread: the kernel may wait for a request this loop is serving.
         try:
-            await trio.to_thread.run_sync(FuseSession.invalidate_inode, ino,
+            await trio.to_thread.run_sync(self.session.invalidate_inode, ino,
                                           limiter=self._inval_limiter)
         except Exception as e:  # the kernel may already have forgotten it
             log.debug("invalidate inode %d: %s", ino, e)
@@ -172,7 +173,7 @@ class Daemon:
         if self.metrics is not None:
             extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
         extra["staging"] = self.core.writes.staging.as_dict()
-        extra["fuse_requests"] = dict(fuse_adapter.requests)
+        extra["fuse_requests"] = dict(fuse_requests.requests)
         extra["prefetch"] = self.prefetcher.status()
         return extra
 
@@ -186,7 +187,7 @@ class Daemon:
     # -- running --------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         mp.prepare(self.mountpoint)
-        session = self.session = FuseSession(self.core)
+        session = self.session = self._session()
         session.mount(self.mountpoint, mount_options(self.config.writes.enabled))
         self._mounted = True
         log.info("mounted %s", self.mountpoint)
@@ -228,6 +229,12 @@ class Daemon:
                 except DsmountError as e:
                     log.error("%s", e)
             log.info("unmounted %s", self.mountpoint)
+
+    def _session(self) -> FuseSession | DirectSession:
+        fs = self.config.fs
+        if fs.transport == "direct":
+            return DirectSession(self.core, passthrough=fs.passthrough)
+        return FuseSession(self.core)
 
     async def _tune_after_init(self) -> None:
         # The kernel sets the mount's read-ahead from the FUSE INIT reply, so tune it only once

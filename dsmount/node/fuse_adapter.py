@@ -1,59 +1,26 @@
 """The pyfuse3 adapter: unpack a FUSE request, call the core, map errors. Nothing else.
 
-Every handler runs inside `_guard`: a `dsmount.errors` error or OSError becomes
-FUSEError(errno) via `errors.to_errno`, and anything unexpected is logged and answered with
-EIO. A handler that raised anything but FUSEError would end `pyfuse3.main()`, i.e. the mount.
+Every handler runs inside `_guard`: its failure becomes FUSEError(errno) through
+`fuse_requests.errno_of` (THE errno map; anything unexpected is logged and answered EIO). A
+handler that raised anything but FUSEError would end `pyfuse3.main()`, i.e. the mount.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pyfuse3
 
-from dsmount.errors import DsmountError, to_errno
 from dsmount.node.fs.attributes import MEMO_ENTRIES
 from dsmount.node.fs.core import Attributes, FileSystem
+from dsmount.node.fuse_requests import errno_of, requests
 
 log = logging.getLogger(__name__)
-
-
-class _LogLimiter:
-    """At most `burst` lines per `period` seconds: an outage fails many requests a second, and
-    the journal should show the failure, not drown in it."""
-
-    def __init__(self, burst: int = 10, period: float = 10.0) -> None:
-        self.burst = burst
-        self.period = period
-        self.window_start = 0.0
-        self.count = 0
-        self.suppressed = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        if now - self.window_start > self.period:
-            if self.suppressed:
-                log.info("(%d similar failures not logged)", self.suppressed)
-            self.window_start, self.count, self.suppressed = now, 0, 0
-        self.count += 1
-        if self.count <= self.burst:
-            return True
-        self.suppressed += 1
-        return False
-
-
-_failures = _LogLimiter()
-
-# FUSE requests answered, by kind (`dsmount status`'s `fuse_requests`): what a workload costs in
-# kernel round trips. One session per process (pyfuse3), so one counter per process.
-requests: Counter[str] = Counter()
 
 
 @contextmanager
@@ -63,14 +30,8 @@ def _guard(what: str) -> Iterator[None]:
         yield
     except pyfuse3.FUSEError:
         raise
-    except (DsmountError, OSError) as e:
-        number = to_errno(e)
-        if number not in (errno.ENOENT, errno.EROFS) and _failures.allow():
-            log.info("%s: %s", what, e)
-        raise pyfuse3.FUSEError(number) from None
-    except Exception:
-        log.exception("%s: unexpected error, answering EIO", what)
-        raise pyfuse3.FUSEError(errno.EIO) from None
+    except Exception as e:
+        raise pyfuse3.FUSEError(errno_of(what, e)) from None
 
 
 def entry_attributes(a: Attributes) -> pyfuse3.EntryAttributes:

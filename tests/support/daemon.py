@@ -41,6 +41,8 @@ from dsmount.control.client import ControlClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FSTYPE = "fuse.dsmount"
+# The FUSE transport every test daemon runs on ("pyfuse3", "direct"); unset: the default.
+TRANSPORT = os.environ.get("DSMOUNT_TEST_TRANSPORT", "")
 NOBODY = (65534, 65534)  # uid, gid of the unprivileged user CLI calls can run as
 
 
@@ -206,6 +208,8 @@ class DsmountDaemon:
             str(self.state_dir),
             "--config",
             str(self.config),
+            # The whole suite can run on either FUSE transport (scripts/test.sh --transport).
+            *(["--transport", TRANSPORT] if TRANSPORT else []),
             *self.extra_args,
         ]
 

@@ -36,6 +36,10 @@ class ReadCounters:
     stalls: Histogram = field(default_factory=Histogram)
     readahead_bytes: int = 0  # bytes of read-ahead extents started
     readahead_unread_bytes: int = 0  # ... of those evicted before anyone read them (waste)
+    # Files opened with their disk-cache file as the kernel's backing file, and their sizes:
+    # the kernel reads them on the readers' cores, so no READ (nor `bytes_read`) counts them.
+    passthrough_opens: int = 0
+    passthrough_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         total = self.cache_hits + self.cache_misses
@@ -53,5 +57,7 @@ class ReadCounters:
             "reads": self.reads,
             "readahead_bytes": self.readahead_bytes,
             "readahead_unread_bytes": self.readahead_unread_bytes,
+            "passthrough_opens": self.passthrough_opens,
+            "passthrough_bytes": self.passthrough_bytes,
             "read_stall_seconds": self.stalls.as_dict(),
         }

@@ -71,6 +71,12 @@ class PinnedSource(Source):
         """Whether the block holding `offset` is in the disk cache."""
         return self.disk is not None and self.disk.has(self._disk_key(offset // self.unit))
 
+    def backing_path(self) -> str | None:
+        """The disk-cache file of block 0 when it holds the whole object and is verified."""
+        if self.disk is None or self.size > self.unit:
+            return None
+        return self.disk.backing_path(self._disk_key(0))
+
     def _block_range(self, block: int) -> tuple[int, int]:
         return block * self.unit, min(self.size, (block + 1) * self.unit)
 

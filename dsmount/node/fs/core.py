@@ -99,6 +99,7 @@ class FileSystem:
         # Told of every open for reading (datastore, path, pid, uid): ordered prefetch.
         self.on_open: Callable[[Datastore, str, int | None, int | None], None] | None = None
         self._files: dict[int, FileHandle] = {}
+        self._backing: dict[int, str] = {}  # fh -> its backing file, until the transport asks
         self._writers: dict[int, WriteHandle] = {}
         self._next_fh = 1
         self.inodes.add_root(Node(ROOT_INODE, None, "", Entry("", True, 0, started)))
@@ -238,9 +239,13 @@ class FileSystem:
         await self.dirs.releasedir(fh)
 
     # -- files --------------------------------------------------------------------------------
-    async def open(self, ino: int, flags: int, pid: int | None = None, uid: int | None = None
-                   ) -> tuple[int, bool]:
-        """Open a file (for process `pid` of `uid`, when known). Returns (fh, keep_cache)."""
+    async def open(self, ino: int, flags: int, pid: int | None = None, uid: int | None = None,
+                   *, passthrough: bool = False) -> tuple[int, bool]:
+        """Open a file (for process `pid` of `uid`, when known). Returns (fh, keep_cache).
+
+        `passthrough`: the transport can hand the kernel a backing file; when the file's bytes
+        are complete and verified in the disk cache, `backing_file(fh)` then names it (and no
+        read of them is started here: the kernel will read that file itself)."""
         node = self.lookups.node(ino)
         if flags & _WRITE_FLAGS:
             self.mutations.writable(node)  # ReadOnly unless attached read-write
@@ -268,10 +273,19 @@ class FileSystem:
         fh = self._new_fh()
         self._files[fh] = h = self.reads.handle(node, ds)
         ds.open_files += 1
-        self.reads.opened(h, pages_kept=seen)
+        backing = self.reads.backing_file(h) if passthrough else None
+        if backing is None:
+            self.reads.opened(h, pages_kept=seen)
+        else:
+            self._backing[fh] = backing
         if self.on_open is not None:  # ordered prefetch (node/hints.py) follows the reader
             self.on_open(ds, node.path, pid, uid)
         return fh, keep_cache
+
+    def backing_file(self, fh: int) -> str | None:
+        """The file that holds exactly the bytes of read handle `fh`, when `open` found one
+        (asked once per open: the transport registers it with the kernel right away)."""
+        return self._backing.pop(fh, None)
 
     async def _open_writer(self, node: Node, ds: Datastore, flags: int) -> int:
         if not self.writes.writing(node) and not is_fresh(node, self.clock):

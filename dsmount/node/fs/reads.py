@@ -123,6 +123,19 @@ class ReadPath:
             end = min(h.obj.size, -(-end // bs) * bs)
         return start, end
 
+    def backing_file(self, h: FileHandle) -> str | None:
+        """The disk-cache file holding exactly this file's bytes, verified (a file of its own
+        that fits in one block, on disk whole): the kernel can read it itself (passthrough).
+        The daemon sees no READ of it: counted as an open by passthrough, with its size."""
+        if h.base or not 0 < h.size <= self.settings.block_size or h.size != h.obj.size:
+            return None
+        path = h.source.backing_path()
+        if path is not None:
+            counters = h.datastore.counters
+            counters.passthrough_opens += 1
+            counters.passthrough_bytes += h.size
+        return path
+
     def opened(self, h: FileHandle, *, pages_kept: bool) -> None:
         """Start the one GET of a file that fits in one block, unless the kernel probably
         still holds its pages (`pages_kept`: this version was open before) - then a read may
