@@ -332,13 +332,16 @@ class DirectSession:
         flags, _ = w.OPEN_IN.unpack_from(req.body)
         fh, keep_cache = await self.core.open(req.node, flags, req.pid, req.uid,
                                               passthrough=self.passthrough)
+        # A reader's close needs no FLUSH: only a writer's commits anything (a fifth of the
+        # requests of a small-file epoch).
+        noflush = 0 if self.core.is_writer(fh) else w.FOPEN_NOFLUSH
         path = self.core.backing_file(fh) if self.passthrough else None
         if path is not None:
             bid = self._backing_open(path)
             if bid is not None:
                 self._backing[fh] = bid
-                return w.OPEN_OUT.pack(fh, w.FOPEN_PASSTHROUGH, bid)
-        return w.OPEN_OUT.pack(fh, w.FOPEN_KEEP_CACHE if keep_cache else 0, 0)
+                return w.OPEN_OUT.pack(fh, w.FOPEN_PASSTHROUGH | noflush, bid)
+        return w.OPEN_OUT.pack(fh, (w.FOPEN_KEEP_CACHE if keep_cache else 0) | noflush, 0)
 
     async def _read(self, req: _Request) -> bytes | memoryview:
         fh, offset, size, *_ = w.READ_IN.unpack_from(req.body)

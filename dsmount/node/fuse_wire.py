@@ -65,6 +65,7 @@ PASSTHROUGH = 1 << (37 - 32)  # in flags2 (kernel >= 6.9, protocol 7.40)
 PASSTHROUGH_MINOR = 40
 
 FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_NOFLUSH = 1 << 5
 FOPEN_PASSTHROUGH = 1 << 7
 
 FATTR_SIZE = 1 << 3

@@ -308,6 +308,10 @@ class FileSystem:
         h.ds.open_files += 1
         return fh
 
+    def is_writer(self, fh: int) -> bool:
+        """Whether `fh` was opened for writing (its close commits)."""
+        return fh in self._writers
+
     def _writer(self, fh: int) -> WriteHandle:
         h = self._writers.get(fh)
         if h is None:
