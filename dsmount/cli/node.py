@@ -38,7 +38,7 @@ from dsmount.shared.sizes import format_size
               help="Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 "
               "[[metrics] address; off unless set].")
 @click.option("--transport", type=click.Choice(["pyfuse3", "direct"]), default=None,
-              help="How FUSE requests reach the daemon [[fs] transport; pyfuse3].")
+              help="How FUSE requests reach the daemon [[fs] transport; direct].")
 @click.pass_obj
 def daemon(obj: Context, mountpoint: str | None, config_path: str | None, foreground: bool,
            log_level: str | None, log_file: str | None, cache_budget: str | None,

@@ -56,11 +56,11 @@ class FsSection:
     #: datastore attached --read-write adds the owner's write bit (the owner is uid/gid).
     file_mode: int = 0o444
     dir_mode: int = 0o555
-    #: How FUSE requests reach the daemon. "pyfuse3" (libfuse through pyfuse3): the transport
-    #: the whole test suite has always run on. "direct": dsmount speaks the kernel protocol on
-    #: /dev/fuse itself (node/fuse_direct.py) - measured at about half the CPU per request, and
-    #: the only way to passthrough (below).
-    transport: str = "pyfuse3"
+    #: How FUSE requests reach the daemon. "direct": dsmount speaks the kernel protocol on
+    #: /dev/fuse itself (node/fuse_direct.py), with no libfuse thread or pyfuse3 shim between a
+    #: request and its handler, and it is the only way to passthrough (below). "pyfuse3":
+    #: libfuse through pyfuse3, kept for kernels or setups where the direct session misbehaves.
+    transport: str = "direct"
     #: With the direct transport, as root, on a kernel with FUSE passthrough (>= 6.9): a file
     #: whose bytes are complete and verified in the disk cache is opened with its cache file
     #: as the kernel's backing file, so readers read it on their own cores and no READ reaches

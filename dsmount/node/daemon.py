@@ -174,6 +174,7 @@ class Daemon:
             extra["metrics"] = {"address": self.metrics.address, "scrapes": self.metrics.scrapes}
         extra["staging"] = self.core.writes.staging.as_dict()
         extra["fuse_requests"] = dict(fuse_requests.requests)
+        extra["fuse"] = self.session.describe() if self._mounted else {}
         extra["prefetch"] = self.prefetcher.status()
         return extra
 

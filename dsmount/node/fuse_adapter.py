@@ -275,6 +275,11 @@ class FuseSession:
         """Answer FUSE requests until the session is terminated or unmounted."""
         await pyfuse3.main()
 
+    @staticmethod
+    def describe() -> dict[str, object]:
+        """For `dsmount status`: libfuse 3.14 under pyfuse3 cannot pass through."""
+        return {"transport": "pyfuse3", "passthrough": False}
+
     def terminate(self) -> None:
         pyfuse3.terminate()
 

@@ -44,6 +44,9 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _BATCH = 64  # requests read before the loop lets other tasks run
 _ENODATA = errno.ENODATA  # getxattr: extended attributes are not stored
+# Answered by `_sync`, on the spot; any other opcode without a handler is not supported.
+_SYNC_OPS = frozenset({w.STATFS, w.ACCESS, w.GETXATTR, w.LISTXATTR, w.SETXATTR, w.REMOVEXATTR,
+                       w.FSYNCDIR, w.LINK, w.SYMLINK, w.MKNOD})
 
 
 class _Request:
@@ -134,6 +137,11 @@ class DirectSession:
                 continue
             await trio.lowlevel.wait_readable(fd)
 
+    def describe(self) -> dict[str, object]:
+        """For `dsmount status`: the transport, and whether INIT settled on passthrough."""
+        return {"transport": "direct", "passthrough": self.passthrough,
+                "backing_files_open": len(self._backing)}
+
     def terminate(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
@@ -202,6 +210,12 @@ class DirectSession:
             return
         name = self._names.get(op)
         requests[name or f"op{op}"] += 1
+        if op not in _SYNC_OPS:
+            # Unsupported, and normal: Python's open() asks isatty() (an IOCTL), and the kernel
+            # remembers ENOSYS for poll, lseek, fallocate, copy_file_range and falls back.
+            log.debug("FUSE opcode %d: not supported", op)
+            self._reply(req.unique, error=errno.ENOTTY if op == w.IOCTL else errno.ENOSYS)
+            return
         try:
             self._reply(req.unique, self._sync(req))
         except Exception as e:
