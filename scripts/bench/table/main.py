@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.write is not None:
         scale_desc += f"; {wscale.desc()}"
     meta = {
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": command,
         "scale": asdict(scale),
         "scale_desc": scale_desc,
