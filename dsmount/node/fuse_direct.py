@@ -211,8 +211,9 @@ class DirectSession:
         name = self._names.get(op)
         requests[name or f"op{op}"] += 1
         if op not in _SYNC_OPS:
-            # Unsupported, and normal: Python's open() asks isatty() (an IOCTL), and the kernel
-            # remembers ENOSYS for poll, lseek, fallocate, copy_file_range and falls back.
+            # Unsupported, and normal: Python's open() asks isatty() (an IOCTL; the kernel asks
+            # again on every open, whatever the answer), and the kernel remembers ENOSYS for
+            # poll, lseek, fallocate, copy_file_range and falls back.
             log.debug("FUSE opcode %d: not supported", op)
             self._reply(req.unique, error=errno.ENOTTY if op == w.IOCTL else errno.ENOSYS)
             return
