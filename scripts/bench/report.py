@@ -81,8 +81,10 @@ def load_run(path: Path) -> tuple[Results, dict[str, Any], list[Ratio]]:
 def render_docs(results_dir: Path, doc: Path) -> str:
     """docs/benchmarks.md with its rendered part made from every run in `results_dir`."""
     sections = []
-    for path in sorted(results_dir.glob("*.json"), reverse=True):
-        results, meta, rs = load_run(path)
+    runs = [(path, *load_run(path)) for path in results_dir.glob("*.json")]
+    # Newest first, by the date (and time, where recorded) each run was taken.
+    runs.sort(key=lambda run: (run[2].get("date") or run[0].stem, run[0].name), reverse=True)
+    for path, results, meta, rs in runs:
         title = meta.get("date") or path.stem
         how = meta.get("command", "")
         rel = Path(os.path.relpath(path, doc.parent)).as_posix()

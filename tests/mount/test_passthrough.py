@@ -171,3 +171,33 @@ def test_an_evicted_block_keeps_serving_its_open_reader_and_the_disk_budget_hold
         assert len(names) <= 2
         held.seek(0)
         assert held.read() == first["a/first.bin"]
+
+
+def test_a_forced_detach_leaves_an_open_reader_its_bytes_and_a_new_attachment_its_own(
+    make_daemon: Callable[..., DsmountDaemon], azurite: Azurite,
+    blob_container: ContainerClient, tmp_path: Path,
+) -> None:
+    old = {"f.bin": random.Random(5).randbytes(200_000)}
+    upload(blob_container, old)
+    daemon = start(make_daemon, tmp_path / "disk")
+    root = attach(daemon, azurite, blob_container)
+    assert daemon.cli("warm", "d", "-q").returncode == 0
+    fd = os.open(root / "f.bin", os.O_RDONLY)
+    try:
+        assert datastore(daemon)["passthrough_opens"] == (1 if kernel_has_passthrough() else 0)
+        refused = daemon.cli("detach", "d", check=False)
+        assert refused.returncode != 0 and "open file" in refused.stderr
+        assert daemon.cli("detach", "d", "--force").returncode == 0
+        wait_until(lambda: "d" not in os.listdir(daemon.mountpoint), 5, "d to go")
+        upload(blob_container, {"f.bin": b"the new attachment's bytes"})
+        root = attach(daemon, azurite, blob_container)
+        assert (root / "f.bin").read_bytes() == b"the new attachment's bytes"
+        # The descriptor opened before the detach still reads what it opened, whole.
+        assert os.pread(fd, 300_000, 0) == old["f.bin"]
+        assert os.pread(fd, 1000, 150_000) == old["f.bin"][150_000:151_000]
+    finally:
+        os.close(fd)
+    wait_until(lambda: daemon.call("status")["fuse"].get("backing_files_open", 0) == 0, 10,
+               "the backing file to be closed at release")
+    listed = {d["path"]: d for d in daemon.call("list")["datastores"]}
+    assert listed["d"]["open_files"] == 0
