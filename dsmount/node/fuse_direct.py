@@ -84,6 +84,9 @@ class DirectSession:
             w.READDIRPLUS: self._readdir, w.RELEASEDIR: self._releasedir,
             w.CREATE: self._create,
         }
+        # Tried first, on the loop: an answer, or None when the handler must wait for storage.
+        self._now: dict[int, Callable[[_Request], bytes | None]] = {
+            w.LOOKUP: self._lookup_now, w.OPEN: self._open_now, w.RELEASE: self._release_now}
         self._names = {w.LOOKUP: "lookup", w.GETATTR: "getattr", w.SETATTR: "setattr",
                        w.READLINK: "readlink", w.MKDIR: "mkdir", w.UNLINK: "unlink",
                        w.RMDIR: "rmdir", w.RENAME: "rename", w.RENAME2: "rename",
@@ -195,6 +198,18 @@ class DirectSession:
         handler = self._handlers.get(op)
         if handler is not None:
             requests[self._names[op]] += 1
+            now = self._now.get(op)
+            if now is not None:
+                # Answered on the spot when memory has the answer: a task per request costs
+                # ~11 us, a fifth of what an epoch's cached file costs the daemon.
+                try:
+                    body = now(req)
+                except Exception as e:
+                    self._reply(req.unique, error=errno_of(self._names[op], e))
+                    return
+                if body is not None:
+                    self._reply(req.unique, body)
+                    return
             nursery.start_soon(self._answer, handler, req)
             return
         if op in (w.FORGET, w.BATCH_FORGET):
@@ -311,6 +326,10 @@ class DirectSession:
         name = os.fsdecode(w.name_of(req.body))
         return self._entry(await self.core.lookup(req.node, name, req.uid))
 
+    def _lookup_now(self, req: _Request) -> bytes | None:
+        a = self.core.lookup_now(req.node, os.fsdecode(w.name_of(req.body)), req.uid)
+        return None if a is None else self._entry(a)
+
     async def _getattr(self, req: _Request) -> bytes:
         return w.attr_out(await self.core.getattr(req.node))
 
@@ -347,6 +366,15 @@ class DirectSession:
         flags, _ = w.OPEN_IN.unpack_from(req.body)
         fh, keep_cache = await self.core.open(req.node, flags, req.pid, req.uid,
                                               passthrough=self.passthrough)
+        return self._opened(fh, keep_cache)
+
+    def _open_now(self, req: _Request) -> bytes | None:
+        flags, _ = w.OPEN_IN.unpack_from(req.body)
+        done = self.core.open_now(req.node, flags, req.pid, req.uid,
+                                  passthrough=self.passthrough)
+        return None if done is None else self._opened(*done)
+
+    def _opened(self, fh: int, keep_cache: bool) -> bytes:
         # A reader's close needs no FLUSH: only a writer's commits anything (a fifth of the
         # requests of a small-file epoch).
         noflush = 0 if self.core.is_writer(fh) else w.FOPEN_NOFLUSH
@@ -370,10 +398,20 @@ class DirectSession:
 
     async def _release(self, req: _Request) -> None:
         (fh,) = w.FH_IN.unpack_from(req.body)
+        self._release_backing(fh)
+        await self.core.release(fh)
+
+    def _release_now(self, req: _Request) -> bytes | None:
+        (fh,) = w.FH_IN.unpack_from(req.body)
+        if not self.core.release_now(fh):
+            return None
+        self._release_backing(fh)
+        return b""
+
+    def _release_backing(self, fh: int) -> None:
         bid = self._backing.pop(fh, None)
         if bid is not None:
             self._backing_close(bid)
-        await self.core.release(fh)
 
     async def _fsync(self, req: _Request) -> None:
         await self.core.fsync(w.FH_IN.unpack_from(req.body)[0])

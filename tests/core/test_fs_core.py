@@ -775,3 +775,45 @@ async def test_a_one_block_file_is_fetched_whole_by_its_first_read_if_open_could
         assert [(o, n) for p, o, n in backend.faults.reads if p == "f"] == [(0, BS)]
         await env.fs.release(fh)
         await env.fs.release(gh)
+
+
+async def test_the_on_the_spot_answers_agree_with_the_awaited_ones_and_never_touch_storage(
+    env: Env,
+) -> None:
+    """lookup_now / open_now / release_now: what a transport answers without a task. They
+    answer only from memory (no backend call), say None / False where storage or a commit
+    must be waited for, and agree with lookup / open / release."""
+    data = random_bytes(BS // 2, seed=11)
+    backend = ClosingBackend({"d/f": data})
+    env.attach("ds", backend, ttl=10.0)
+    root = await env.fs.getattr(ROOT_INODE)
+    assert env.fs.lookup_now(root.ino, "ds") is not None  # the virtual top level: memory
+    ds = await env.fs.lookup(root.ino, "ds")
+    calls = backend.faults.calls
+    assert env.fs.lookup_now(ds.ino, "d") is None  # never looked up: storage must answer
+    assert backend.faults.calls == calls
+    d = await env.fs.lookup(ds.ino, "d")
+    f = await env.fs.lookup(d.ino, "f")
+    calls = backend.faults.calls
+    again = env.fs.lookup_now(d.ino, "f")
+    assert again is not None and again.ino == f.ino and again.size == len(data)
+    with pytest.raises(NotFound):
+        env.fs.lookup_now(d.ino, "x" * 300)  # the same errors as lookup
+    opened = env.fs.open_now(f.ino, os.O_RDONLY)
+    assert opened is not None and backend.faults.calls == calls
+    fh, _ = opened
+    assert await env.fs.read(fh, 0, len(data)) == data
+    with pytest.raises(ReadOnly):  # read-only datastore: the same error as open
+        env.fs.open_now(f.ino, os.O_WRONLY)
+    assert env.fs.release_now(fh) and env.fs.find("ds").open_files == 0
+
+    env.clock.advance(11)  # stale: both must ask storage again
+    assert env.fs.lookup_now(d.ino, "f") is None
+    assert env.fs.open_now(f.ino, os.O_RDONLY) is None
+
+    # The last handle of a detached datastore closes its backend: only `release` does that.
+    fh, _ = await env.fs.open(f.ino, os.O_RDONLY)
+    await env.fs.detach("ds", force=True)
+    assert not env.fs.release_now(fh)
+    await env.fs.release(fh)
+    assert backend.closed == 1

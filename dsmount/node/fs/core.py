@@ -199,6 +199,16 @@ class FileSystem:
         node.lookups += 1
         return self._attributes(node)
 
+    def lookup_now(self, parent_ino: int, name: str, uid: int | None = None
+                   ) -> Attributes | None:
+        """`lookup` when memory answers it, else None (then await `lookup`): a transport
+        answers most lookups of an epoch on the spot, with no task of their own."""
+        node = self.lookups.lookup_now(parent_ino, name, uid)
+        if node is None:
+            return None
+        node.lookups += 1
+        return self._attributes(node)
+
     async def getattr(self, ino: int) -> Attributes:
         node = self.lookups.node(ino)
         if not self.writes.writing(node):
@@ -246,6 +256,27 @@ class FileSystem:
         `passthrough`: the transport can hand the kernel a backing file; when the file's bytes
         are complete and verified in the disk cache, `backing_file(fh)` then names it (and no
         read of them is started here: the kernel will read that file itself)."""
+        node, ds = self._openable(ino, flags)
+        if flags & _WRITE_FLAGS:
+            return await self._open_writer(node, ds, flags), False
+        if not is_fresh(node, self.clock):
+            entry = await self.lookups.stat(ds, node.path)
+            if entry.kind != "file":
+                raise NotFound(f"{node.path} is now a {'directory' if entry.is_dir else 'link'}")
+            node.entry = entry
+            node.entry_time = self.clock()
+        return self._open_reader(node, ds, pid, uid, passthrough)
+
+    def open_now(self, ino: int, flags: int, pid: int | None = None, uid: int | None = None,
+                 *, passthrough: bool = False) -> tuple[int, bool] | None:
+        """`open` when nothing must be awaited (a reader of a fresh entry), else None (then
+        await `open`). Errors are the same as `open`'s."""
+        node, ds = self._openable(ino, flags)
+        if flags & _WRITE_FLAGS or not is_fresh(node, self.clock):
+            return None
+        return self._open_reader(node, ds, pid, uid, passthrough)
+
+    def _openable(self, ino: int, flags: int) -> tuple[Node, Datastore]:
         node = self.lookups.node(ino)
         if flags & _WRITE_FLAGS:
             self.mutations.writable(node)  # ReadOnly unless attached read-write
@@ -257,14 +288,10 @@ class FileSystem:
         assert ds is not None
         if ds.detached:
             raise NotFound(f"datastore {ds.key!r} was detached")
-        if flags & _WRITE_FLAGS:
-            return await self._open_writer(node, ds, flags), False
-        if not is_fresh(node, self.clock):
-            entry = await self.lookups.stat(ds, node.path)
-            if entry.kind != "file":
-                raise NotFound(f"{node.path} is now a {'directory' if entry.is_dir else 'link'}")
-            node.entry = entry
-            node.entry_time = self.clock()
+        return node, ds
+
+    def _open_reader(self, node: Node, ds: Datastore, pid: int | None, uid: int | None,
+                     passthrough: bool) -> tuple[int, bool]:
         etag = node.entry.etag
         # The kernel may keep pages it cached for this inode only if they are of this version.
         seen = etag is not None and etag == node.last_open_etag
@@ -399,6 +426,20 @@ class FileSystem:
         if h is None:
             return
         await self._closed(h.datastore)
+
+    def release_now(self, fh: int) -> bool:
+        """`release` of a reader's handle when nothing must be awaited; False: await `release`
+        (a writer's commits; the last handle of a detached datastore closes its backend)."""
+        if fh in self._writers:
+            return False
+        h = self._files.get(fh)
+        if h is not None:
+            ds = h.datastore
+            if ds.detached and ds.open_files == 1:
+                return False
+            del self._files[fh]
+            ds.open_files -= 1
+        return True
 
     async def _closed(self, ds: Datastore) -> None:
         ds.open_files -= 1

@@ -112,6 +112,21 @@ class Lookups:
     async def lookup(self, parent_ino: int, name: str, uid: int | None = None) -> Node:
         """The node `name` in directory `parent_ino`, for a process of `uid` (None: no
         visibility rule; the core's own callers)."""
+        node, ds, path = self._known(parent_ino, name, uid)
+        if node is not None:
+            return node
+        assert ds is not None
+        entry = await self.stat(ds, path)
+        return self.inodes.ensure(ds, path, entry, self.clock())
+
+    def lookup_now(self, parent_ino: int, name: str, uid: int | None = None) -> Node | None:
+        """`lookup` when memory answers it (a fresh entry, a virtual directory); None when
+        storage must be asked (then await `lookup`). Errors are the same as `lookup`'s."""
+        return self._known(parent_ino, name, uid)[0]
+
+    def _known(self, parent_ino: int, name: str, uid: int | None
+               ) -> tuple[Node | None, Datastore | None, str]:
+        """(the node if memory has it fresh, its datastore, its path)."""
         parent = self.node(parent_ino)
         if not parent.is_dir:
             raise NotFound("not a directory")
@@ -121,15 +136,14 @@ class Lookups:
             raise NotFound("name too long")
         ds = parent.datastore
         if ds is None:
-            return self.lookup_virtual(parent, name, uid)
+            return self.lookup_virtual(parent, name, uid), None, ""
         if ds.detached:
             raise NotFound(f"datastore {ds.key!r} was detached")
         path = join(parent.path, name)
         existing = self.inodes.find(ds, path)
         if existing is not None and is_fresh(existing, self.clock):
-            return existing
-        entry = await self.stat(ds, path)
-        return self.inodes.ensure(ds, path, entry, self.clock())
+            return existing, ds, path
+        return None, ds, path
 
     async def revalidate(self, node: Node) -> None:
         """Refresh a stale node's entry from storage (a type change keeps the old entry: the
