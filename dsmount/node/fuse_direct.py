@@ -85,8 +85,9 @@ class DirectSession:
             w.CREATE: self._create,
         }
         # Tried first, on the loop: an answer, or None when the handler must wait for storage.
-        self._now: dict[int, Callable[[_Request], bytes | None]] = {
-            w.LOOKUP: self._lookup_now, w.OPEN: self._open_now, w.RELEASE: self._release_now}
+        self._now: dict[int, Callable[[_Request], bytes | memoryview | None]] = {
+            w.LOOKUP: self._lookup_now, w.OPEN: self._open_now, w.READ: self._read_now,
+            w.RELEASE: self._release_now}
         self._names = {w.LOOKUP: "lookup", w.GETATTR: "getattr", w.SETATTR: "setattr",
                        w.READLINK: "readlink", w.MKDIR: "mkdir", w.UNLINK: "unlink",
                        w.RMDIR: "rmdir", w.RENAME: "rename", w.RENAME2: "rename",
@@ -389,6 +390,10 @@ class DirectSession:
     async def _read(self, req: _Request) -> bytes | memoryview:
         fh, offset, size, *_ = w.READ_IN.unpack_from(req.body)
         return await self.core.read(fh, offset, size)
+
+    def _read_now(self, req: _Request) -> bytes | memoryview | None:
+        fh, offset, size, *_ = w.READ_IN.unpack_from(req.body)
+        return self.core.read_now(fh, offset, size)
 
     async def _write(self, req: _Request) -> bytes:
         fh, offset, size, *_ = w.WRITE_IN.unpack_from(req.body)

@@ -811,6 +811,24 @@ async def test_the_on_the_spot_answers_agree_with_the_awaited_ones_and_never_tou
     assert env.fs.lookup_now(d.ino, "f") is None
     assert env.fs.open_now(f.ino, os.O_RDONLY) is None
 
+    # A read is answered on the spot only from memory, and then counted exactly once.
+    fh, _ = await env.fs.open(f.ino, os.O_RDONLY)
+    ds_counters = env.fs.find("ds").counters
+    reads, hits = ds_counters.reads, ds_counters.cache_hits
+    cached = env.fs.read_now(fh, 0, 100)
+    if cached is None:  # not fetched yet: nothing counted, the awaited read fetches it
+        assert (ds_counters.reads, ds_counters.cache_hits) == (reads, hits)
+        assert await env.fs.read(fh, 0, 100) == data[:100]
+        reads += 1
+    else:
+        assert bytes(cached) == data[:100]
+        reads, hits = reads + 1, hits + 1
+    again = env.fs.read_now(fh, 100, 200)
+    assert again is not None and bytes(again) == data[100:300]
+    assert ds_counters.reads == reads + 1 and ds_counters.cache_hits >= hits + 1
+    assert env.fs.read_now(fh, len(data), 10) == b""
+    assert env.fs.release_now(fh)
+
     # The last handle of a detached datastore closes its backend: only `release` does that.
     fh, _ = await env.fs.open(f.ino, os.O_RDONLY)
     await env.fs.detach("ds", force=True)

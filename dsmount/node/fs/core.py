@@ -414,6 +414,12 @@ class FileSystem:
             return await self.writes.read(writer, offset, length)
         return await self.reads.read(self._handle(fh), offset, length)
 
+    def read_now(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
+        """`read` of a reader's handle when memory holds the bytes, else None (await `read`)."""
+        if fh in self._writers:
+            return None
+        return self.reads.read_now(self._handle(fh), offset, length)
+
     async def release(self, fh: int) -> None:
         writer = self._writers.pop(fh, None)
         if writer is not None:

@@ -149,24 +149,38 @@ class ReadPath:
             if h.spread:
                 self._spread_pack(h)
 
-    async def read(self, h: FileHandle, offset: int, length: int) -> bytes | memoryview:
+    def read_now(self, h: FileHandle, offset: int, length: int) -> bytes | memoryview | None:
+        """`read` when the whole read lies in one cached extent (streaming readers, packed
+        members, second epochs): a zero-copy view, with nothing awaited. None: nothing was
+        counted or observed, await `read`."""
         size = h.size
         if offset >= size or length <= 0:
             return b""
         length = min(length, size - offset)
         counters = h.datastore.counters
+        view = self.cache.cached(h.source.key, h.base + offset, length, counters)
+        if view is None:
+            return None
+        counters.reads += 1
+        window = h.readahead.observe(offset, length)
+        if window:
+            self._ahead(h, offset, length, window)
+        else:
+            h.frontier = 0  # random access: the read-ahead window starts afresh next time
+        counters.bytes_read += length
+        return view
+
+    async def read(self, h: FileHandle, offset: int, length: int) -> bytes | memoryview:
+        now = self.read_now(h, offset, length)
+        if now is not None:
+            return now
+        size = h.size
+        length = min(length, size - offset)
+        counters = h.datastore.counters
         counters.reads += 1
         window = h.readahead.observe(offset, length)
         if not window:
-            h.frontier = 0  # random access: the read-ahead window starts afresh next time
-        # Fast path: the whole read lies in one cached extent (the common case for streaming
-        # readers): no timeout scope, no copy (pyfuse3 takes any buffer).
-        view = self.cache.cached(h.source.key, h.base + offset, length, counters)
-        if view is not None:
-            if window:
-                self._ahead(h, offset, length, window)
-            counters.bytes_read += length
-            return view
+            h.frontier = 0
         cfg = self.readahead_config
         want = self._in_object(h, *fetch_range(offset, length, window, cfg, size))
         if h.spread:
