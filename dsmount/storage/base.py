@@ -22,7 +22,14 @@ or `getattr`. Each backend has a frozen `Capabilities` (`backend.capabilities`):
                     the objects holding them, so a cache keys the objects' bytes;
 - `local_directory` it serves one local directory, held open: `directory_identity` names it,
                     so a caller that checked a path can prove the directory served is the one
-                    it checked.
+                    it checked;
+- `uploads`         `create` and `begin_upload` work (whole new files, visible at commit),
+                    also where the mount's other write verbs do not (a local directory is
+                    served read-only, yet transfers write into it).
+
+Whole files: `walk` (every file below a prefix), `file_info`, `content_md5` and `create` serve
+the whole-file helpers of `storage.files` (upload, download, versions, the Python API), which
+are written once over this interface; blocking callers reach them through `storage.portal`.
 
 Writing: `begin_upload` hands out an `Upload`: one new version of one object being written,
 part by part, and made visible all at once by `commit`. Each kind maps the verbs onto what its
@@ -47,7 +54,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dsmount.errors import ReadOnly
+from dsmount.errors import NotFound, ReadOnly
 from dsmount.storage.retry import BackendStats
 
 if TYPE_CHECKING:
@@ -62,10 +69,30 @@ class Capabilities:
     disk_cacheable: bool = False
     locate: bool = False
     local_directory: bool = False
+    uploads: bool = False
 
 
 # The capabilities of the cloud kinds (blob containers, file shares).
-REMOTE_WRITABLE = Capabilities(writable=True, remote=True, disk_cacheable=True)
+REMOTE_WRITABLE = Capabilities(writable=True, remote=True, disk_cacheable=True, uploads=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """One file as the whole-file helpers see it (`Backend.walk`, `Backend.file_info`)."""
+
+    path: str  # relative to the datastore root
+    size: int
+    md5: bytes | None = None  # the stored Content-MD5, when the answer carries it
+    etag: str | None = None  # pins reads to this version (`Backend.read`'s `etag`)
+    mtime: float | None = None  # seconds since the epoch
+    md5_known: bool = True  # False: the answer cannot carry MD5s; ask `content_md5`
+    # Where the bytes are read from when not `path`: a local symbolic link's target inside the
+    # datastore (the link itself is never read, as for the mount).
+    source: str | None = None
+
+    @property
+    def read_path(self) -> str:
+        return self.source if self.source is not None else self.path
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -159,6 +186,65 @@ class Backend(abc.ABC):
         """A cheap call proving the datastore is reachable and the credentials work."""
         await self.stat("")
 
+    # -- whole files (the verbs `storage.files` is written over) ----------------------------------
+    async def walk(self, prefix: str = "") -> AsyncIterator[list[RemoteFile]]:
+        """Every file below `prefix` (recursively, depth first, in name order within a
+        directory), page by page; just that file if `prefix` names one; nothing if there is
+        nothing there. Symbolic links are not followed here (a kind that serves them
+        overrides this)."""
+        base = prefix.strip("/")
+        if base:
+            one = await self.file_info(base)
+            if one is not None:
+                yield [one]
+                return
+        pending = [base]
+        while pending:
+            directory = pending.pop()
+            files: list[RemoteFile] = []
+            subdirs: list[str] = []
+            try:
+                async for page in self.list(directory):
+                    for e in page:
+                        path = f"{directory}/{e.name}" if directory else e.name
+                        if e.is_dir:
+                            subdirs.append(path)
+                        elif e.symlink is None:
+                            files.append(_remote_file(path, e))
+            except NotFound:
+                if directory == base:
+                    return
+                continue  # removed meanwhile
+            files.sort(key=lambda f: f.path)
+            if files:
+                yield files
+            pending.extend(sorted(subdirs, reverse=True))
+
+    async def file_info(self, path: str) -> RemoteFile | None:
+        """The file at `path` (with its MD5 where the answer carries it), or None if there is
+        no file there."""
+        try:
+            e = await self.stat(path)
+        except NotFound:
+            return None
+        return None if e.is_dir or e.symlink is not None else _remote_file(path.strip("/"), e)
+
+    async def read_source(self, path: str) -> str:
+        """The path whose bytes a whole-file read of `path` reads: `path` itself (no request)
+        unless the kind serves links, which resolves them (NotFound if nothing readable is
+        there)."""
+        return path
+
+    async def content_md5(self, path: str) -> bytes | None:
+        """The stored MD5 of file `path` (None if it has none)."""
+        f = await self.file_info(path)
+        return f.md5 if f is not None else None
+
+    async def create(self) -> bool:
+        """Create the container, share or directory if missing (only where
+        `capabilities.uploads`); False if it already existed."""
+        raise self._read_only("create the datastore")
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections. Called once when the datastore is detached."""
 
@@ -179,14 +265,16 @@ class Backend(abc.ABC):
         return ReadOnly(f"{what}: the {self.kind} backend cannot write")
 
     async def begin_upload(
-        self, path: str, *, base: Entry | None = None, append: bool = False
+        self, path: str, *, base: Entry | None = None, append: bool = False,
+        parents: bool = False,
     ) -> Upload:
         """Start writing a new version of file `path`.
 
         `base` is the version it replaces (None for a new file). With `append`, the new
         version starts with the whole base version, kept server-side where the kind can (the
         Upload's `kept` says how much); a later `commit` fails with Changed if the base was
-        replaced meanwhile.
+        replaced meanwhile. With `parents`, missing parent directories are created (as
+        `mkdir -p`; whole-file uploads), where the kind has real directories.
         """
         raise self._read_only(f"write {path!r}")
 
@@ -246,19 +334,29 @@ class Upload(abc.ABC):
         change `data` until this returns (an upload may send it without a copy)."""
 
     @abc.abstractmethod
-    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
-        """Make the new version visible under `path`; its Entry (new ETag)."""
+    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True,
+                     md5: bytes | None = None, exclusive: bool = False) -> Entry:
+        """Make the new version visible under `path`; its Entry (new ETag). `md5`: the
+        whole object's MD5, stored as its Content-MD5 only once every byte is in place. With
+        `exclusive`, AlreadyExists (and nothing visible) if `path` exists by then, atomically
+        where the service can say so."""
 
-    async def commit_whole(self, data: bytes) -> Entry:
+    async def commit_whole(self, data: bytes, *, md5: bytes | None = None,
+                           exclusive: bool = False) -> Entry:
         """The whole new version at once (`kept` ignored): a small file in one request where
         the kind can (a blob's Put Blob)."""
         parts = [await self.put(0, data)] if data else []
-        return await self.commit(parts, len(data), keep=False)
+        return await self.commit(parts, len(data), keep=False, md5=md5, exclusive=exclusive)
 
     async def abort(self) -> bool:
         """Drop what was staged; best effort, never raises. False if something staged under
         a name (`temp_path`) may be left behind."""
         return True
+
+
+def _remote_file(path: str, e: Entry) -> RemoteFile:
+    return RemoteFile(path, e.size, None, e.etag, e.mtime_ns / 1e9 if e.mtime_ns else None,
+                      md5_known=False)
 
 
 def check_tiling(parts: Sequence[Part], start: int, size: int, what: str) -> None:

@@ -1,6 +1,7 @@
-"""THE factory: the async backend (for the mount) or the blocking store (for transfers) of a
-`DatastoreSpec`. Both faces of a kind are built from the same validated spec, with the same
-resolution of where it lives (`azure.common.resolve_target`) and the same retry policy."""
+"""THE factory: the backend of a `DatastoreSpec` (the one storage interface, for the mount),
+or its whole files for blocking callers (`files.Files` over that same backend: transfers,
+versions, the Python API). One validated spec, one resolution of where it lives
+(`azure.common.resolve_target`), one retry policy per use."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from typing import Any
 
 from dsmount.errors import NotFound
 from dsmount.storage.base import Backend
+from dsmount.storage.files import TRANSFER_RETRY, Files
 from dsmount.storage.retry import RetryPolicy
 from dsmount.storage.spec import DatastoreSpec
-from dsmount.storage.store import Store
 
 
 def is_dir(path: Path | str) -> bool:
@@ -57,16 +58,11 @@ def make_backend(spec: DatastoreSpec, *, retry: RetryPolicy) -> Backend:
     return FileShareBackend(share=spec.share or "", **_azure(spec, retry))
 
 
-def make_store(spec: DatastoreSpec, *, retry: RetryPolicy | None = None) -> Store:
-    """The blocking, whole-file face of `spec` (upload, download, versions, the Python API)."""
+def open_files(spec: DatastoreSpec, *, retry: RetryPolicy | None = None) -> Files:
+    """The whole files of `spec`, for blocking callers (upload, download, versions, the Python
+    API). A local directory may not exist yet (`create`, or a first upload, makes it)."""
     if spec.kind == "local":
-        from dsmount.storage.local_store import LocalStore
+        from dsmount.storage.local import LocalBackend
 
-        return LocalStore(local_root(spec))
-    if spec.kind == "blob":
-        from dsmount.storage.azure.blob_store import BlobStore
-
-        return BlobStore(container=spec.container or "", **_azure(spec, retry))
-    from dsmount.storage.azure.fileshare_store import FileShareStore
-
-    return FileShareStore(share=spec.share or "", **_azure(spec, retry))
+        return Files(LocalBackend(local_root(spec), must_exist=False))
+    return Files(make_backend(spec, retry=retry or TRANSFER_RETRY))

@@ -1,7 +1,7 @@
 """`LocalRoot`: a local directory held open, and every path below it opened without leaving it.
 
-Both faces of a local datastore (the mount's `local.LocalBackend`, the transfers'
-`local_store.LocalStore`) reach the disk only through this class, so a symbolic link, a `..`,
+Every access to a local datastore (`local.LocalBackend`, for the mount and, with
+`local_upload`, for transfers) reaches the disk only through this class, so a symbolic link, a `..`,
 or a directory swapped for a symlink after it was listed can never make the daemon (root)
 open something outside the datastore's directory.
 

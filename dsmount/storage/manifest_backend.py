@@ -1,7 +1,8 @@
 """A version served from its manifest: the mount's face of `storage.manifest`.
 
 `ManifestBackend` wraps the datastore's own backend. `stat` and `list` are answered from the
-local manifest (zero LIST and HEAD calls, whatever the size of the version); `read` maps a
+local manifest (zero LIST and HEAD calls, whatever the size of the version; `walk` and
+`file_info` too, with the MD5s the manifest recorded); `read` maps a
 file to its bytes (its own object, or a byte range of a pack) and reads them through the
 wrapped backend, pinned to the ETag the manifest recorded, so an object changed since the
 version was made gives Changed (ESTALE), never mixed bytes.
@@ -22,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from dsmount.errors import Changed, NotFound
-from dsmount.storage.base import Backend, Capabilities, Entry
+from dsmount.storage.base import Backend, Capabilities, Entry, RemoteFile
 from dsmount.storage.manifest import Location, Manifest, Row
+from dsmount.storage.names import clean_path
 
 FETCH_CHUNK = 8 * 1024 * 1024
 # Entries `entry_now` keeps (LRU): the mount keeps no Entry per inode of a version, so what a
 # getattr or open asks about again soon is answered without a query; ~400 B each.
 ENTRY_CACHE = 4096
+WALK_PAGE = 1000  # files per page of `walk`
 
 
 def _entry(name: str, row: Row, location: Location | None) -> Entry:
@@ -40,6 +43,11 @@ def _entry(name: str, row: Row, location: Location | None) -> Entry:
     if location is not None and location.etag:
         tag = f"{location.etag[-8:]}{location.offset:x}:{tag}"
     return Entry(name, False, row.size, row.mtime_ns, tag)
+
+
+def _file(path: str, row: Row) -> RemoteFile:
+    # No ETag: a version's file is pinned by its location (`read` passes the object's).
+    return RemoteFile(path, row.size, row.md5, None, row.mtime_ns / 1e9, md5_known=True)
 
 
 class ManifestBackend(Backend):
@@ -129,6 +137,22 @@ class ManifestBackend(Backend):
             return b""
         length = min(length, row.size - offset)
         return await self.inner.read(where.object, where.offset + offset, length, where.etag)
+
+    async def walk(self, prefix: str = "") -> AsyncIterator[list[RemoteFile]]:
+        """The manifest's own walk: MD5s recorded when the version was made."""
+        page: list[RemoteFile] = []
+        for path, row in self.manifest.walk(clean_path(prefix)):
+            page.append(_file(path, row))
+            if len(page) >= WALK_PAGE:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    async def file_info(self, path: str) -> RemoteFile | None:
+        path = clean_path(path)
+        row = self.manifest.row(path) if path else None
+        return None if row is None or row.is_dir else _file(path, row)
 
     async def check(self) -> None:
         """The manifest is local and complete; the data's reachability shows at the first read

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from dsmount.errors import InvalidRequest, NotFound
+from dsmount.storage.files import Files
 from dsmount.storage.names import clean_path
-from dsmount.storage.store import Store
 from dsmount.workspace import registry as _registry
 from dsmount.workspace import runwrap, transfer
 from dsmount.workspace import versions as _versions
@@ -341,7 +341,7 @@ class Datastore:
     def __hash__(self) -> int:
         return hash(self.info)
 
-    def _store(self) -> Store:
+    def _store(self) -> Files:
         return self.workspace.registry.store(self.info)
 
     @property
@@ -456,7 +456,7 @@ class Datastore:
         except BaseException:
             store.close()
             raise
-        raw = RangeReader(store, f.path, f.size)
+        raw = RangeReader(store, f.read_path, f.size)
         binary = io.BufferedReader(raw, buffer_size=_READ_BUFFER)
         if mode == "rb":
             return binary

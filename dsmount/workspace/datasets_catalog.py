@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from dsmount.errors import AlreadyExists, BackendError, NotFound
-from dsmount.storage.store import Store
+from dsmount.storage.files import Files
 from dsmount.workspace import datasets_store as io_
 
 CATALOG_DIR = "_datasets/catalog"
@@ -99,12 +99,12 @@ def _path(revision: int) -> str:
     return f"{CATALOG_DIR}/{revision}.json"
 
 
-def head_revision(store: Store) -> int:
+def head_revision(store: Files) -> int:
     names = io_.list_files(store, CATALOG_DIR)
     return max((int(m[1]) for n in names if (m := _REVISION.fullmatch(n))), default=0)
 
 
-def read_revision(store: Store, revision: int) -> Catalog:
+def read_revision(store: Files, revision: int) -> Catalog:
     if revision == 0:
         return Catalog(0, ())
     raw = io_.read_object(store, _path(revision))
@@ -116,7 +116,7 @@ def read_revision(store: Store, revision: int) -> Catalog:
     return Catalog(revision, entries)
 
 
-def load(store: Store) -> Catalog:
+def load(store: Files) -> Catalog:
     """The newest revision of the catalog."""
     return read_revision(store, head_revision(store))
 
@@ -124,7 +124,7 @@ def load(store: Store) -> Catalog:
 Change = Callable[[Catalog], tuple[Entry, ...]]
 
 
-def commit(store: Store, base: Catalog, change: Change) -> Catalog:
+def commit(store: Files, base: Catalog, change: Change) -> Catalog:
     """Write `change(base)` as revision base+1; when another writer took that number, apply
     `change` to the newer head and try again. `change` raises `DatasetConflict` when its
     dataset changed meanwhile. Returns the revision written."""

@@ -21,25 +21,25 @@ import io
 from typing import Any
 
 from dsmount.errors import BackendError
-from dsmount.storage.store import Store
+from dsmount.storage.files import Files
 from dsmount.workspace.registry import Registry
 
 SMALL_OBJECT_LIMIT = 64 * 1024 * 1024  # a catalog or metadata object larger is refused
 _LINE_BLOCK = 64 * 1024  # read-ahead of readline / iteration
 
 
-def open_store(registry: Registry, datastore: str) -> Store:
+def open_store(registry: Registry, datastore: str) -> Files:
     """The datastore's store (the caller closes it)."""
     return registry.store(datastore)
 
 
-def list_files(store: Store, directory: str) -> list[str]:
+def list_files(store: Files, directory: str) -> list[str]:
     """The names of the files directly in `directory` (none when it does not exist)."""
     files, _ = store.list_dir(directory)
     return files
 
 
-def read_object(store: Store, path: str) -> bytes:
+def read_object(store: Files, path: str) -> bytes:
     """The whole of a small object."""
     parts: list[bytes] = []
     offset = 0
@@ -53,7 +53,7 @@ def read_object(store: Store, path: str) -> bytes:
             raise BackendError(f"{path} is larger than {SMALL_OBJECT_LIMIT} bytes")
 
 
-def put_if_absent(store: Store, path: str, data: bytes) -> bool:
+def put_if_absent(store: Files, path: str, data: bytes) -> bool:
     """Create `path` holding `data` unless it exists: True if this call created it."""
     return store.put_bytes(path, data, exclusive=True)
 
@@ -62,7 +62,7 @@ class RangeStream(io.BufferedIOBase):
     """A read-only, seekable binary stream over one object of known size (see the module
     docstring). Owns the store and closes it."""
 
-    def __init__(self, store: Store, path: str, size: int) -> None:
+    def __init__(self, store: Files, path: str, size: int) -> None:
         super().__init__()
         self._store = store
         self._path = path

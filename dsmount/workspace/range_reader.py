@@ -6,14 +6,14 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from dsmount.storage.store import Store
+from dsmount.storage.files import Files
 
 
 class RangeReader(io.RawIOBase):
     """A seekable raw stream over one remote file: each read is one ranged request. Owns
     (and closes) the store."""
 
-    def __init__(self, store: Store, path: str, size: int) -> None:
+    def __init__(self, store: Files, path: str, size: int) -> None:
         super().__init__()
         self._store = store
         self._path = path

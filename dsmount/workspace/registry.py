@@ -44,9 +44,9 @@ from dsmount.errors import (
 from dsmount.shared.credentials import Credential
 from dsmount.shared.fileutil import atomic_write
 from dsmount.shared.secretref import check_private, read_secret_env, read_secret_file
-from dsmount.storage.factory import make_store
+from dsmount.storage.factory import open_files
+from dsmount.storage.files import Files
 from dsmount.storage.retry import RetryPolicy
-from dsmount.storage.store import Store
 from dsmount.workspace.entries import (
     DatastoreInfo,
 )
@@ -146,11 +146,11 @@ class Registry:
         d = {"kind": ref.kind, "secret": secret, "client_id": ref.client_id}
         return Credential.from_dict({k: v for k, v in d.items() if v is not None})
 
-    def store(self, info: DatastoreInfo | str, *, retry: RetryPolicy | None = None) -> Store:
-        """A Store for the datastore (the caller closes it)."""
+    def store(self, info: DatastoreInfo | str, *, retry: RetryPolicy | None = None) -> Files:
+        """The datastore's whole files, for blocking callers (the caller closes it)."""
         if isinstance(info, str):
             info = self.get(info)
-        return make_store(info.storage_spec(self.credential(info)), retry=retry)
+        return open_files(info.storage_spec(self.credential(info)), retry=retry)
 
     # -- writing --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -282,7 +282,7 @@ def register(
     if validate or create_if_not_exists:
         credential = _credential_for_check(info, secret)
         # One attempt: a wrong endpoint or key should be told at once, not after backoff.
-        with make_store(info.storage_spec(credential), retry=CHECK_RETRY) as store:
+        with open_files(info.storage_spec(credential), retry=CHECK_RETRY) as store:
             if create_if_not_exists:
                 created = store.create()
             if validate:

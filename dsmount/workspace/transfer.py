@@ -1,9 +1,9 @@
 """Upload a directory (or a list of files) to a datastore and download a prefix from one.
 
 Used by `dsmount upload/download`, `dsmount datastore create` (versions), `dsmount run` and the
-Python API alike; it works on any `dsmount.storage.store.Store` (local directory, blob container,
+Python API alike; it works on any `dsmount.storage.files.Files` (local directory, blob container,
 file share). Each transfer is planned first, then executed by a pool of worker threads (one
-file per worker; big files additionally in parallel chunks, see `dsmount.storage.store`).
+file per worker; big files additionally in parallel chunks, see `dsmount.storage.files`).
 
 Skip-if-same: a destination file counts as the same as its source when the sizes are equal
 and the MD5s are equal. Every file we upload gets its Content-MD5 stored (for blob and file
@@ -42,8 +42,9 @@ from typing import Any, TypeVar
 from dsmount.errors import AlreadyExists, DsmountError, IntegrityError, InvalidRequest, NotFound
 from dsmount.shared.fileutil import commit, temp_beside
 from dsmount.shared.sizes import format_size
+from dsmount.storage.base import RemoteFile
+from dsmount.storage.files import Files, file_md5
 from dsmount.storage.names import clean_path, join
-from dsmount.storage.store import RemoteFile, Store, file_md5
 from dsmount.workspace.progress import ProgressBar, progress_enabled
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ def local_files(
 
 
 def upload(
-    store: Store,
+    store: Files,
     sources: Sequence[LocalFile],
     target_path: str = "",
     *,
@@ -320,7 +321,7 @@ def upload(
 
 
 def upload_path(
-    store: Store, local: str | Path, target_path: str = "", **kwargs: Any
+    store: Files, local: str | Path, target_path: str = "", **kwargs: Any
 ) -> TransferSummary:
     """A directory's contents, or one file, below `target_path`."""
     p = Path(local)
@@ -347,7 +348,7 @@ def _record(path: Path, f: RemoteFile) -> None:
         os.setxattr(path, XATTR, f"{f.etag} {st.st_size} {st.st_mtime_ns}".encode())
 
 
-def _same_local(store: Store, f: RemoteFile, local: Path) -> bool:
+def _same_local(store: Files, f: RemoteFile, local: Path) -> bool:
     st = local.stat()
     if st.st_size != f.size:
         return False
@@ -380,7 +381,7 @@ def _local_plan(
 
 
 def download(
-    store: Store,
+    store: Files,
     dest: str | Path,
     prefix: str = "",
     *,
@@ -468,7 +469,7 @@ def _umask() -> int:
 
 
 def _fetch(
-    store: Store,
+    store: Files,
     f: RemoteFile,
     local: Path,
     progress: Callable[[int], None],

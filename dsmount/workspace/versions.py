@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from dsmount.errors import BackendError, InvalidRequest, NotFound
+from dsmount.storage.files import Files, open_version
 from dsmount.storage.manifest import FileRecord, write_manifest
-from dsmount.storage.manifest_store import ManifestStore
 from dsmount.storage.names import join
-from dsmount.storage.store import Store
 from dsmount.workspace.entries import parse_version
 from dsmount.workspace.packing import plan_packs
 from dsmount.workspace.registry import Registry
@@ -55,11 +54,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _commit(store: Store, number: int, record: dict[str, Any]) -> None:
+def _commit(store: Files, number: int, record: dict[str, Any]) -> None:
     store.put_bytes(f"{VERSIONS_DIR}/{number}.json", json.dumps(record, indent=1).encode())
 
 
-def _upload_manifest(store: Store, number: int, path: Path) -> str:
+def _upload_manifest(store: Files, number: int, path: Path) -> str:
     name = f"{VERSIONS_DIR}/{number}.manifest"
     md5 = hashlib.md5(path.read_bytes(), usedforsecurity=False).digest()
     store.upload(path, name, size=path.stat().st_size, md5=md5, overwrite=True,
@@ -168,7 +167,7 @@ def snapshot(name: str, prefix: str = "", *, registry: Registry | None = None) -
     return number, counts["files"]
 
 
-def _claim_version(store: Store) -> int:
+def _claim_version(store: Files) -> int:
     for _ in range(20):  # another writer may claim the same number first: look again
         files, dirs = store.list_dir(VERSIONS_DIR)
         used = {int(m[1]) for f in files if (m := _VERSION_FILE.fullmatch(f))}
@@ -191,7 +190,7 @@ def _resolve(name: str, version: str, reg: Registry) -> int:
     return number
 
 
-def version_record(store: Store, number: int) -> dict[str, Any]:
+def version_record(store: Files, number: int) -> dict[str, Any]:
     """The commit record `_versions/N.json` of a committed version."""
     raw = store.read_range(f"{VERSIONS_DIR}/{number}.json", 0, 1 << 20)
     try:
@@ -227,8 +226,8 @@ def attach_spec_for(
 
 def version_source(
     name: str, version: str, path: str = "", *, registry: Registry | None = None
-) -> tuple[Store, str]:
-    """(a Store, the prefix in it) holding `path` of version `version`: the version's files
+) -> tuple[Files, str]:
+    """(the files, the prefix in them) holding `path` of version `version`: the version's files
     through its manifest, or (older versions) its directory in the datastore."""
     reg = registry or Registry()
     number = _resolve(name, version, reg)
@@ -236,7 +235,7 @@ def version_source(
     try:
         manifest = version_record(store, number).get("manifest")
         if isinstance(manifest, str) and manifest:
-            return ManifestStore(store, manifest), path
+            return open_version(store, manifest), path
     except BaseException:
         store.close()
         raise

@@ -22,10 +22,10 @@ import pytest
 
 from dsmount.errors import BackendError, Changed, DsmountError, NotFound, PermissionDenied
 from dsmount.storage import local_root
+from dsmount.storage.files import Files
 from dsmount.storage.local import LocalBackend
 from dsmount.storage.local_access import Reader, check_listable
 from dsmount.storage.local_root import Escapes, LocalRoot, NotRegular
-from dsmount.storage.local_store import LocalStore
 
 SECRET = b"outside\n"
 NOBODY = Reader(65534, frozenset({65534}))
@@ -191,7 +191,7 @@ async def test_backend_entries_carry_the_sources_owner_modes_and_links(tree: Pat
 
 # -- the transfers' face ----------------------------------------------------------------------
 def test_store_reads_never_leave_the_root(tree: Path, resolution: str) -> None:
-    store = LocalStore(tree)
+    store = Files(LocalBackend(tree))
     walked = {f.path: f.size for f in store.walk()}
     # Files, and links to files inside (read as those files); no link out, no dir link.
     assert walked == {"top.txt": 4, "a/b/f.txt": 2, "rel": 2, "chain": 2, "a/b/up": 4}
@@ -207,7 +207,7 @@ def test_store_reads_never_leave_the_root(tree: Path, resolution: str) -> None:
 
 
 def test_store_writes_never_leave_the_root(tree: Path, resolution: str) -> None:
-    store = LocalStore(tree)
+    store = Files(LocalBackend(tree))
     outside = tree.parent / "outdir"
     with pytest.raises(DsmountError, match="not a directory"):
         store.put_bytes("abs-in/new.txt", b"x")

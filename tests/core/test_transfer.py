@@ -26,12 +26,14 @@ from azure.storage.fileshare import ShareClient
 from dsmount.errors import AlreadyExists, AuthFailed, IntegrityError, NotFound
 from dsmount.shared.credentials import Credential, Secret
 from dsmount.shared.sizes import format_size
-from dsmount.storage.azure.blob_store import BlobStore
-from dsmount.storage.azure.fileshare_store import FileShareStore
-from dsmount.storage.local_store import LocalStore
+from dsmount.storage import files as files_module
+from dsmount.storage.azure.blob import BlobBackend
+from dsmount.storage.azure.fileshare import FileShareBackend
+from dsmount.storage.base import RemoteFile
+from dsmount.storage.files import TRANSFER_RETRY, Files
+from dsmount.storage.local import LocalBackend
 from dsmount.storage.names import join
 from dsmount.storage.retry import RetryPolicy
-from dsmount.storage.store import RemoteFile, Store
 from dsmount.workspace import registry as reg
 from dsmount.workspace import transfer
 from dsmount.workspace import versions as ver
@@ -73,34 +75,28 @@ def conn_cred(connection_string: str) -> Credential:
 
 
 @pytest.fixture(params=["local", "blob", "fileshare"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Files]:
     """An empty store of each kind (a prefix inside the container/share for the Azure ones,
     so prefix handling is always exercised)."""
-    s: Store
+    s: Files
     if request.param == "local":
         (tmp_path / "remote").mkdir()
-        s = LocalStore(tmp_path / "remote")
+        s = Files(LocalBackend(tmp_path / "remote"))
     elif request.param == "blob":
         azurite: Azurite = request.getfixturevalue("azurite")
         container: ContainerClient = request.getfixturevalue("blob_container")
-        s = BlobStore(
-            container=container.container_name,
-            prefix="root/dir",
-            credential=conn_cred(azurite.connection_string),
-        )
+        s = blob_store(azurite, container, prefix="root/dir")
     else:
         emulator: AzureFilesEmulator = request.getfixturevalue("azurefiles")
         share: ShareClient = request.getfixturevalue("file_share")
-        s = FileShareStore(
-            share=share.share_name, prefix="root", credential=conn_cred(emulator.connection_string)
-        )
+        s = share_store(emulator, share, prefix="root")
         s.create()
     with s:
         yield s
 
 
 # -- round trips and skip-if-same -------------------------------------------------------------
-def test_upload_download_round_trip_and_rerun_moves_nothing(store: Store, tmp_path: Path) -> None:
+def test_upload_download_round_trip_and_rerun_moves_nothing(store: Files, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", TREE)
     up = transfer.upload(store, transfer.local_tree(src), "data", quiet=True)
     assert (up.files_transferred, up.files_skipped) == (len(TREE), 0)
@@ -120,7 +116,7 @@ def test_upload_download_round_trip_and_rerun_moves_nothing(store: Store, tmp_pa
     assert (again_down.files_transferred, again_down.files_skipped) == (0, len(TREE))
 
 
-def test_upload_conflict_transfers_nothing_without_overwrite(store: Store, tmp_path: Path) -> None:
+def test_upload_conflict_transfers_nothing_without_overwrite(store: Files, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", TREE)
     transfer.upload(store, transfer.local_tree(src), quiet=True)
     (src / "val/labels.csv").write_bytes(b"id,label\n1,dog\n")  # same size, other bytes
@@ -135,7 +131,7 @@ def test_upload_conflict_transfers_nothing_without_overwrite(store: Store, tmp_p
     assert store.read_range("val/labels.csv", 0, 100) == b"id,label\n1,dog\n"
 
 
-def test_download_conflict_and_overwrite(store: Store, tmp_path: Path) -> None:
+def test_download_conflict_and_overwrite(store: Files, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", TREE)
     transfer.upload(store, transfer.local_tree(src), quiet=True)
     dst = tmp_path / "dst"
@@ -151,7 +147,7 @@ def test_download_conflict_and_overwrite(store: Store, tmp_path: Path) -> None:
 
 
 def test_download_never_replaces_a_directory_or_writes_through_a_file(
-    store: Store, tmp_path: Path
+    store: Files, tmp_path: Path
 ) -> None:
     src = make_tree(tmp_path / "src", {"a.txt": b"a", "d/b.txt": b"b"})
     transfer.upload(store, transfer.local_tree(src), quiet=True)
@@ -163,7 +159,7 @@ def test_download_never_replaces_a_directory_or_writes_through_a_file(
     assert (dst / "a.txt").is_dir() and (dst / "d").read_bytes().startswith(b"a file")
 
 
-def test_prefix_naming_one_file_and_upload_files(store: Store, tmp_path: Path) -> None:
+def test_prefix_naming_one_file_and_upload_files(store: Files, tmp_path: Path) -> None:
     a = _write(tmp_path / "in/x/a.txt", b"alpha")
     b = _write(tmp_path / "in/y/b.txt", b"beta")
     done = transfer.upload(
@@ -182,7 +178,7 @@ def test_prefix_naming_one_file_and_upload_files(store: Store, tmp_path: Path) -
 
 
 def test_store_upload_without_overwrite_refuses_an_existing_object(
-    store: Store, tmp_path: Path
+    store: Files, tmp_path: Path
 ) -> None:
     f = _write(tmp_path / "f.txt", b"one")
     md5 = hashlib.md5(b"one").digest()
@@ -200,54 +196,21 @@ def test_store_upload_without_overwrite_refuses_an_existing_object(
     assert store.read_range("f.txt", 0, 10) == b"one"
 
 
-class FailingDownloads(Store):
-    """Delegates to a real store, but the download of `fail_path` dies half way."""
+class FailingDownloads(Files):
+    """The files of a real backend, but the download of `fail_path` dies half way."""
 
-    def __init__(self, inner: Store, fail_path: str) -> None:
-        self.inner = inner
+    def __init__(self, inner: Files, fail_path: str) -> None:
+        super().__init__(inner.backend)
         self.fail_path = fail_path
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self.inner, name)
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def check(self) -> None:
-        self.inner.check()
-
-    def create(self) -> bool:
-        return self.inner.create()
-
-    def walk(self, prefix: str = "") -> Iterator[RemoteFile]:
-        return self.inner.walk(prefix)
-
-    def stat(self, path: str) -> RemoteFile | None:
-        return self.inner.stat(path)
-
-    def content_md5(self, f: RemoteFile) -> bytes | None:
-        return self.inner.content_md5(f)
-
-    def upload(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        self.inner.upload(*args, **kwargs)
 
     def download(self, f: RemoteFile, out: IO[bytes], *, progress) -> None:  # type: ignore
         if f.path == self.fail_path:
             out.write(b"half of it")
             raise IntegrityError("connection lost half way")
-        self.inner.download(f, out, progress=progress)
-
-    def read_range(self, path: str, offset: int, length: int) -> bytes:
-        return self.inner.read_range(path, offset, length)
-
-    def put_bytes(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
-        return self.inner.put_bytes(path, data, exclusive=exclusive)
-
-    def list_dir(self, path: str) -> tuple[list[str], list[str]]:
-        return self.inner.list_dir(path)
+        super().download(f, out, progress=progress)
 
 
-def test_failed_download_leaves_no_partial_file(store: Store, tmp_path: Path) -> None:
+def test_failed_download_leaves_no_partial_file(store: Files, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", TREE)
     transfer.upload(store, transfer.local_tree(src), quiet=True)
     dst = tmp_path / "dst"
@@ -264,7 +227,7 @@ class SlowDownloads(FailingDownloads):
 
     def download(self, f: RemoteFile, out: IO[bytes], *, progress) -> None:  # type: ignore
         if f.path != self.fail_path:
-            self.inner.download(f, out, progress=progress)
+            super().download(f, out, progress=progress)
             return
         while True:
             out.write(b"x" * 1024)
@@ -289,13 +252,14 @@ def test_ctrl_c_during_download_leaves_no_partial_file(tmp_path: Path) -> None:
     killer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            transfer.download(SlowDownloads(LocalStore(remote), "slow.bin"), dst, quiet=True)
+            transfer.download(SlowDownloads(Files(LocalBackend(remote)), "slow.bin"), dst,
+                              quiet=True)
     finally:
         killer.join()
     assert leftovers(dst) == [] and not (dst / "slow.bin").exists()
 
 
-def test_many_small_files_in_parallel(store: Store, tmp_path: Path) -> None:
+def test_many_small_files_in_parallel(store: Files, tmp_path: Path) -> None:
     src = make_tree(
         tmp_path / "src", {f"f/{i:04d}.txt": f"file {i}\n".encode() for i in range(300)}
     )
@@ -310,13 +274,9 @@ def test_big_files_move_in_parallel_chunks(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks written out of order by parallel workers: the result is still byte-exact."""
-    import dsmount.storage.azure.blob_store
-    import dsmount.storage.azure.fileshare_store
-
-    azure = dsmount.storage.azure
-    module = azure.blob_store if kind == "blob" else azure.fileshare_store
-    monkeypatch.setattr(module, "BIG_FILE", 1)  # every file in parallel chunks
-    store: BlobStore | FileShareStore
+    monkeypatch.setattr(files_module, "BIG_FILE", 1)  # every file in parallel chunks
+    monkeypatch.setattr(files_module, "PART", 128 * 1024)  # upload and download parts
+    store: Files
     if kind == "blob":
         azurite: Azurite = request.getfixturevalue("azurite")
         container: ContainerClient = request.getfixturevalue("blob_container")
@@ -324,13 +284,7 @@ def test_big_files_move_in_parallel_chunks(
     else:
         emulator: AzureFilesEmulator = request.getfixturevalue("azurefiles")
         share: ShareClient = request.getfixturevalue("file_share")
-        store = FileShareStore(
-            share=share.share_name, credential=conn_cred(emulator.connection_string)
-        )
-    config = store.client._config
-    config.max_single_put_size = config.max_block_size = 128 * 1024  # blob upload chunks
-    config.max_range_size = 128 * 1024  # file share upload chunks
-    config.max_single_get_size = config.max_chunk_get_size = 128 * 1024  # download chunks
+        store = share_store(emulator, share)
     src = make_tree(tmp_path / "src", {"a.bin": 3 * MiB + 17, "b.bin": 2 * MiB - 3})
     with store:
         transfer.upload(store, transfer.local_tree(src), quiet=True)
@@ -341,22 +295,30 @@ def test_big_files_move_in_parallel_chunks(
 
 
 # -- blob specifics ---------------------------------------------------------------------------
-def blob_store(azurite: Azurite, container: ContainerClient, **kwargs: object) -> BlobStore:
-    return BlobStore(
+def blob_store(azurite: Azurite, container: ContainerClient, **kwargs: object) -> Files:
+    return Files(BlobBackend(
         container=container.container_name,
         credential=conn_cred(azurite.connection_string),
-        **kwargs,
-    )  # type: ignore
+        **{"retry": TRANSFER_RETRY, **kwargs},  # type: ignore[arg-type]
+    ))
+
+
+def share_store(emulator: AzureFilesEmulator, share: ShareClient, **kwargs: object) -> Files:
+    return Files(FileShareBackend(
+        share=share.share_name,
+        credential=conn_cred(emulator.connection_string),
+        **{"retry": TRANSFER_RETRY, **kwargs},  # type: ignore[arg-type]
+    ))
 
 
 def test_every_uploaded_blob_carries_its_md5_even_as_block_list(
-    azurite: Azurite, blob_container: ContainerClient, tmp_path: Path
+    azurite: Azurite, blob_container: ContainerClient, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     src = make_tree(tmp_path / "src", {"small": b"abc", "large": 2 * MiB + 1})
+    # Force block-list uploads (Put Block + Put Block List) for anything over 256 KiB.
+    monkeypatch.setattr(files_module, "PART", 256 * 1024)
     with blob_store(azurite, blob_container) as store:
-        # Force block-list uploads (Put Block + Put Block List) for anything over 256 KiB.
-        store.client._config.max_single_put_size = 256 * 1024
-        store.client._config.max_block_size = 256 * 1024
         transfer.upload(store, transfer.local_tree(src), quiet=True)
     for name in ("small", "large"):
         props = blob_container.get_blob_client(name).get_blob_properties()
@@ -423,21 +385,21 @@ def test_sas_credential_and_errors_without_secrets(
         expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
     )
     src = make_tree(tmp_path / "src", {"x.txt": b"via sas"})
-    with BlobStore(
+    with Files(BlobBackend(
         container=blob_container.container_name,
         endpoint=azurite.blob_endpoint,
         credential=Credential("sas_token", Secret(sas)),
-    ) as store:
+    )) as store:
         store.check()
         assert transfer.upload(store, transfer.local_tree(src), quiet=True).files_transferred
     bad_key = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkwYWJjZGVmZ2hpams+/w=="
-    with BlobStore(
+    with Files(BlobBackend(
         container=blob_container.container_name,
         endpoint=azurite.blob_endpoint,
         account=Azurite.ACCOUNT,
         retry=RetryPolicy(max_attempts=1),
         credential=Credential("account_key", Secret(bad_key)),
-    ) as store:
+    )) as store:
         with pytest.raises(AuthFailed) as info:
             store.check()
         assert bad_key not in str(info.value)
@@ -448,11 +410,9 @@ def test_interrupted_file_share_upload_is_never_taken_for_complete(
     azurefiles: AzureFilesEmulator, file_share: ShareClient, tmp_path: Path
 ) -> None:
     src = _write(tmp_path / "src/f.bin", b"complete content")
-    with FileShareStore(
-        share=file_share.share_name, credential=conn_cred(azurefiles.connection_string)
-    ) as store:
+    with share_store(azurefiles, file_share) as store:
         # What an upload cut short leaves: the file exists, its bytes are wrong, no MD5.
-        store.client.get_file_client("f.bin").upload_file(b"\0" * 16)
+        file_share.get_file_client("f.bin").upload_file(b"\0" * 16)
         with pytest.raises(Conflict):
             transfer.upload(store, transfer.local_tree(src.parent), quiet=True)
         transfer.upload(store, transfer.local_tree(src.parent), overwrite=True, quiet=True)

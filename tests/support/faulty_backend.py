@@ -3,7 +3,8 @@ clients): the wrapped backend does the real work, and the faults a test plans ma
 fail before they reach it.
 
 A fault names the operations it applies to ("stat", "list", "read", "put", "commit", "abort",
-"begin_upload", "delete", "mkdir", "rmdir", "copy", "rename", "check"), how many calls of them
+"begin_upload", "delete", "mkdir", "rmdir", "copy", "rename", "check", "walk", "create";
+the whole-file `file_info` and `content_md5` count as "stat"), how many calls of them
 to let through first (`after`), and how many to fail (`times`). The wrapper sits above the
 wrapped backend's own retry policy, so an injected error is what the caller (the filesystem,
 a transfer) sees after that policy gave up: the path above is tested, not the retries below.
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dsmount.storage.base import Backend, Entry, Part, Upload
+from dsmount.storage.base import Backend, Entry, Part, RemoteFile, Upload
 
 
 @dataclass
@@ -96,6 +97,26 @@ class FaultyBackend(Backend):
         self.gate("check")
         await self.inner.check()
 
+    async def walk(self, prefix: str = "") -> AsyncIterator[list[RemoteFile]]:
+        self.gate("walk")
+        async for page in self.inner.walk(prefix):
+            yield page
+
+    async def file_info(self, path: str) -> RemoteFile | None:
+        self.gate("stat")
+        return await self.inner.file_info(path)
+
+    async def read_source(self, path: str) -> str:
+        return await self.inner.read_source(path)
+
+    async def content_md5(self, path: str) -> bytes | None:
+        self.gate("stat")
+        return await self.inner.content_md5(path)
+
+    async def create(self) -> bool:
+        self.gate("create")
+        return await self.inner.create()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
@@ -104,10 +125,12 @@ class FaultyBackend(Backend):
 
     # -- writing ---------------------------------------------------------------------------------
     async def begin_upload(
-        self, path: str, *, base: Entry | None = None, append: bool = False
+        self, path: str, *, base: Entry | None = None, append: bool = False,
+        parents: bool = False,
     ) -> Upload:
         self.gate("begin_upload")
-        return FaultyUpload(self, await self.inner.begin_upload(path, base=base, append=append))
+        return FaultyUpload(self, await self.inner.begin_upload(path, base=base, append=append,
+                                                                parents=parents))
 
     async def delete(self, path: str) -> None:
         self.gate("delete")
@@ -150,13 +173,15 @@ class FaultyUpload(Upload):
         self.backend.gate("put")
         return await self.inner.put(offset, data)
 
-    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
+    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True,
+                     md5: bytes | None = None, exclusive: bool = False) -> Entry:
         self.backend.gate("commit")
-        return await self.inner.commit(parts, size, keep=keep)
+        return await self.inner.commit(parts, size, keep=keep, md5=md5, exclusive=exclusive)
 
-    async def commit_whole(self, data: bytes) -> Entry:
+    async def commit_whole(self, data: bytes, *, md5: bytes | None = None,
+                           exclusive: bool = False) -> Entry:
         self.backend.gate("commit")
-        return await self.inner.commit_whole(data)
+        return await self.inner.commit_whole(data, md5=md5, exclusive=exclusive)
 
     async def abort(self) -> bool:
         self.backend.calls["abort"] += 1  # never fails: abort is best effort by contract

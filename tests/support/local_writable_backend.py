@@ -17,7 +17,7 @@ import stat as statmod
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from dsmount.errors import Changed, NotFound, from_oserror
+from dsmount.errors import AlreadyExists, Changed, NotFound, from_oserror
 from dsmount.storage.base import Capabilities, Entry, Part, Upload, check_tiling
 from dsmount.storage.local import LocalBackend, _etag
 from dsmount.storage.writes import is_temp_name, temp_name
@@ -56,7 +56,8 @@ class LocalUpload(Upload):
         self.backend.stats.bytes_uploaded += len(blob)
         return Part(offset, len(blob))
 
-    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
+    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True,
+                     md5: bytes | None = None, exclusive: bool = False) -> Entry:
         check_tiling(parts, self.kept if keep else 0, size, f"commit {self.path!r}")
 
         def commit() -> Entry:
@@ -70,7 +71,14 @@ class LocalUpload(Upload):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(self.temp, self.target)
+            if exclusive:
+                try:
+                    os.link(self.temp, self.target)  # fails if the name exists: nothing clobbered
+                except FileExistsError:
+                    raise AlreadyExists(f"commit {self.path!r}: the file exists") from None
+                os.unlink(self.temp)
+            else:
+                os.replace(self.temp, self.target)
             return _entry(self.target.name, os.stat(self.target))
 
         return await self.backend._do(f"commit {self.path!r}", commit)  # type: ignore[no-any-return]
@@ -107,7 +115,8 @@ class WritableLocalBackend(LocalBackend):
             raise from_oserror(e, what) from None
 
     async def begin_upload(
-        self, path: str, *, base: Entry | None = None, append: bool = False
+        self, path: str, *, base: Entry | None = None, append: bool = False,
+        parents: bool = False,
     ) -> Upload:
         target = self._abs(path)
         temp = target.parent / temp_name(target.name)

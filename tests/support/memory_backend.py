@@ -55,7 +55,7 @@ class MemoryBackend(Backend):
     """Stands in for a cloud kind: writable, remote, disk-cacheable."""
 
     kind = "memory"
-    capabilities = Capabilities(writable=True, remote=True, disk_cacheable=True)
+    capabilities = Capabilities(writable=True, remote=True, disk_cacheable=True, uploads=True)
     native_dir_rename = True
     staged_bytes = 0  # bytes ever given to `put`
     commits = 0
@@ -156,8 +156,12 @@ class MemoryBackend(Backend):
         data, etag, mtime = self.files[path]
         return Entry(path.rsplit("/", 1)[-1], False, len(data), mtime, etag)
 
+    async def create(self) -> bool:
+        return False  # it exists from the start
+
     async def begin_upload(
-        self, path: str, *, base: Entry | None = None, append: bool = False
+        self, path: str, *, base: Entry | None = None, append: bool = False,
+        parents: bool = False,
     ) -> Upload:
         path = path.strip("/")
         kept = base.size if append and base is not None else 0
@@ -259,7 +263,8 @@ class MemoryUpload(Upload):
         part: Part = await self.backend._call(do, "put")
         return part
 
-    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
+    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True,
+                     md5: bytes | None = None, exclusive: bool = False) -> Entry:
         start = self.kept if keep else 0
         check_tiling(parts, start, size, f"commit {self.path!r}")
         backend = self.backend
@@ -274,6 +279,8 @@ class MemoryUpload(Upload):
             body = prefix + b"".join(self._staged[p.token] for p in parts)
             if self.path in backend.dirs:
                 raise AlreadyExists(f"commit {self.path!r}: a directory has that name")
+            if exclusive and self.path in backend.files:
+                raise AlreadyExists(f"commit {self.path!r}: the file exists")
             backend.put(self.path, body)
             backend.commits += 1
             return backend._entry(self.path)

@@ -35,7 +35,8 @@ def test_each_kind_declares_what_it_can(tmp_path: Path) -> None:
         assert backend.capabilities == REMOTE_WRITABLE and backend.writable
         assert not backend.capabilities.locate
     local = LocalBackend(tmp_path)
-    assert local.capabilities == Capabilities(local_directory=True) and not local.writable
+    assert local.capabilities == Capabilities(local_directory=True, uploads=True)
+    assert not local.writable  # read-only for the mount; transfers write through uploads
     with pytest.raises(dataclasses.FrozenInstanceError):
         local.capabilities.writable = True  # type: ignore[misc]
 

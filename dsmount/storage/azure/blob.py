@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -53,7 +54,7 @@ from dsmount.storage.azure.blob_listing import DirectoryPages, parse_http_date
 from dsmount.storage.azure.blob_upload import BlockLists, begin_blob_upload
 from dsmount.storage.azure.bridge import AsyncioThread
 from dsmount.storage.azure.common import status_error
-from dsmount.storage.base import REMOTE_WRITABLE, Entry, Upload
+from dsmount.storage.base import REMOTE_WRITABLE, Entry, RemoteFile, Upload
 from dsmount.storage.names import FOLDER_MARKER_KEY, is_folder_marker, name_problem, strip_etag
 from dsmount.storage.retry import RetryPolicy
 
@@ -224,9 +225,58 @@ class BlobBackend(AzureBackend):
         """Prove the container exists and the credentials may list it (one small request)."""
         await self._probe(self._dir_prefix(""), "check")
 
+    # --- whole files -----------------------------------------------------------------------------
+    async def walk(self, prefix: str = "") -> AsyncIterator[list[RemoteFile]]:
+        """One flat listing (no delimiter), MD5s included: a blob tree is walked in pages of
+        thousands, not a request per directory. Markers and "dir/" placeholders are not files."""
+        rel = prefix.strip("/")
+        full = self._blob_name(rel)
+        start = full if rel else self._dir_prefix("")
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        marker: str | None = None
+        while True:
+            page = await self._call(
+                f"list {rel or '/'!r}",
+                lambda m=marker: self.rest.list_page(start, m, None, self.page_size),
+            )
+            files = [
+                RemoteFile(b.name[cut:], b.size, b.md5, b.etag, b.mtime_ns / 1e9 or None)
+                for b in page.items
+                if not isinstance(b, str) and not b.folder_marker and not b.name.endswith("/")
+                # "data.csv.bak" is not below "data.csv"
+                and (not rel or b.name == full or b.name.startswith(full + "/"))
+            ]
+            if files:
+                yield files
+            marker = page.next_marker
+            if marker is None:
+                return
+
+    async def file_info(self, path: str) -> RemoteFile | None:
+        path = path.strip("/")
+        if not path:
+            return None
+        name = self._blob_name(path)
+        headers = await self._call(f"stat {path!r}", lambda: self.rest.head(name))
+        if headers is None:
+            return None
+        size = int(headers.get("Content-Length") or 0)
+        if is_folder_marker(size, headers.get(f"x-ms-meta-{FOLDER_MARKER_KEY}")):
+            return None
+        modified = headers.get("Last-Modified")
+        md5 = headers.get("Content-MD5")
+        return RemoteFile(path, size, base64.b64decode(md5) if md5 else None,
+                          strip_etag(headers.get("ETag")),
+                          parse_http_date(modified) / 1e9 if modified else None)
+
+    async def create(self) -> bool:
+        """Create Container; False if it exists."""
+        return await self._call(f"create container {self.container!r}", self.rest.create)
+
     # --- the write verbs -------------------------------------------------------------------------
     async def begin_upload(
-        self, path: str, *, base: Entry | None = None, append: bool = False
+        self, path: str, *, base: Entry | None = None, append: bool = False,
+        parents: bool = False,
     ) -> Upload:
         return await begin_blob_upload(
             self, self.rest, self._block_lists, path, self._blob_name(path),

@@ -268,6 +268,21 @@ class BlobRest(AzureRest):
         return parse_block_list(body), response.headers
 
     # --- writing ------------------------------------------------------------------------------
+    async def create(self) -> bool:
+        """Create Container: True, or False if it already exists."""
+        response = await self.send("PUT", self.client().url, {"Content-Length": "0"},
+                                   {"restype": "container"})
+        try:
+            body = await response.read()
+            if response.status_code == 201:
+                return True
+            error = status_error(response, body)
+            if error.status == 409 and error.code == "ContainerAlreadyExists":
+                return False
+            raise error
+        finally:
+            await response.close()
+
     async def put_block(self, name: str, block_id: str, data: bytes | bytearray) -> None:
         status, response, body = await self.request(
             # The pipeline does not encode query values, and a base64 id has "+" "/" "=".

@@ -26,6 +26,8 @@ Invariants of the entries produced:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import calendar
 import functools
 import xml.etree.ElementTree as ET
@@ -48,6 +50,7 @@ class RawBlob:
     mtime_ns: int
     etag: str | None
     folder_marker: bool  # zero bytes and metadata hdi_isfolder=true
+    md5: bytes | None = None  # the stored Content-MD5 (whole-file walks compare it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,18 +112,29 @@ def parse_list_page(body: bytes) -> ListPage:
                 size = 0
                 mtime_ns = 0
                 etag = None
+                md5 = None
                 if props is not None:
                     size = int(props.findtext("Content-Length") or 0)
                     modified = props.findtext("Last-Modified")
                     mtime_ns = parse_http_date(modified) if modified else 0
                     etag = strip_etag(props.findtext("Etag"))
+                    md5 = _md5(props.findtext("Content-MD5"))
                 marker = False
                 if size == 0:  # only an empty blob can be a directory marker
                     marker = _is_folder(element.find("Metadata"))
-                items.append(RawBlob(element_name(element), size, mtime_ns, etag, marker))
+                items.append(RawBlob(element_name(element), size, mtime_ns, etag, marker, md5))
             elif element.tag == "BlobPrefix":
                 items.append(element_name(element))
     return ListPage(items=items, next_marker=root.findtext("NextMarker") or None)
+
+
+def _md5(text: str | None) -> bytes | None:
+    if not text:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return None  # not ours to judge here: compared, it never matches
 
 
 def _is_folder(metadata: ET.Element | None) -> bool:

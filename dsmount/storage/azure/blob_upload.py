@@ -16,11 +16,12 @@ the backend's `_call` (retried, errors mapped).
 
 from __future__ import annotations
 
+import base64
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from dsmount.errors import Changed, NotFound
+from dsmount.errors import AlreadyExists, Changed, NotFound
 from dsmount.storage.azure.backend import AzureBackend
 from dsmount.storage.azure.blob_client import BlobRest, block_list_xml
 from dsmount.storage.azure.blob_listing import parse_http_date
@@ -92,7 +93,8 @@ class BlobUpload(Upload):
         self.backend.stats.bytes_uploaded += len(body)
         return Part(offset, len(body), block_id)
 
-    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True) -> Entry:
+    async def commit(self, parts: Sequence[Part], size: int, *, keep: bool = True,
+                     md5: bytes | None = None, exclusive: bool = False) -> Entry:
         start = self.kept if keep else 0
         check_tiling(parts, start, size, f"commit {self.path!r}")
         kept = [i for i, _ in self.kept_blocks] if keep and start else []
@@ -100,16 +102,18 @@ class BlobUpload(Upload):
         ids = kept + [p.token for p in parts]
         # Grafting onto kept blocks needs the base to be the blob's current version.
         if_match = self.base.etag if kept and self.base is not None else None
-        entry = await self._put_block_list(ids, size, if_match)
+        entry = await self._put_block_list(ids, size, if_match, _content_headers(md5, exclusive))
         self.block_lists.remember(
             self.name, entry.etag, list(zip(ids, sizes + [p.length for p in parts], strict=True))
         )
         return entry
 
-    async def _put_block_list(self, ids: list[str], size: int, if_match: str | None) -> Entry:
+    async def _put_block_list(self, ids: list[str], size: int, if_match: str | None,
+                              extra: dict[str, str]) -> Entry:
         headers = {
             "x-ms-blob-content-type": content_type(self.path),
             "Content-Type": "application/xml",
+            **extra,
         }
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
@@ -122,35 +126,62 @@ class BlobUpload(Upload):
             if status == 201:
                 return entry_from(self.name, size, response.headers)
             error = status_error(response, text)
-            if status == 412 and again:
+            if status in (409, 412) and again:
                 # An earlier attempt may have committed, its answer lost: then the blob's
                 # block list is ours.
                 current = await self.rest.get_block_list(self.name)
                 if current is not None and [i for i, _ in current[0]] == ids:
                     return entry_from(self.name, size, current[1])
+            if status in (409, 412) and "If-None-Match" in headers:
+                raise self._exists()
             raise error
 
         return await self.backend._call_again(f"commit {self.path!r}", commit)
 
-    async def commit_whole(self, data: bytes) -> Entry:
+    def _exists(self) -> AlreadyExists:
+        return AlreadyExists(f"{self.path!r} appeared meanwhile; not overwritten")
+
+    async def commit_whole(self, data: bytes, *, md5: bytes | None = None,
+                           exclusive: bool = False) -> Entry:
         """A small file in one request (Put Blob; no block list, so a first append rewrites
-        it). Retried as it is: the same bytes again."""
+        it). Retried as it is: the same bytes again (exclusive: a blob found with exactly these
+        bytes after a lost answer is ours)."""
         headers = {
             "x-ms-blob-type": "BlockBlob",
             "x-ms-blob-content-type": content_type(self.path),
+            **_content_headers(md5, exclusive),
         }
 
-        async def put() -> Entry:
+        async def put(again: bool) -> Entry:
             status, response, body = await self.rest.request(
                 "PUT", self.name, dict(headers), None, data if data else None
             )
-            if status != 201:
-                raise status_error(response, body)
-            return entry_from(self.name, len(data), response.headers)
+            if status == 201:
+                return entry_from(self.name, len(data), response.headers)
+            if status in (409, 412) and exclusive:
+                if again and md5 is not None:
+                    found = await self.rest.head(self.name)
+                    if found is not None and found.get("Content-MD5") == headers.get(
+                            "x-ms-blob-content-md5") and int(found.get("Content-Length") or -1
+                                                              ) == len(data):
+                        return entry_from(self.name, len(data), found)
+                raise self._exists()
+            raise status_error(response, body)
 
-        entry = await self.backend._call(f"write {self.path!r}", put)
+        entry = await self.backend._call_again(f"write {self.path!r}", put)
         self.backend.stats.bytes_uploaded += len(data)
         return entry
+
+
+def _content_headers(md5: bytes | None, exclusive: bool) -> dict[str, str]:
+    """The whole blob's Content-MD5 (the service computes one only for Put Blob) and the
+    create-only condition."""
+    headers = {}
+    if md5 is not None:
+        headers["x-ms-blob-content-md5"] = base64.b64encode(md5).decode("ascii")
+    if exclusive:
+        headers["If-None-Match"] = "*"
+    return headers
 
 
 async def begin_blob_upload(

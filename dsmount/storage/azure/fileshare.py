@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,7 +38,7 @@ from dsmount.storage.azure.common import status_error
 from dsmount.storage.azure.fileshare_client import ShareRest
 from dsmount.storage.azure.fileshare_listing import DirectoryEntries, entry_from_headers
 from dsmount.storage.azure.fileshare_upload import FileShareUpload, rename_over
-from dsmount.storage.base import REMOTE_WRITABLE, Entry, Upload
+from dsmount.storage.base import REMOTE_WRITABLE, Entry, RemoteFile, Upload
 from dsmount.storage.names import strip_etag
 from dsmount.storage.retry import RetryPolicy
 from dsmount.storage.spec import share_name_problem
@@ -173,12 +174,41 @@ class FileShareBackend(AzureBackend):
 
     # --- the write verbs -----------------------------------------------------------------------
     async def begin_upload(
-        self, path: str, *, base: Entry | None = None, append: bool = False
+        self, path: str, *, base: Entry | None = None, append: bool = False,
+        parents: bool = False,
     ) -> Upload:
         return FileShareUpload(
             self, self.rest, self._full, path.strip("/"), base,
-            in_place=append and base is not None,
+            in_place=append and base is not None, parents=parents,
         )
+
+    # --- whole files (walked by the base class: a share lists one directory at a time) ----------
+    async def file_info(self, path: str) -> RemoteFile | None:
+        path = path.strip("/")
+        if not path:
+            return None
+        full = self._full(path)
+        try:
+            headers = await self._call(f"stat {path!r}",
+                                       lambda: self.rest.properties(full, directory=False))
+        except NotFound:  # ParentNotFound
+            return None
+        if headers is None:
+            return None
+        e = entry_from_headers(path, headers, is_dir=False)
+        md5 = headers.get("Content-MD5")
+        return RemoteFile(path, e.size, base64.b64decode(md5) if md5 else None, e.etag,
+                          e.mtime_ns / 1e9 or None)
+
+    async def create(self) -> bool:
+        """Create Share, then each directory of the prefix; False if the share existed."""
+        created = await self._call(f"create share {self.share!r}",
+                                   lambda: self.rest.create("share"))
+        parts = self.prefix.split("/") if self.prefix else []
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            await self._call(f"mkdir {d!r}", lambda d=d: self.rest.create("directory", d))
+        return created
 
     async def _rename(self, src: str, dst: str, *, is_dir: bool) -> Any:
         return await rename_over(self, self.rest, self._full, src, dst, is_dir=is_dir)

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from dsmount.errors import BackendError, Changed, NotFound, Transient
+from dsmount.errors import AlreadyExists, BackendError, Changed, NotFound, Transient
 from dsmount.storage.azure.common import (
     AzureTarget,
     content_range,
@@ -210,16 +210,28 @@ class ShareRest(AzureRest):
         headers = {"x-ms-type": "file", "x-ms-content-length": str(size)}
         await self.expect((201,), "PUT", full, headers)
 
-    async def resize(self, full: str, size: int) -> None:
-        await self.expect((200,), "PUT", full, {"x-ms-content-length": str(size)},
-                          {"comp": "properties"})
+    async def resize(self, full: str, size: int, content: dict[str, str] | None = None) -> None:
+        """Set File Properties: the size, and the content headers (cleared when not given)."""
+        headers = {"x-ms-content-length": str(size), **(content or {})}
+        await self.expect((200,), "PUT", full, headers, {"comp": "properties"})
+
+    async def create(self, kind: str, full: str = "") -> bool:
+        """Create Share (`kind` "share") or Create Directory ("directory"): False if it exists."""
+        status, response, body = await self.request("PUT", full, {}, {"restype": kind})
+        if status == 201:
+            return True
+        error = status_error(response, body)
+        if status == 409 and error.code in ("ShareAlreadyExists", "ResourceAlreadyExists"):
+            return False
+        raise error
 
     async def put_range(self, full: str, offset: int, data: bytes | memoryview) -> None:
         headers = {"x-ms-range": f"bytes={offset}-{offset + len(data) - 1}",
                    "x-ms-write": "update"}
         await self.expect((201,), "PUT", full, headers, {"comp": "range"}, data)
 
-    async def rename(self, src_full: str, dst_full: str, *, is_dir: bool) -> Any:
+    async def rename(self, src_full: str, dst_full: str, *, is_dir: bool, replace: bool = True
+                     ) -> Any:
         """Rename File (replacing a file) or Rename Directory; the response headers."""
         params = {"comp": "rename"}
         if is_dir:
@@ -229,5 +241,11 @@ class ShareRest(AzureRest):
             "x-ms-source-allow-trailing-dot": "true",
         }
         if not is_dir:
-            headers["x-ms-file-rename-replace-if-exists"] = "true"
-        return await self.expect((200,), "PUT", dst_full, headers, params)
+            headers["x-ms-file-rename-replace-if-exists"] = "true" if replace else "false"
+        status, response, body = await self.request("PUT", dst_full, headers, params)
+        if status == 200:
+            return response.headers
+        error = status_error(response, body)
+        if not replace and status == 409 and error.code == "ResourceAlreadyExists":
+            raise AlreadyExists(f"{dst_full!r} exists")
+        raise error
