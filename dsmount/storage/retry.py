@@ -2,15 +2,14 @@
 
 Exponential backoff with full jitter on `Transient` failures (5xx, 408/429 honouring
 Retry-After, dropped connections, timeouts); any other error is raised at once. `with_retry`
-drives trio-async calls (the mount), `retry_blocking` plain blocking ones (transfers, the
-registry, the Python API) with the same policy object.
+drives every call: the mount's, and those of blocking callers (transfers, the registry, the
+Python API), which reach the same async backends through `storage.portal`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -176,36 +175,3 @@ async def with_retry(
             stats.retries += 1
         log.debug("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
         await policy.sleep(delay)
-
-
-def retry_blocking(
-    policy: RetryPolicy,
-    operation: Callable[[], T],
-    *,
-    what: str = "request",
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """`with_retry` for blocking callers (transfers, the registry, the Python API): the same
-    policy, the same notion of transient, attempts bounded by `max_attempts` and `deadline`.
-
-    A single attempt is not interrupted from outside (a blocking call cannot be cancelled);
-    the SDK's own socket timeouts, set from `attempt_timeout`, bound it instead.
-    """
-    from dsmount.errors import TimedOut
-
-    deadline = time.monotonic() + policy.deadline
-    attempt = 0
-    while True:
-        try:
-            return operation()
-        except Transient as e:
-            exc = e
-        attempt += 1
-        _forget_frames(exc)
-        if attempt >= policy.max_attempts:
-            raise exc
-        delay = policy.backoff(attempt, retry_after_of(exc))
-        if time.monotonic() + delay >= deadline:
-            raise TimedOut(f"{what}: gave up before the deadline ({exc})") from exc
-        log.debug("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
-        sleep(delay)

@@ -1,5 +1,5 @@
 """A seekable binary stream over one remote file, for `Datastore.open`: each read is one ranged
-request through the datastore's store (the blocking storage face, with its retry policy)."""
+request through the datastore's files (`storage.files`, under its retry policy)."""
 
 from __future__ import annotations
 

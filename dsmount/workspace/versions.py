@@ -15,7 +15,8 @@ committed versions are listed or attached, and a failed attempt's number is neve
   gives ESTALE through the mount, never mixed bytes. Nothing is copied.
 - A version with a manifest attaches with no LIST or HEAD call (`AttachRequest.manifest`); one
   made before manifests existed (no "manifest" in N.json) is served from `_versions/N/` as
-  before. `version_source` gives the blocking face of either, for downloads and the Python API.
+  before. `version_source` gives the files of either (`storage.files`), for downloads and the
+  Python API.
 """
 
 from __future__ import annotations

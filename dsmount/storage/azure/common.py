@@ -257,12 +257,10 @@ def resolve_target(
     return AzureTarget(service, account, endpoint, auth, secret, credential.client_id)
 
 
-def sdk_credential(target: AzureTarget, *, aio: bool = True) -> tuple[Any, Any]:
+def sdk_credential(target: AzureTarget) -> tuple[Any, Any]:
     """(credential for an SDK client, token credential the caller must close or None).
 
-    `aio` (the backends): call on the asyncio loop, the Azure AD credential is an asyncio
-    object. `aio=False` (the blocking stores, `dsmount.storage.azure.store`): a sync one,
-    closed with `.close()`.
+    Call on the asyncio loop: the Azure AD credential is an asyncio object.
     """
     from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 
@@ -272,16 +270,7 @@ def sdk_credential(target: AzureTarget, *, aio: bool = True) -> tuple[Any, Any]:
     if target.auth == "sas_token":
         return AzureSasCredential(secret.lstrip("?")), None
     if target.auth == "azure_ad":
-        if aio:
-            token = azure_ad_credential(Credential("azure_ad", client_id=target.client_id))
-        else:
-            from azure.identity import DefaultAzureCredential
-
-            token = (
-                DefaultAzureCredential(managed_identity_client_id=target.client_id)
-                if target.client_id
-                else DefaultAzureCredential()
-            )
+        token = azure_ad_credential(Credential("azure_ad", client_id=target.client_id))
         return token, token
     return None, None
 
