@@ -159,7 +159,9 @@ async def test_a_version_declares_what_it_can_and_keeps_its_kinds_other_capabili
     inner = MemoryBackend()
     backend = ManifestBackend(inner, build(tmp_path, inner), name="v.manifest")
     assert not inner.capabilities.locate and backend.capabilities.locate
-    assert backend.capabilities == replace(inner.capabilities, locate=True, writable=False)
+    # A version is immutable: neither the mount's writes nor uploads.
+    assert backend.capabilities == replace(inner.capabilities, locate=True, writable=False,
+                                           uploads=False)
     where = backend.locate("d/e/b.txt")
     assert (where.object, where.offset, where.length) == ("v/.packs/p1", 4, 6)
     assert backend.objects() is inner and backend.content_bytes() == 5011
