@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -196,25 +197,12 @@ class Files:
                 self.run(self._put_whole, path, data, md5, not overwrite)
                 progress(size)
                 return
+            if os.fstat(src.fileno()).st_size != size:
+                raise Changed(f"upload {local}: changed since it was planned")
             upload: Upload = self.run(self._begin, path)
             try:
-                parts: list[Part] = []
-                window = CHUNK_CONCURRENCY if size >= BIG_FILE else 1
-                offset = 0
-                while offset < size:
-                    batch = []
-                    for _ in range(window):
-                        data = src.read(min(PART, size - offset))
-                        if not data:
-                            break
-                        batch.append((offset, data))
-                        offset += len(data)
-                    if not batch:
-                        raise Changed(f"upload {local}: shorter than {size} bytes")
-                    parts += self.run(self._put_parts, upload, batch)
-                    progress(sum(len(d) for _, d in batch))
-                if src.read(1):
-                    raise Changed(f"upload {local}: longer than {size} bytes")
+                workers = CHUNK_CONCURRENCY if size >= BIG_FILE else 1
+                parts = self.run(self._put_file, upload, src.fileno(), size, workers, progress)
                 self.run(self._commit, upload, parts, size, md5, not overwrite)
             except BaseException:
                 self.run(upload.abort)
@@ -242,13 +230,24 @@ class Files:
             raise
 
     @staticmethod
-    async def _put_parts(upload: Upload, batch: list[tuple[int, bytes]]) -> list[Part]:
-        parts: list[Part | None] = [None] * len(batch)
+    async def _put_file(upload: Upload, fd: int, size: int, workers: int, progress: Progress
+                        ) -> list[Part]:
+        """Every `PART` of the file open as `fd`, `workers` at a time, each worker reading its
+        next part (in a thread) as soon as it has sent the last: a steady pipeline."""
+        offsets = range(0, size, PART)
+        parts: list[Part | None] = [None] * len(offsets)
+        todo = iter(enumerate(offsets))
 
-        async def one(i: int, offset: int, data: bytes) -> None:
-            parts[i] = await upload.put(offset, data)
+        async def worker() -> None:
+            for i, offset in todo:  # shared: each worker takes the next part
+                length = min(PART, size - offset)
+                data = await trio.to_thread.run_sync(os.pread, fd, length, offset)
+                if len(data) != length:
+                    raise Changed(f"upload {upload.path}: the file changed while read")
+                parts[i] = await upload.put(offset, data)
+                progress(length)
 
-        await _together([functools.partial(one, i, o, d) for i, (o, d) in enumerate(batch)])
+        await _together([worker] * max(1, min(workers, len(offsets))))
         return [p for p in parts if p is not None]
 
     @staticmethod
