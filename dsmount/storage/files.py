@@ -22,6 +22,7 @@ read like any other tree of files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -106,7 +107,10 @@ class Files:
             while (page := self.run(step)) is not None:
                 yield from page
         finally:
-            self.run(pages.aclose)  # type: ignore[attr-defined]
+            # Left early: close the listing now. (Collected on the portal's own thread, it
+            # cannot be: trio's finaliser closes it there instead.)
+            with contextlib.suppress(RuntimeError):
+                self.run(pages.aclose)  # type: ignore[attr-defined]
 
     def stat(self, path: str) -> RemoteFile | None:
         """The file at `path`, or None."""

@@ -12,6 +12,8 @@ Invariants:
 - A call from a thread that is itself running a trio loop (where blocking is a bug, but a
   notebook or a test may do it) is made from a short-lived helper thread, so it cannot
   deadlock the portal; it still blocks its caller, like any blocking call.
+- A blocking call from the portal's own loop thread is refused (RuntimeError), never a
+  deadlock.
 - The loop runs until the process exits (a daemon thread): blocking callers come and go
   (one CLI command, many notebook cells) and share it.
 """
@@ -65,6 +67,9 @@ class Portal:
     def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """`await afn(*args)` on the portal's loop; its result, or its exception."""
         token = self._start()
+        if threading.current_thread() is self._thread:
+            # Blocking the loop on itself would never return.
+            raise RuntimeError("a blocking storage call from inside the portal's own loop")
         if not _in_trio():
             return trio.from_thread.run(afn, *args, trio_token=token)
         box: dict[str, Any] = {}

@@ -182,6 +182,16 @@ def test_the_portal_runs_calls_from_many_threads_at_once() -> None:
     assert sorted(results) == list(range(n))
 
 
+def test_a_blocking_call_from_the_portals_own_loop_is_refused_not_a_deadlock() -> None:
+    p = Portal(name="dsmount-portal-test")
+
+    async def nested() -> None:
+        p.run(trio.sleep, 0)  # would block the loop on itself
+
+    with pytest.raises(RuntimeError, match="own loop"):
+        p.run(nested)
+
+
 async def test_the_portal_answers_a_caller_inside_trio() -> None:
     async def double(x: int) -> int:
         await trio.sleep(0)

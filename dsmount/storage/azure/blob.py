@@ -237,7 +237,7 @@ class BlobBackend(AzureBackend):
         while True:
             page = await self._call(
                 f"list {rel or '/'!r}",
-                lambda m=marker: self.rest.list_page(start, m, None, self.page_size),
+                lambda m=marker: self.rest.list_page(start, m, None, self.page_size, md5=True),
             )
             files = [
                 RemoteFile(b.name[cut:], b.size, b.md5, b.etag, b.mtime_ns / 1e9 or None)

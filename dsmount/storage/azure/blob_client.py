@@ -137,6 +137,7 @@ class BlobRest(AzureRest):
         delimiter: str | None,
         max_results: int,
         listing: int | None = None,
+        md5: bool = False,
     ) -> ListPage:
         """One List Blobs page. For a `listing` (an id unique to one walk of one directory),
         the request for the following page is sent as soon as this one has arrived, so the
@@ -146,10 +147,10 @@ class BlobRest(AzureRest):
         if ahead is not None:
             # A failed prefetch raises here; the retry of this attempt sends a fresh request.
             return await ahead
-        page = await self._fetch_page(prefix, marker, delimiter, max_results)
+        page = await self._fetch_page(prefix, marker, delimiter, max_results, md5)
         if listing is not None and page.next_marker is not None and not self.closed:
             task = asyncio.get_running_loop().create_task(
-                self._fetch_page(prefix, page.next_marker, delimiter, max_results)
+                self._fetch_page(prefix, page.next_marker, delimiter, max_results, md5)
             )
             self._keep_prefetch((listing, page.next_marker), task)
         return page
@@ -180,7 +181,8 @@ class BlobRest(AzureRest):
         return len(self._prefetched)
 
     async def _fetch_page(
-        self, prefix: str, marker: str | None, delimiter: str | None, max_results: int
+        self, prefix: str, marker: str | None, delimiter: str | None, max_results: int,
+        md5: bool = False,
     ) -> ListPage:
         params = {
             "restype": "container",
@@ -203,7 +205,7 @@ class BlobRest(AzureRest):
                 raise status_error(response, body)
         finally:
             await response.close()
-        return parse_list_page(body)
+        return parse_list_page(body, md5=md5)
 
     async def head(self, name: str) -> Any:
         """The blob's headers (Get Blob Properties), or None if there is no such blob."""

@@ -99,9 +99,11 @@ def element_name(element: ET.Element) -> str:
     return text
 
 
-def parse_list_page(body: bytes) -> ListPage:
-    """Parse a List Blobs (hierarchy or flat) response body. Raises ET.ParseError if it is not
-    XML (a truncated body: the caller treats that as transient)."""
+def parse_list_page(body: bytes, *, md5: bool = False) -> ListPage:
+    """Parse a List Blobs (hierarchy or flat) response body; with `md5`, each blob's stored
+    Content-MD5 too (whole-file walks; the mount's listings need none). Raises ET.ParseError if
+    it is not XML (a truncated body: the caller treats that as transient)."""
+    want_md5 = md5
     root = ET.fromstring(body)
     items: list[RawBlob | str] = []
     blobs = root.find("Blobs")
@@ -118,7 +120,7 @@ def parse_list_page(body: bytes) -> ListPage:
                     modified = props.findtext("Last-Modified")
                     mtime_ns = parse_http_date(modified) if modified else 0
                     etag = strip_etag(props.findtext("Etag"))
-                    md5 = _md5(props.findtext("Content-MD5"))
+                    md5 = _md5(props.findtext("Content-MD5")) if want_md5 else None
                 marker = False
                 if size == 0:  # only an empty blob can be a directory marker
                     marker = _is_folder(element.find("Metadata"))
