@@ -320,6 +320,7 @@ class FileSystem:
             if entry.is_dir:
                 raise NotFound(f"{node.path} is now a directory")
             node.entry, node.entry_time = entry, self.clock()
+        await self.writes.room()
         h = self.writes.open(node, ds, flags, created=False)
         try:
             if flags & os.O_TRUNC:
