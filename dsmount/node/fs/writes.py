@@ -55,8 +55,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["WritePath", "WriteHandle", "WriteSettings"]
 
-# How long an open at the writers' cap waits for a RELEASE already on its way (milliseconds
-# in practice; a cap really reached is refused after this).
+# How long an open at the writers' cap, or a detach with open files, waits for RELEASEs already
+# on their way (milliseconds in practice; what is really still open is refused after this).
 RELEASE_GRACE = 2.0
 
 OnCommit = Callable[[Node, Entry], None]
