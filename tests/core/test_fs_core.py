@@ -461,6 +461,26 @@ async def test_detach_with_open_files_is_busy_unless_forced(env: Env) -> None:
     assert backend.closed == 1 and ds.open_files == 0
 
 
+async def test_a_detach_waits_for_a_release_already_on_its_way(env: Env) -> None:
+    """close(2) returns before the kernel's RELEASE arrives: a detach right after it waits
+    for that release (within RELEASE_GRACE) instead of refusing Busy."""
+    backend = ClosingBackend({"f": b"abc"})
+    env.attach("ds", backend)
+    f = await env.resolve("ds/f")
+    fh, _ = await env.fs.open(f.ino, os.O_RDONLY)
+    detached: list[Datastore] = []
+
+    async def detach() -> None:
+        detached.append(await env.fs.detach("ds"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(detach)
+        await trio.sleep(0.2)
+        assert detached == []  # waiting, not refused
+        await env.fs.release(fh)
+    assert detached[0].detached and backend.closed == 1
+
+
 async def test_detach_without_open_files(env: Env) -> None:
     backend = ClosingBackend({"d/f": b"abc"})
     env.attach("ds", backend)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -343,6 +343,30 @@ async def test_the_writer_cap_is_a_clear_error(tmp_path: Path) -> None:
         await env.close(a)
         await env.close(await env.create("out/c"))
         await env.close(b)
+
+
+async def test_an_open_at_the_cap_waits_for_a_release_already_on_its_way(
+    tmp_path: Path,
+) -> None:
+    """close(2) returns after FLUSH; the kernel's RELEASE follows on its own. An open that
+    arrives between the two waits for it (within RELEASE_GRACE) instead of failing ENFILE."""
+    async with running(tmp_path, max_open_files=2) as env:
+        env.attach("out", memory())
+        a, b = await env.create("out/a"), await env.create("out/b")
+        await env.fs.flush(a)  # the close(2) part
+        opened: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _append(opened, env.create("out/c")))
+            await trio.sleep(0.2)
+            assert opened == []  # waiting, not refused
+            await env.fs.release(a)  # the RELEASE arriving late
+        assert len(opened) == 1
+        await env.close(opened[0])
+        await env.close(b)
+
+
+async def _append(out: list[int], call: Awaitable[int]) -> None:
+    out.append(await call)
 
 
 async def test_directories_unlink_and_rename(env: Env) -> None:

@@ -331,8 +331,12 @@ def test_detach_with_open_file_refused_then_forced_lazily(
         assert os.pread(fd, 64, 0) == want[:64]
     finally:
         os.close(fd)
-    listed = {d["path"]: d for d in daemon.call("list")["datastores"]}
-    assert listed[name]["open_files"] == 0
+
+    def open_files() -> int:
+        return {d["path"]: d for d in daemon.call("list")["datastores"]}[name]["open_files"]
+
+    # close(2) of a reader does not wait for the kernel's RELEASE (no FLUSH is asked for).
+    wait_until(lambda: open_files() == 0, 10, "the descriptor's release")
     daemon.cli("detach", name)
 
 

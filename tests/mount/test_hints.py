@@ -189,6 +189,10 @@ def test_a_killed_hinting_process_ends_its_hint(mounted: Mounted) -> None:
         # Nobody reads: the daemon fetches one window ahead and waits.
         wait_until(lambda: mounted.prefetch()["hints"]["files_prefetched"] == WINDOW,
                    timeout=30, what="the prefetch to settle")
+        # files_prefetched counts GETs started; on a busy machine some are still on their way
+        # through the proxy, and a kill now would cut them before the server logs them.
+        wait_until(lambda: sum(mounted.gets().values()) == WINDOW, timeout=30,
+                   what="the window's GETs to reach the server")
         assert mounted.prefetch()["hints_active"] == 1
     finally:
         proc.send_signal(signal.SIGKILL)

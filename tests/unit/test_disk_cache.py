@@ -209,6 +209,32 @@ async def test_many_concurrent_puts_are_all_stored_within_the_budget(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+async def test_puts_arriving_while_others_finish_never_overrun_the_budget(tmp_path):
+    """A put checks for room while earlier ones are being written: the bytes of a block just
+    written must count somewhere at every moment (queued, then on disk), or the check lets one
+    block too many in."""
+    block = 10_000
+    cache = DiskCache(tmp_path, budget=4 * block)
+    worst = 0
+    done = trio.Event()
+
+    async def watch() -> None:
+        nonlocal worst
+        while not done.is_set():
+            worst = max(worst, cache.used_bytes)
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        async with trio.open_nursery() as puts:
+            for i in range(80):
+                puts.start_soon(cache.put, f"k{i}", os.urandom(block))
+                await trio.sleep(0.0005 * (i % 3))
+        done.set()
+    assert worst <= cache.budget and cache.used_bytes <= cache.budget
+    assert len(list(tmp_path.glob("*.blk"))) * block == cache.used_bytes
+
+
 async def test_a_block_that_cannot_be_written_is_skipped(tmp_path, caplog):
     cache = DiskCache(tmp_path, budget=1 << 20)
     data = b"x" * 5000

@@ -304,17 +304,6 @@ class DiskCache:
         await item.done.wait()
         if item.name is None:
             log.warning("disk cache: cannot write block: %s", item.error)
-            return
-        old = self._index.get(digest)
-        if old is not None and old[0] != item.name:  # replaced by bytes of another CRC
-            self._discard(digest)
-        else:
-            self._used -= old[1] if old is not None else 0
-        self._index[digest] = (item.name, size)
-        self._index.move_to_end(digest)
-        self._used += size
-        # Its CRC was computed from the bytes in memory (already checked by the fetcher).
-        self._verified.add(item.name)
 
     async def _write_queued(self) -> None:
         """Write what is queued, a batch per worker-thread call, until nothing is: small
@@ -342,11 +331,29 @@ class DiskCache:
             raise
 
     def _settle(self, items: list[_Pending]) -> None:
+        """Move written blocks from the queue into the index in one step (no await between
+        `_queued_bytes` going down and `_used` going up: a put checking for room in between
+        would count the block nowhere and overrun the budget)."""
         for item in items:
             self._queued_bytes -= item.size
-            if item.error is None and item.name is None:
+            if item.name is not None:
+                self._index_written(item)
+            elif item.error is None:
                 item.error = OSError("not written (cancelled)")
             item.done.set()
+
+    def _index_written(self, item: _Pending) -> None:
+        assert item.name is not None
+        old = self._index.get(item.digest)
+        if old is not None and old[0] != item.name:  # replaced by bytes of another CRC
+            self._discard(item.digest)
+        else:
+            self._used -= old[1] if old is not None else 0
+        self._index[item.digest] = (item.name, item.size)
+        self._index.move_to_end(item.digest)
+        self._used += item.size
+        # Its CRC was computed from the bytes in memory (already checked by the fetcher).
+        self._verified.add(item.name)
 
     def as_dict(self) -> dict[str, int | str]:
         return {"dir": str(self.dir), "budget_bytes": self.budget, "used_bytes": self.used_bytes,

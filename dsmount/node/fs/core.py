@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+import trio
+
 from dsmount.errors import Busy, InvalidRequest, NotFound
 from dsmount.node.cache.blocks import BlockCache
 from dsmount.node.cache.disk import DiskCache
@@ -44,7 +46,7 @@ from dsmount.node.fs.mutations import Mutations
 from dsmount.node.fs.namespace import NAME_MAX, Namespace, check_name
 from dsmount.node.fs.reads import FileHandle, ReadPath
 from dsmount.node.fs.warming import Warming
-from dsmount.node.fs.writes import WriteHandle, WritePath, WriteSettings
+from dsmount.node.fs.writes import RELEASE_GRACE, WriteHandle, WritePath, WriteSettings
 from dsmount.storage.base import Entry
 
 __all__ = ["Attributes", "FileSystem", "FsSettings", "WriteSettings"]
@@ -143,6 +145,13 @@ class FileSystem:
     async def detach(self, name: str, version: str | None = None, *, force: bool = False
                      ) -> Datastore:
         ds = self.find(name, version)
+        if ds.open_files and not force:
+            # close(2) does not wait for the kernel's RELEASE: a program that closes its files
+            # and then detaches can arrive first. Give releases on their way a moment.
+            with trio.move_on_after(RELEASE_GRACE):
+                while ds.open_files and not ds.detached:
+                    await trio.sleep(0.01)
+            ds = self.find(name, version)  # another call may have detached it meanwhile
         if ds.open_files and not force:
             raise Busy(
                 f"datastore {ds.key!r} has {ds.open_files} open file(s); close them or "
@@ -320,6 +329,7 @@ class FileSystem:
             if entry.is_dir:
                 raise NotFound(f"{node.path} is now a directory")
             node.entry, node.entry_time = entry, self.clock()
+        await self.writes.room()
         h = self.writes.open(node, ds, flags, created=False)
         try:
             if flags & os.O_TRUNC:

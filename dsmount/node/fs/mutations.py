@@ -121,6 +121,7 @@ class Mutations:
 
     # -- files ------------------------------------------------------------------------------------
     async def create(self, parent_ino: int, name: str, flags: int) -> tuple[Node, WriteHandle]:
+        await self.writes.room()  # first: what follows must not be interleaved
         parent, ds, path = self._dir(parent_ino, name)
         existing = self.inodes.find(ds, path)
         if existing is not None and existing.is_dir:
@@ -275,6 +276,7 @@ class Mutations:
         if handle is not None:
             await self.writes.truncate(handle, size)
             return
+        await self.writes.room()
         h = self.writes.open(node, ds, os.O_WRONLY, created=False)
         try:
             await self.writes.truncate(h, size)

@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["WritePath", "WriteHandle", "WriteSettings"]
 
+# How long an open at the writers' cap, or a detach with open files, waits for RELEASEs already
+# on their way (milliseconds in practice; what is really still open is refused after this).
+RELEASE_GRACE = 2.0
+
 OnCommit = Callable[[Node, Entry], None]
 OnAbandon = Callable[[Node], None]
 
@@ -69,6 +73,7 @@ class WritePath:
         self.on_abandon = on_abandon or (lambda node: None)
         self.by_node: dict[int, set[WriteHandle]] = {}
         self.open_count = 0
+        self._released = trio.Event()  # set (and replaced) whenever a writer is released
         # Request room is capped so that every writer open at once holds at most half the
         # budget with it (small budgets: tests, tiny nodes).
         request = min(BufferPool.REQUEST_BYTES, cache.budget // (2 * settings.max_open_files))
@@ -90,6 +95,14 @@ class WritePath:
                 self.resources.nursery = None
 
     # -- opening ----------------------------------------------------------------------------------
+    async def room(self) -> None:
+        """When every writer's slot is taken, wait a moment for one to be given back before
+        `open` refuses: close(2) does not wait for the kernel's RELEASE, so a program that
+        closes one file and opens the next can arrive before that RELEASE does."""
+        with trio.move_on_after(RELEASE_GRACE):
+            while self.open_count >= self.settings.max_open_files:
+                await self._released.wait()
+
     def open(self, node: Node, ds: Datastore, flags: int, *, created: bool) -> WriteHandle:
         if self.open_count >= self.settings.max_open_files:
             log.warning("[%s] %s: %d files are open for writing, the [writes] max_open_files "
@@ -224,6 +237,8 @@ class WritePath:
                 h.request_room = False
                 self.pool.release_request()
             self.open_count -= 1
+            self._released.set()
+            self._released = trio.Event()
             if self.open_count == 0:
                 self.pool.writers_gone(self.resources.nursery)  # idle buffers give the budget back
             h.ds.writes.writers_open -= 1
