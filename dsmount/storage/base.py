@@ -190,8 +190,7 @@ class Backend(abc.ABC):
     async def walk(self, prefix: str = "") -> AsyncIterator[list[RemoteFile]]:
         """Every file below `prefix` (recursively, depth first, in name order within a
         directory), page by page; just that file if `prefix` names one; nothing if there is
-        nothing there. Symbolic links are not followed here (a kind that serves them
-        overrides this)."""
+        nothing there."""
         base = prefix.strip("/")
         if base:
             one = await self.file_info(base)
@@ -201,16 +200,8 @@ class Backend(abc.ABC):
         pending = [base]
         while pending:
             directory = pending.pop()
-            files: list[RemoteFile] = []
-            subdirs: list[str] = []
             try:
-                async for page in self.list(directory):
-                    for e in page:
-                        path = f"{directory}/{e.name}" if directory else e.name
-                        if e.is_dir:
-                            subdirs.append(path)
-                        elif e.symlink is None:
-                            files.append(_remote_file(path, e))
+                files, subdirs = await self.directory_files(directory)
             except NotFound:
                 if directory == base:
                     return
@@ -219,6 +210,21 @@ class Backend(abc.ABC):
             if files:
                 yield files
             pending.extend(sorted(subdirs, reverse=True))
+
+    async def directory_files(self, directory: str) -> tuple[list[RemoteFile], list[str]]:
+        """(files, subdirectory paths) directly in `directory`, for `walk`; NotFound if there
+        is nothing to list there. Symbolic links are not files here (a kind that serves them
+        overrides this)."""
+        files: list[RemoteFile] = []
+        subdirs: list[str] = []
+        async for page in self.list(directory):
+            for e in page:
+                path = f"{directory}/{e.name}" if directory else e.name
+                if e.is_dir:
+                    subdirs.append(path)
+                elif e.symlink is None:
+                    files.append(_remote_file(path, e))
+        return files, subdirs
 
     async def file_info(self, path: str) -> RemoteFile | None:
         """The file at `path` (with its MD5 where the answer carries it), or None if there is

@@ -149,22 +149,18 @@ class LocalBackend(Backend):
         base = clean_path(prefix)
         if not os.path.isdir(self._path) and self._local is None:
             return  # not created yet: nothing in it
-        one = await self._run(_file, self.local, base) if base else None
-        if one is not None:
-            yield [one]
-            return
-        pending = [base]
-        while pending:
-            directory = pending.pop()
-            try:
-                files, subdirs = await self._run(_directory, self.local, directory)
-            except DsmountError:
-                if directory == base:
-                    return  # like os.walk: a missing prefix holds no files
-                continue  # replaced or removed meanwhile
-            if files:
-                yield files
-            pending.extend(reversed(subdirs))  # depth first, in name order
+        async for files in super().walk(base):
+            yield files
+
+    async def directory_files(self, directory: str) -> tuple[list[RemoteFile], list[str]]:
+        # One thread hop per directory (not one per listing page), and links to files inside
+        # the root are files here.
+        try:
+            return await self._run(_directory, self.local, directory)
+        except NotFound:
+            raise
+        except DsmountError as e:  # like os.walk: what cannot be listed holds no files
+            raise NotFound(str(e)) from e
 
     async def file_info(self, path: str) -> RemoteFile | None:
         path = clean_path(path)
